@@ -1,0 +1,84 @@
+"""Flower ClientApp: unpack the Message, train or evaluate with the engine, pack the reply."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmemes import engine
+from fedmemes.config import build_model, load_config, overrides_of
+from fedmemes.node_data import client_data
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as err:
+        raise KeyError(
+            f"node config lacks {err}; start the SuperNode with "
+            "--node-config 'partition-id=0 num-partitions=2'"
+        ) from None
+
+
+def _model(cfg, msg: Message):
+    model = build_model(cfg)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this client's memes for `num_epochs`."""
+    overrides = overrides_of(context.run_config)
+    cfg = load_config(overrides)
+    pid, num = _partition(context)
+    data = client_data(overrides, pid, num)
+    model = _model(cfg, msg)
+    config = msg.content["config"]
+    device = engine.pick_device(cfg.device)
+    server_round = int(config.get("server-round", 0))
+    stats = engine.train(
+        model,
+        data.train.dataset(),
+        epochs=int(config.get("num_epochs", cfg.num_epochs)),
+        lr=float(config.get("lr", cfg.lr)),
+        batch_size=cfg.batch_size,
+        device=device,
+        seed=cfg.random_seed + 1000 * server_round + pid,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    # Accuracy on the share this client kept back, never on what it trained on.
+    val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}
+    labels = data.train.label.bincount(minlength=2).tolist()
+    metrics = MetricRecord(
+        {
+            "num-examples": len(data.train),
+            "train_loss": stats["train_loss"],
+            "train_accuracy": stats["train_accuracy"],
+            "val_accuracy": float(val["accuracy"]),
+            "val_n": len(data.val),
+            "partition_id": pid,
+            "label_0": int(labels[0]),
+            "label_1": int(labels[1]),
+        }
+    )
+    reply = RecordDict({"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics})
+    return Message(content=reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model on this client's kept-back validation share."""
+    overrides = overrides_of(context.run_config)
+    cfg = load_config(overrides)
+    pid, num = _partition(context)
+    data = client_data(overrides, pid, num)
+    scores = engine.evaluate(_model(cfg, msg), data.val.dataset(), cfg.batch_size, engine.pick_device(cfg.device))
+    metrics = {k: (0.0 if v != v else float(v)) for k, v in scores.items() if k != "n"}  # NaN -> 0: keys must match
+    metrics["num-examples"] = len(data.val)
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

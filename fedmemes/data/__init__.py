@@ -1,0 +1,1 @@
+"""Meme data: sources (local folder, HF hub, synthetic), validation and image loading."""

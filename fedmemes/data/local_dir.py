@@ -1,0 +1,190 @@
+"""Read and validate a Hateful Memes folder in the original layout (img/ + <split>.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+from fedmemes.data.images import DEFAULT_MAX_PIXELS, ImageError, open_rgb
+from fedmemes.data.meme import HOLDOUT_SPLITS, SPLITS, DataError, DataIssue, Meme, count_kinds
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+REQUIRED_KEYS = ("id", "img", "label", "text")
+
+
+def id_key(meme_id: str) -> str:
+    """Normalise an id so 42 and "00042" (int in some copies, padded string in others) match."""
+    return (meme_id.lstrip("0") or "0") if meme_id.isdigit() else meme_id
+
+
+def _check_row(row: object, root: Path) -> tuple[list[tuple[str, str]], Meme | None]:
+    """Validate one parsed jsonl row; return (kind, detail) problems and the Meme if complete."""
+    if not isinstance(row, dict):
+        return [("bad_json", f"expected a JSON object, got {type(row).__name__}; "
+                             'write one {"id", "img", "label", "text"} object per line')], None
+    problems: list[tuple[str, str]] = []
+    for key in REQUIRED_KEYS:
+        if key not in row:
+            problems.append(("missing_key", f"key '{key}' is missing; every line needs "
+                                            f"{', '.join(REQUIRED_KEYS)}"))
+    meme_id, img, label, text = (row.get(k) for k in REQUIRED_KEYS)
+    if "id" in row and (isinstance(meme_id, bool) or not isinstance(meme_id, (int, str))
+                        or str(meme_id).strip() == ""):
+        problems.append(("bad_id", f"id must be an integer or a non-empty string, got {meme_id!r}"))
+    if "img" in row:
+        rel = PurePosixPath(img) if isinstance(img, str) else None
+        if rel is None or not img.strip() or rel.is_absolute() or ".." in rel.parts:
+            problems.append(("bad_img", f"img must be a path relative to the dataset root "
+                                        f"(like 'img/01235.png'), got {img!r}"))
+    # bool is an int subclass; true/false in the file is a mistake, not a label.
+    if "label" in row and (isinstance(label, bool) or label not in (0, 1)
+                           or not isinstance(label, int)):
+        problems.append(("bad_label", f"label must be the integer 0 or 1 (strings, floats and "
+                                      f"booleans are rejected), got {label!r}"))
+    if "text" in row and (not isinstance(text, str) or not text.strip()):
+        problems.append(("bad_text", f"text must be a non-empty string, got {text!r}"))
+    if problems:
+        return problems, None
+    return [], Meme(id=str(meme_id).strip(), img=root / img, text=text, label=label)
+
+
+class LocalDirSource:
+    """A folder in the original Hateful Memes layout: img/NNNNN.png + <split>.jsonl files."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        on_error: str = "raise",
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        check_images: bool = True,
+        splits: Sequence[str] | None = None,
+    ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        unknown = [s for s in (splits or ()) if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; allowed: {SPLITS}")
+        self.root = Path(root).expanduser().absolute()
+        self.on_error = on_error
+        self.max_image_pixels = max_image_pixels
+        self.check_images = check_images
+        self.splits = tuple(splits) if splits is not None else None
+        self.issues: list[DataIssue] = []
+
+    def _split_files(self) -> dict[str, Path]:
+        """Return the jsonl file of every split to read; raise if train (or a requested one) is absent."""
+        wanted = self.splits or SPLITS
+        files = {s: self.root / f"{s}.jsonl" for s in wanted}
+        missing = [p.name for s, p in files.items() if not p.is_file()
+                   and (s == "train" or self.splits is not None)]
+        if missing or "train" not in files:
+            raise FileNotFoundError(
+                f"{self.root}: missing {', '.join(missing) or 'train.jsonl'}; expected the Hateful "
+                f"Memes layout: img/NNNNN.png plus train.jsonl and any of "
+                f"{', '.join(s + '.jsonl' for s in HOLDOUT_SPLITS)}"
+            )
+        return {s: p for s, p in files.items() if p.is_file()}
+
+    def _read_jsonl(self, path: Path, issues: list[DataIssue]) -> list[tuple[int, Meme]]:
+        """Parse one split file; record row-level issues; return (line, Meme) for clean rows."""
+        rows: list[tuple[int, Meme]] = []
+        first_line: dict[str, int] = {}
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    # Decode per line so one bad byte costs one row; -sig drops a leading BOM.
+                    row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
+                except UnicodeDecodeError as e:
+                    issues.append(DataIssue(str(path), n, "bad_json",
+                                            f"not UTF-8 ({e.reason} at byte {e.start}); "
+                                            "re-save the file as UTF-8"))
+                    continue
+                except json.JSONDecodeError as e:
+                    issues.append(DataIssue(str(path), n, "bad_json",
+                                            f"{e.msg} at column {e.colno}; fix or delete the line"))
+                    continue
+                problems, meme = _check_row(row, self.root)
+                issues.extend(DataIssue(str(path), n, k, d) for k, d in problems)
+                if meme is None:
+                    continue
+                key = id_key(meme.id)
+                if key in first_line:
+                    issues.append(DataIssue(str(path), n, "duplicate_id",
+                                            f"id {meme.id} already used on line {first_line[key]}; "
+                                            "give each meme one row per split"))
+                    continue
+                first_line[key] = n
+                rows.append((n, meme))
+        return rows
+
+    def _image_problems(self, paths: set[Path]) -> dict[Path, ImageError]:
+        """Check every distinct image once; return the failures by path."""
+        if not self.check_images:
+            # Without decoding, still catch missing files: a stat is cheap and they are common.
+            return {p: ImageError(p, "missing_image", "file not found; check the 'img' path")
+                    for p in paths if not p.is_file()}
+
+        def check(p: Path) -> ImageError | None:
+            try:
+                open_rgb(p, self.max_image_pixels)
+            except ImageError as e:
+                return e
+            return None
+
+        # Pillow decodes without the GIL, so threads speed up checking thousands of files.
+        workers = min(8, (os.cpu_count() or 1) + 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = dict(zip(sorted(paths), pool.map(check, sorted(paths))))
+        return {p: e for p, e in results.items() if e is not None}
+
+    def load(self) -> dict[str, list[Meme]]:
+        """Read, validate and return the memes of every split present, by split name."""
+        files = self._split_files()
+        issues: list[DataIssue] = []
+        rows = {s: self._read_jsonl(p, issues) for s, p in files.items()}
+
+        bad_images = self._image_problems({m.img for r in rows.values() for _, m in r})
+        for split, split_rows in rows.items():
+            kept = []
+            for n, meme in split_rows:
+                err = bad_images.get(meme.img)
+                if err is None:
+                    kept.append((n, meme))
+                else:
+                    issues.append(DataIssue(str(files[split]), n, err.kind, f"{meme.img}: {err.detail}"))
+            rows[split] = kept
+
+        # A training meme that is also in a hold-out split leaks the answer into evaluation.
+        holdout = {id_key(m.id): s for s in HOLDOUT_SPLITS if s in rows for _, m in rows[s]}
+        if "train" in rows:
+            kept = []
+            for n, meme in rows["train"]:
+                other = holdout.get(id_key(meme.id))
+                if other is None:
+                    kept.append((n, meme))
+                else:
+                    issues.append(DataIssue(
+                        str(files["train"]), n, "holdout_overlap",
+                        f"id {meme.id} is also in {other}.jsonl; a training row seen at evaluation "
+                        "inflates scores, so delete it from train.jsonl"))
+            rows["train"] = kept
+
+        issues.sort(key=lambda i: (list(files.values()).index(Path(i.file)), i.line))
+        self.issues = issues
+        if issues and self.on_error == "raise":
+            raise DataError(issues)
+        if issues:
+            log.warning("%s: dropped %d bad row(s) (on_error=skip): %s; first: %s", self.root,
+                        len(issues), count_kinds(issues), issues[0])
+        if not rows["train"]:
+            raise DataError(issues, fix=f"no usable row left in {files['train']}; "
+                                        "fix the file or point dataset.root at another copy")
+        return {s: [m for _, m in r] for s, r in rows.items()}

@@ -1,0 +1,110 @@
+"""Train and evaluate loops and metrics: pure torch, no Flower, no Hydra."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """Return CUDA when present (or asked for), else CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest kernels
+    return device
+
+
+def _forward(model: nn.Module, batch: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)
+    return model(text, image.float().div_(255.0), mask), label
+
+
+def _loss_and_prob(logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and P(hateful) for either 2-logit softmax or 1-logit sigmoid heads."""
+    if logits.shape[1] == 1:
+        logit = logits.squeeze(1)
+        return F.binary_cross_entropy_with_logits(logit, label.float()), torch.sigmoid(logit)
+    return F.cross_entropy(logits, label), logits.softmax(dim=1)[:, 1]
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the tensors that travel: everything in the model's state dict (frozen encoders live outside it)."""
+    return {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    device: torch.device,
+    seed: int = 0,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """Train in place with Adam; return mean train loss and train accuracy of the last epoch.
+
+    `proximal_mu` > 0 adds FedProx's (mu/2)||w - w_global||^2 term.
+    """
+    model.to(device).train()
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(epochs):
+        total_loss, correct, seen = 0.0, 0, 0
+        for batch in loader:
+            logits, label = _forward(model, batch, device)
+            loss, prob = _loss_and_prob(logits, label)
+            if proximal_mu > 0:
+                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(label)
+            correct += int(((prob > 0.5).long() == label).sum())
+            seen += len(label)
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """Return P(hateful) per row, the labels, and the mean loss."""
+    model.to(device).eval()
+    probs, labels, total_loss = [], [], 0.0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        logits, label = _forward(model, batch, device)
+        loss, prob = _loss_and_prob(logits, label)
+        total_loss += loss.item() * len(label)
+        probs.append(prob.cpu().numpy())
+        labels.append(label.cpu().numpy())
+    if not probs:
+        return np.zeros(0), np.zeros(0, dtype=int), math.nan
+    return np.concatenate(probs), np.concatenate(labels), total_loss / sum(len(lbl) for lbl in labels)
+
+
+def classification_metrics(prob: np.ndarray, label: np.ndarray, loss: float) -> dict[str, float]:
+    """AUROC on probabilities (NaN when only one class is present), accuracy and macro F1 at 0.5."""
+    pred = (prob > 0.5).astype(int)
+    auroc = float(roc_auc_score(label, prob)) if len(set(label.tolist())) == 2 else math.nan
+    return {
+        "auroc": auroc,
+        "accuracy": float(accuracy_score(label, pred)) if len(label) else math.nan,
+        "f1_macro": float(f1_score(label, pred, average="macro", zero_division=0)) if len(label) else math.nan,
+        "loss": float(loss),
+        "n": int(len(label)),
+    }
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Score `model` on `dataset`: auroc, accuracy, f1_macro, loss, n."""
+    prob, label, loss = predict(model, dataset, batch_size, device)
+    return classification_metrics(prob, label, loss)

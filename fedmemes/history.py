@@ -1,0 +1,77 @@
+"""What a run leaves behind: per-round hold-out scores, client facts, best and final models, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+METRICS_FILE = "metrics.json"
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN: write null so every reader can parse the file.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass
+class RunHistory:
+    """Everything the server learns during a run, written to `run_dir` after every round."""
+
+    run_dir: Path
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    best_round: int | None = None
+    test: dict[str, Any] | None = None
+
+    def add_round(self, server_round: int, scores: dict[str, Any]) -> bool:
+        """Record a round's hold-out scores; return True if it is the new best (highest AUROC)."""
+        self.rounds.append({"round": server_round, **scores})
+        best = next((r for r in self.rounds if r["round"] == self.best_round), None)
+        score = scores.get("auroc", math.nan)
+        if best is None or (score == score and not best["auroc"] >= score):
+            self.best_round = server_round
+            return True
+        return False
+
+    def add_client(self, partition_id: int, facts: dict[str, Any]) -> None:
+        """Remember what a client reported about its data (latest report wins)."""
+        self.clients[partition_id] = {"partition_id": partition_id, **facts}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the metrics.json content."""
+        return _clean(
+            {
+                "rounds": self.rounds,
+                "best_round": self.best_round,
+                "test": self.test,
+                "clients": [self.clients[k] for k in sorted(self.clients)],
+            }
+        )
+
+    def write(self) -> Path:
+        """Write metrics.json atomically and return its path."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / METRICS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    def save_model(self, name: str, state: dict[str, torch.Tensor]) -> Path:
+        """Save a state dict as `<run_dir>/<name>.safetensors`."""
+        path = self.run_dir / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+        return path

@@ -1,0 +1,1 @@
+"""Encoders and fusion models: plain torch modules with typed constructor args."""

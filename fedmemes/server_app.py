@@ -1,0 +1,104 @@
+"""Flower ServerApp: build model and strategy from the config, score the hold-out every round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from omegaconf import DictConfig, OmegaConf
+
+from fedmemes import engine
+from fedmemes.config import build_model, build_strategy, load_config, overrides_of
+from fedmemes.history import RunHistory
+from fedmemes.node_data import server_data
+
+log = logging.getLogger("fedmemes")
+app = ServerApp()
+
+CLIENT_FACTS = ("partition_id", "label_0", "label_1", "val_n")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Return the absolute run directory (Flower's processes do not share the caller's cwd)."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir).resolve()
+    return (Path.cwd() / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).resolve()
+
+
+class ServerRun:
+    """The server's side of one run: hold-out scoring, best-round tracking, client facts."""
+
+    def __init__(self, cfg: DictConfig, overrides: str, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.device = engine.pick_device(cfg.device)
+        self.model = build_model(cfg).to(self.device)
+        self.val, self.test = server_data(overrides)
+        self.history = RunHistory(run_dir)
+        self.best_state = engine.trainable_state(self.model)
+        self.started = time.monotonic()
+        self.trained = 0
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Score the global model on the hold-out (the strategy's evaluate_fn)."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device)
+        scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
+        if self.history.add_round(server_round, scores):
+            self.best_state = engine.trainable_state(self.model)
+        self.history.write()
+        log.info(
+            "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
+            server_round, self.cfg.num_rounds, self.trained, scores["auroc"], scores["accuracy"], scores["loss"], scores["seconds"],
+        )
+        return MetricRecord({k: float(v) for k, v in scores.items()})
+
+    def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
+        """Remember what clients said about their data, then average their train metrics."""
+        self.trained = len(records)
+        for record in records:
+            metrics = next(iter(record.metric_records.values()))
+            if "partition_id" in metrics:
+                self.history.add_client(
+                    int(metrics["partition_id"]),
+                    {"n_train": int(metrics[weighting_key]), "label_counts": [int(metrics.get("label_0", 0)), int(metrics.get("label_1", 0))]},
+                )
+        averaged = aggregate_metricrecords(records, weighting_key)
+        return MetricRecord({k: v for k, v in averaged.items() if k not in CLIENT_FACTS})
+
+    def finish(self, final: ArrayRecord) -> None:
+        """Save best and final models, score the best round's model on the test split."""
+        self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
+        self.history.save_model("best", self.best_state)
+        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device)
+        self.history.write()
+        log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
+
+    def _load(self, state):
+        self.model.load_state_dict(state)
+        return self.model
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run `num_rounds` rounds of the configured strategy with server-side hold-out scoring."""
+    overrides = overrides_of(context.run_config)
+    cfg = load_config(overrides)
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)
+    run = ServerRun(cfg, overrides, run_dir)
+    strategy = build_strategy(cfg, train_metrics_aggr_fn=run.aggregate_train_metrics)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(engine.trainable_state(run.model)),
+        num_rounds=cfg.num_rounds,
+        train_config=ConfigRecord({"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs)}),
+        evaluate_fn=run.evaluate,
+    )
+    run.finish(result.arrays)

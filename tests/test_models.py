@@ -1,0 +1,68 @@
+"""Model tests: shapes, backward pass, what gets exported, the frozen text encoder."""
+
+import torch
+
+from fedmemes import engine
+from fedmemes.config import build_model, load_config
+from fedmemes.models.early_fusion import HatefulMemesFusionModel
+from fedmemes.models.image_encoder import SmallCNN
+from fedmemes.models.text_encoder import FrozenTextEncoder
+
+
+def test_minilm_encodes_meaningfully():
+    enc = FrozenTextEncoder()
+    vecs = enc.encode(["my neighbours moved in", "my coworkers moved in", "the pizza is cold"])
+    assert vecs.shape == (3, 384) and enc.dim == 384
+    cos = torch.nn.functional.cosine_similarity
+    # Paraphrases sit closer than unrelated captions: the weights are real, not random.
+    assert cos(vecs[0], vecs[1], dim=0) > cos(vecs[0], vecs[2], dim=0) + 0.1
+
+
+def test_encoder_identity_depends_on_settings():
+    assert FrozenTextEncoder(max_length=64).identity() != FrozenTextEncoder(max_length=32).identity()
+    assert FrozenTextEncoder().identity() == FrozenTextEncoder().identity()
+
+
+def test_cnn_shape():
+    assert SmallCNN(out_dim=40)(torch.rand(5, 3, 32, 32)).shape == (5, 40)
+
+
+def test_fusion_forward_backward_and_export():
+    model = build_model(load_config("model.text_hidden_dim=64 model.image_output_dim=32 model.fusion_output_dim=16"))
+    assert isinstance(model, HatefulMemesFusionModel)
+    mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.float32)
+    logits = model(torch.randn(6, 384), torch.rand(6, 3, 32, 32), mask)
+    assert logits.shape == (6, 2)
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    state = engine.trainable_state(model)
+    # Only the trainable fusion model travels: no MiniLM weight, far below its 22.7M parameters.
+    assert not any("embeddings" in k or "attention" in k for k in state)
+    assert sum(v.numel() for v in state.values()) == sum(p.numel() for p in model.parameters())
+    assert sum(v.numel() for v in state.values()) < 1_000_000
+    assert all(v.dtype == torch.float32 for v in state.values())
+
+
+def test_state_dict_round_trip():
+    cfg = load_config("")
+    a, b = build_model(cfg), build_model(cfg)
+    b.load_state_dict(engine.trainable_state(a))
+    text, image = torch.randn(3, 384), torch.rand(3, 3, 32, 32)
+    a.eval(), b.eval()
+    mask = torch.ones(3, 2)
+    assert torch.equal(a(text, image, mask), b(text, image, mask))
+
+
+def test_missing_modality_uses_placeholder_and_branches_are_declared():
+    model = build_model(load_config(""))
+    text, image = torch.randn(2, 384), torch.rand(2, 3, 32, 32)
+    no_image = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    other_image = torch.rand(2, 3, 32, 32)
+    model.eval()
+    # With the image marked missing, the image content cannot change the output.
+    assert torch.equal(model(text, image, no_image), model(text, other_image, no_image))
+    assert not torch.equal(model(text, image, torch.ones(2, 2)), model(text, other_image, torch.ones(2, 2)))
+    branches = model.branches()
+    assert branches["missing_image"] == "image" and branches["text_proj.0.weight"] == "text"
+    assert {b for k, b in branches.items() if k.startswith("head")} == {"joint"}
+    assert set(branches) == set(engine.trainable_state(model))
