@@ -96,13 +96,16 @@ def data_generate(cfg: DictConfig) -> None:
         print(f"{split:<10} {len(memes):>6} memes  {sum(m.label for m in memes):>6} hateful")
 
 
+# `fedmemes <words> [overrides]` -> Hydra job. Add a command here and in USAGE.
+COMMANDS = {"simulate": simulate, "data generate": data_generate}
+
+
 def main() -> None:
     """Dispatch `fedmemes COMMAND ...` to the matching Hydra job."""
     args = sys.argv[1:]
     verbose = any(a in ("-v", "--verbose") for a in args)
     args = [a for a in args if a not in ("-v", "--verbose")] + (["verbose=true"] if verbose else [])
-    commands = {"simulate": simulate, "data generate": data_generate}
-    for name, job in commands.items():
+    for name, job in COMMANDS.items():
         words = name.split()
         if args[: len(words)] == words:
             sys.argv = [f"fedmemes {name}", *args[len(words):]]
