@@ -22,6 +22,13 @@ commands:
   simulate   one-machine federated run (Flower simulation engine)
              e.g. fedmemes simulate num_rounds=5 num_clients=4 partition.alpha=0.3
   data       make the synthetic memes: fedmemes data generate [overrides]
+             see each client's share: fedmemes data inspect [overrides] (table + clients.png)
+  server     start a SuperLink, submit the run, follow it: fedmemes server [overrides]
+             resume a stopped run: fedmemes server resume=RUN_DIR [same overrides]
+  client     start a SuperNode: fedmemes client --superlink HOST:PORT --partition-id I --num-partitions N
+             [--data-dir DIR] [--root-certificates ca.crt] [--auth-key node.key]   (--help for all)
+  manager    client manager API beside a client: fedmemes manager --name a --status-url URL [client flags]
+  certs      make a CA, a server certificate (and --nodes N keys): fedmemes certs DIR
 
 options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed config.
 """
@@ -51,10 +58,26 @@ def _summary(run_dir: Path) -> str:
         mark = "  <- best" if r["round"] == metrics["best_round"] else ""
         lines.append(f"{r['round']:>5}  {r['auroc'] or float('nan'):>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
     test = metrics.get("test") or {}
+    from fedmemes.data.report import format_issues
+
+    lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
     lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  accuracy {test.get('accuracy', float('nan')):.3f}  "
                  f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}")
     lines.append(f"run directory: {run_dir}")
     return "\n".join(lines)
+
+
+def _check_data(cfg: DictConfig, run_dir: Path) -> str:
+    """Validate the data and every client's split, record them in run_dir; exit with the fix on a problem."""
+    from fedmemes.data.report import format_table, write_report
+    from fedmemes.node_data import data_issues, split_facts
+
+    try:
+        facts, issues = split_facts(cfg), data_issues(cfg)
+    except (ValueError, FileNotFoundError) as e:  # DataError and partition errors name file/line/key and the fix
+        raise SystemExit(f"error: {e}") from None
+    json_path, png_path = write_report(facts, run_dir, issues)
+    return f"{format_table(facts, issues)}\nclient split: {json_path} and {png_path.name}"
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -63,12 +86,12 @@ def simulate(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from fedmemes.client_app import app as client_app
-    from fedmemes.node_data import load_splits
     from fedmemes.server_app import app as server_app
 
     _quiet_libraries(cfg.verbose)
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    load_splits(cfg)  # generate/validate data here: bad input fails in seconds, before Ray starts
+    # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
+    log.info("%s", _check_data(cfg, run_dir))
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
     from flwr.simulation import run_simulation
 
@@ -96,8 +119,43 @@ def data_generate(cfg: DictConfig) -> None:
         print(f"{split:<10} {len(memes):>6} memes  {sum(m.label for m in memes):>6} hateful")
 
 
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def data_inspect(cfg: DictConfig) -> None:
+    """Print every client's memes, labels and modalities; write clients.json and clients.png."""
+    from hydra.core.hydra_config import HydraConfig
+
+    print(_check_data(cfg, Path(HydraConfig.get().runtime.output_dir).resolve()))
+
+
 # `fedmemes <words> [overrides]` -> Hydra job. Add a command here and in USAGE.
-COMMANDS = {"simulate": simulate, "data generate": data_generate}
+def server() -> None:
+    """Start a SuperLink (or use server.superlink), submit the run and follow it to its end."""
+    from fedmemes.deploy.server import server as job
+
+    job()
+
+
+def _argparse_command(module: str):
+    # client/manager/certs take flags, not Hydra overrides; `-v` became verbose=true above.
+    def run() -> None:
+        import importlib
+
+        importlib.import_module(module).main([a for a in sys.argv[1:] if a != "verbose=true"])
+
+    return run
+
+
+def _resume_dir(args: list[str]) -> list[str]:
+    # resume=RUN_DIR continues in that directory: Hydra must not make a new one.
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if not resume or resume == "null" or any(a.startswith("hydra.run.dir=") for a in args):
+        return []
+    return [f"hydra.run.dir={Path(resume).expanduser().resolve()}"]
+
+
+COMMANDS = {"simulate": simulate, "data generate": data_generate, "data inspect": data_inspect, "server": server,
+            "client": _argparse_command("fedmemes.deploy.supernode"), "manager": _argparse_command("fedmemes.deploy.manager"),
+            "certs": _argparse_command("fedmemes.deploy.certs")}
 
 
 def main() -> None:
@@ -105,6 +163,7 @@ def main() -> None:
     args = sys.argv[1:]
     verbose = any(a in ("-v", "--verbose") for a in args)
     args = [a for a in args if a not in ("-v", "--verbose")] + (["verbose=true"] if verbose else [])
+    args += _resume_dir(args)
     for name, job in COMMANDS.items():
         words = name.split()
         if args[: len(words)] == words:

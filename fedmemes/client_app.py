@@ -25,6 +25,11 @@ def _partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
+def _data_dir(context: Context) -> str | None:
+    # partition=per_client_dirs: the node's own folder, --node-config '... data-dir="/abs/path"'.
+    return str(context.node_config.get("data-dir") or "") or None
+
+
 def _model(cfg, msg: Message):
     model = build_model(cfg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -37,7 +42,7 @@ def train(msg: Message, context: Context) -> Message:
     overrides = overrides_of(context.run_config)
     cfg = load_config(overrides)
     pid, num = _partition(context)
-    data = client_data(overrides, pid, num)
+    data = client_data(overrides, pid, num, _data_dir(context))
     model = _model(cfg, msg)
     config = msg.content["config"]
     device = engine.pick_device(cfg.device)
@@ -55,6 +60,7 @@ def train(msg: Message, context: Context) -> Message:
     # Accuracy on the share this client kept back, never on what it trained on.
     val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}
     labels = data.train.label.bincount(minlength=2).tolist()
+    has = data.train.mask > 0  # (N, 2) [has text, has image]: modality_aware weights each branch by these counts
     metrics = MetricRecord(
         {
             "num-examples": len(data.train),
@@ -65,6 +71,9 @@ def train(msg: Message, context: Context) -> Message:
             "partition_id": pid,
             "label_0": int(labels[0]),
             "label_1": int(labels[1]),
+            "n_text": int(has[:, 0].sum()),
+            "n_image": int(has[:, 1].sum()),
+            "n_both": int(has.all(dim=1).sum()),
         }
     )
     reply = RecordDict({"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics})
@@ -77,7 +86,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     overrides = overrides_of(context.run_config)
     cfg = load_config(overrides)
     pid, num = _partition(context)
-    data = client_data(overrides, pid, num)
+    data = client_data(overrides, pid, num, _data_dir(context))
     scores = engine.evaluate(_model(cfg, msg), data.val.dataset(), cfg.batch_size, engine.pick_device(cfg.device))
     metrics = {k: (0.0 if v != v else float(v)) for k, v in scores.items() if k != "n"}  # NaN -> 0: keys must match
     metrics["num-examples"] = len(data.val)

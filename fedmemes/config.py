@@ -14,6 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedmemes.strategies.validation import with_reply_checks
+
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes
 # the overrides in this variable (Ray actors inherit the driver's environment).
 OVERRIDES_ENV = "FEDMEMES_OVERRIDES"
@@ -26,6 +28,18 @@ SEED_STRATEGY_KEYS = {
     "min_available_clients": "min_available_nodes",
     "min_evaluate_clients": "min_evaluate_nodes",
 }
+# Seed-era keys with no server.strategy equivalent in Flower 1.42 -> where that setting lives now.
+REMOVED_STRATEGY_KEYS = {
+    "on_fit_config_fn": "the server sends lr and num_epochs itself: set lr=... num_epochs=...",
+    "on_evaluate_config_fn": "the server sends the evaluate config itself: delete the key",
+    "evaluate_fn": "the server scores its hold-out every round already: delete the key",
+    "initial_parameters": "the initial model is built from model=...: delete the key",
+    "fit_metrics_aggregation_fn": "Flower 1.42 calls it train_metrics_aggr_fn and fedmemes sets it: delete the key",
+    "evaluate_metrics_aggregation_fn": "Flower 1.42 calls it evaluate_metrics_aggr_fn: rename the key",
+    "accept_failures": "failed and malformed replies are always dropped (fedmemes.strategies.validation): delete the key",
+    "inplace": "Flower 1.42 always aggregates in place: delete the key",
+}
+HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
 
 
 def overrides_of(run_config: dict[str, Any]) -> str:
@@ -47,18 +61,49 @@ def load_config(overrides: str = "") -> DictConfig:
     return cfg
 
 
-def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
-    """Instantiate `server.strategy`, mapping the seed's key names and passing the hooks it accepts."""
-    spec = OmegaConf.to_container(cfg.server.strategy, resolve=True)
+def _accepted(cls: type) -> tuple[set[str], bool]:
+    """Return the named constructor parameters of `cls`, following **kwargs into its bases, and if it stays open-ended."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            return names, True
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names, False
+    return names, True
+
+
+def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: bool = False) -> Any:
     for old, new in SEED_STRATEGY_KEYS.items():
         if old in spec:
-            logging.getLogger(__name__).warning("server.strategy.%s is the seed's name; Flower 1.42 calls it %s", old, new)
+            logging.getLogger(__name__).warning("%s.%s is the seed's name; Flower 1.42 calls it %s", where, old, new)
             spec[new] = spec.pop(old)
+    for old, why in REMOVED_STRATEGY_KEYS.items():
+        if old in spec:
+            raise ValueError(f"{where}.{old} is a Flower 1.x key that Flower 1.42 dropped; {why}")
     target = get_class(spec["_target_"])
-    accepted = inspect.signature(target).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    extra = {k: v for k, v in hooks.items() if takes_kwargs or k in accepted}
-    return instantiate(spec, **extra)
+    min_valid = int(spec.pop("min_valid_replies", 1))  # the reply checks' setting (outermost only), not the class's
+    accepted, open_ended = _accepted(target)
+    unknown = sorted(set(spec) - accepted - HYDRA_KEYS)
+    if unknown and not open_ended:
+        raise ValueError(f"{where}: {target.__name__} takes no {unknown}; it takes {sorted(accepted - set(hooks))}")
+    extra = {k: v for k, v in hooks.items() if k in accepted}
+    if isinstance(spec.get("strategy"), dict) and "_target_" in spec["strategy"]:  # a wrapper (central DP) around another strategy
+        extra["strategy"] = _build_one(spec.pop("strategy"), f"{where}.strategy", hooks)
+    if not outer:
+        return instantiate(spec, **extra)
+    # The outermost strategy gets the reply checks: same class, filtering replies before it aggregates.
+    args = instantiate(spec, _partial_=True, **extra)
+    strategy = with_reply_checks(target)(*args.args, **args.keywords)
+    strategy.reply_report_fn = hooks.get("reply_report_fn")
+    strategy.min_valid_replies = min_valid
+    return strategy
+
+
+def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
+    """Instantiate `server.strategy` with reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
+    return _build_one(OmegaConf.to_container(cfg.server.strategy, resolve=True), "server.strategy", hooks, outer=True)
 
 
 def build_model(cfg: DictConfig) -> Any:

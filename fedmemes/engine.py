@@ -36,7 +36,7 @@ def _loss_and_prob(logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Ten
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Return the tensors that travel: everything in the model's state dict (frozen encoders live outside it)."""
+    """Return the tensors that travel: the model's state dict (a MemeClassifier leaves frozen tensors out of it)."""
     return {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
 
 

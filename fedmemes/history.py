@@ -35,6 +35,7 @@ class RunHistory:
     clients: dict[int, dict[str, Any]] = field(default_factory=dict)
     best_round: int | None = None
     test: dict[str, Any] | None = None
+    data_issues: dict[str, int] = field(default_factory=dict)  # bad rows per kind the source skipped
 
     def add_round(self, server_round: int, scores: dict[str, Any]) -> bool:
         """Record a round's hold-out scores; return True if it is the new best (highest AUROC)."""
@@ -47,8 +48,17 @@ class RunHistory:
         return False
 
     def add_client(self, partition_id: int, facts: dict[str, Any]) -> None:
-        """Remember what a client reported about its data (latest report wins)."""
-        self.clients[partition_id] = {"partition_id": partition_id, **facts}
+        """Remember what a client reported about its data (latest report wins, other facts stay)."""
+        self.clients[partition_id] = {**self.clients.get(partition_id, {}), "partition_id": partition_id, **facts}
+
+    def state(self) -> dict[str, Any]:
+        """Return what a checkpoint keeps to continue this history after a restart."""
+        return {"rounds": list(self.rounds), "clients": dict(self.clients), "best_round": self.best_round}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpointed `state()`: its rounds are kept and never recorded again."""
+        self.rounds, self.best_round = list(state["rounds"]), state["best_round"]
+        self.clients.update(state["clients"])
 
     def as_dict(self) -> dict[str, Any]:
         """Return the metrics.json content."""
@@ -58,6 +68,7 @@ class RunHistory:
                 "best_round": self.best_round,
                 "test": self.test,
                 "clients": [self.clients[k] for k in sorted(self.clients)],
+                "data_issues": self.data_issues,
             }
         )
 

@@ -6,20 +6,45 @@ import functools
 import logging
 from dataclasses import dataclass
 
+from typing import Any
+
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedmemes.config import load_config
 from fedmemes.data.features import MemeTensors, build_tensors
-from fedmemes.data.meme import Meme
+from fedmemes.data.local_dir import LocalDirSource
+from fedmemes.data.meme import DataIssue, Meme, count_kinds
+from fedmemes.data.partitioners import partitioner_spec
+from fedmemes.data.report import client_facts
+from fedmemes.data.skew import Skew, SkewFacts, apply_skew
 from fedmemes.data.split import ServerSplits, client_partition, local_validation, server_splits
 
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=2)
+def _load(source_yaml: str) -> tuple[dict[str, list[Meme]], tuple[DataIssue, ...]]:
+    # Keyed by the resolved source config: the CLI, the server and a client in one process
+    # validate the (possibly large) folder once.
+    source = instantiate(OmegaConf.create(source_yaml))
+    splits = source.load()
+    return splits, tuple(getattr(source, "issues", ()))
+
+
+def load_source(cfg: DictConfig) -> tuple[dict[str, list[Meme]], tuple[DataIssue, ...]]:
+    """Load (and validate) every split of the configured source; also return the issues it skipped."""
+    return _load(OmegaConf.to_yaml(cfg.dataset.source, resolve=True))
+
+
 def load_splits(cfg: DictConfig) -> dict[str, list[Meme]]:
     """Load (and validate) every split of the configured source."""
-    return instantiate(cfg.dataset.source).load()
+    return load_source(cfg)[0]
+
+
+def data_issues(cfg: DictConfig) -> dict[str, int]:
+    """Count per kind the bad rows the source dropped or kept partly (on_error != raise)."""
+    return count_kinds(list(load_source(cfg)[1]))
 
 
 def holdout(cfg: DictConfig, splits: dict[str, list[Meme]] | None = None) -> ServerSplits:
@@ -28,11 +53,57 @@ def holdout(cfg: DictConfig, splits: dict[str, list[Meme]] | None = None) -> Ser
     return server_splits(splits, cfg.dataset.validation_split, cfg.random_seed)
 
 
-def client_memes(cfg: DictConfig, partition_id: int, num_partitions: int) -> tuple[list[Meme], list[Meme]]:
+@dataclass
+class ClientSplit:
+    """A client's memes after partition, modality skew and label noise."""
+
+    train: list[Meme]
+    val: list[Meme]
+    skew: SkewFacts
+
+
+@functools.lru_cache(maxsize=8)
+def _own_folder(folder: str, on_error: str) -> list[Meme]:
+    return LocalDirSource(folder, on_error=on_error, splits=("train",)).load()["train"]
+
+
+def client_split(cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None) -> ClientSplit:
+    """Partition, skew and split one client's memes; stop with the fix if it gets none."""
+    partition = OmegaConf.to_container(cfg.partition, resolve=True)
+    partitioner = instantiate(partitioner_spec(partition), num_partitions=num_partitions)
+    if getattr(partitioner, "owns_data", False):  # per_client_dirs: the node's own folder
+        folder = partitioner.data_dir(partition_id, data_dir)
+        pool = _own_folder(str(folder), str(cfg.dataset.get("on_error", "raise")))
+    else:
+        if data_dir:
+            log.warning("node config data-dir=%s is ignored: it is read only with partition=per_client_dirs", data_dir)
+        pool = holdout(cfg).pool
+    mine = client_partition(pool, partitioner, partition_id, cfg.random_seed)
+    mine, facts = apply_skew(mine, Skew.from_config(partition, cfg.random_seed), partition_id, num_partitions)
+    train, val = local_validation(mine, cfg.local_val_share, cfg.random_seed + partition_id)
+    if not train:
+        raise ValueError(
+            f"client {partition_id} of {num_partitions} got no training memes "
+            f"(partition {partition.get('_target_', '?').rsplit('.', 1)[-1]}, {len(pool)} memes in the pool); "
+            f"use fewer clients (num_clients={max(1, num_partitions - 1)}), a larger partition.alpha, "
+            "or lower partition.missing_*_rate; `fedmemes data inspect` shows every client's share"
+        )
+    return ClientSplit(train, val, facts)
+
+
+def client_memes(cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None) -> tuple[list[Meme], list[Meme]]:
     """Return (train, local validation) memes of one client."""
-    partitioner = instantiate(cfg.partition, num_partitions=num_partitions)
-    mine = client_partition(holdout(cfg).pool, partitioner, partition_id, cfg.random_seed)
-    return local_validation(mine, cfg.local_val_share, cfg.random_seed + partition_id)
+    split = client_split(cfg, partition_id, num_partitions, data_dir)
+    return split.train, split.val
+
+
+def split_facts(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Return every client's split facts (the partition is seeded, so this is what clients will get)."""
+    facts = []
+    for pid in range(cfg.num_clients):
+        split = client_split(cfg, pid, cfg.num_clients)
+        facts.append(client_facts(pid, split.train, split.val, split.skew))
+    return facts
 
 
 @dataclass
@@ -49,15 +120,10 @@ def _tensors(cfg: DictConfig, memes: list[Meme]) -> MemeTensors:
 
 
 @functools.lru_cache(maxsize=4)
-def client_data(overrides: str, partition_id: int, num_partitions: int) -> ClientData:
+def client_data(overrides: str, partition_id: int, num_partitions: int, data_dir: str | None = None) -> ClientData:
     """Tensors of one client, kept in memory for the life of the process (a Ray actor lives all run)."""
     cfg = load_config(overrides)
-    train, val = client_memes(cfg, partition_id, num_partitions)
-    if not train:
-        raise ValueError(
-            f"client {partition_id} of {num_partitions} got no training memes; "
-            "use fewer clients (num_clients=...) or a larger partition.alpha"
-        )
+    train, val = client_memes(cfg, partition_id, num_partitions, data_dir)
     return ClientData(train=_tensors(cfg, train), val=_tensors(cfg, val))
 
 

@@ -12,21 +12,22 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import engine
+from fedmemes import checkpoint, engine
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
 from fedmemes.history import RunHistory
-from fedmemes.node_data import server_data
+from fedmemes.data.report import read_client_facts
+from fedmemes.node_data import data_issues, server_data
 
 log = logging.getLogger("fedmemes")
 app = ServerApp()
 
-CLIENT_FACTS = ("partition_id", "label_0", "label_1", "val_n")
+CLIENT_FACTS = ("partition_id", "label_0", "label_1", "val_n", "n_text", "n_image", "n_both")
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
     """Return the absolute run directory (Flower's processes do not share the caller's cwd)."""
-    if cfg.run_dir:
-        return Path(cfg.run_dir).resolve()
+    if cfg.run_dir or cfg.resume:  # resuming continues in the stopped run's own directory
+        return Path(cfg.run_dir or cfg.resume).resolve()
     return (Path.cwd() / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).resolve()
 
 
@@ -39,18 +40,41 @@ class ServerRun:
         self.model = build_model(cfg).to(self.device)
         self.val, self.test = server_data(overrides)
         self.history = RunHistory(run_dir)
+        self.history.data_issues = data_issues(cfg)
+        for facts in read_client_facts(run_dir):  # the split facts `fedmemes simulate` recorded
+            self.history.add_client(int(facts["partition_id"]), facts)
         self.best_state = engine.trainable_state(self.model)
         self.started = time.monotonic()
         self.trained = 0
+        self.replies: dict[int, dict[str, int]] = {}  # per round: replies, dropped_replies, kept_previous_model
+        self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
+        self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
 
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Score the global model on the hold-out (the strategy's evaluate_fn)."""
+    def resume(self, ckpt: checkpoint.Checkpoint) -> dict:
+        """Continue after the checkpointed round: history, best model and strategy state come back; return the weights."""
+        self.history.restore(ckpt.history)
+        self.best_state, self.offset = ckpt.best_state, ckpt.server_round
+        checkpoint.restore_strategy(self.strategy, ckpt.strategy)
+        log.info("resuming after round %d of %d", self.offset, self.cfg.num_rounds)
+        return ckpt.arrays
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Score the global model on the hold-out (the strategy's evaluate_fn), then checkpoint the round."""
+        replies = self.replies.pop(server_round, {})  # keyed by the strategy's own round count
+        server_round += self.offset
+        if self.offset and server_round == self.offset:
+            return None  # a resumed run's round 0 is the checkpointed round: scored before the restart
         self.model.load_state_dict(arrays.to_torch_state_dict())
         scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device)
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
+        scores.update(replies)
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
+        if server_round > 0:
+            state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
+            checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
+                server_round, state, self.history.state(), self.best_state, checkpoint.strategy_state(self.strategy)))
         log.info(
             "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
             server_round, self.cfg.num_rounds, self.trained, scores["auroc"], scores["accuracy"], scores["loss"], scores["seconds"],
@@ -93,11 +117,21 @@ def main(grid: Grid, context: Context) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)
     run = ServerRun(cfg, overrides, run_dir)
-    strategy = build_strategy(cfg, train_metrics_aggr_fn=run.aggregate_train_metrics)
+    run.strategy = strategy = build_strategy(
+        cfg,
+        train_metrics_aggr_fn=run.aggregate_train_metrics,
+        branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
+        reply_report_fn=run.replies.__setitem__,  # dropped-reply counts land in the round's metrics.json row
+    )
+    initial = run.resume(checkpoint.load(run_dir)) if cfg.resume else engine.trainable_state(run.model)
+    if cfg.num_rounds <= run.offset:  # resumed after the last round: only the final scoring was left
+        run.finish(ArrayRecord(initial))
+        return
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(engine.trainable_state(run.model)),
-        num_rounds=cfg.num_rounds,
+        initial_arrays=ArrayRecord(initial),
+        num_rounds=cfg.num_rounds - run.offset,
+        timeout=float(cfg.server.round_timeout),  # a dead client's reply is waited for at most this long
         train_config=ConfigRecord({"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs)}),
         evaluate_fn=run.evaluate,
     )

@@ -22,7 +22,8 @@ def _xor_data(n: int, seed: int) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, 2, (n,), generator=g)
     v = torch.randint(0, 2, (n,), generator=g)
-    text = torch.randn(n, 8, generator=g) * 0.3 + t[:, None].float()
+    text = torch.randn(n, 8, generator=g) * 0.3
+    text[:, 0] += 2 * t  # the concept is a direction, as in sentence-embedding space
     image = torch.zeros(n, 3, 16, 16, dtype=torch.uint8)
     image[:, 0] = (v * 200)[:, None, None].to(torch.uint8)
     image[:, 2] = ((1 - v) * 200)[:, None, None].to(torch.uint8)

@@ -129,7 +129,7 @@ def test_skip_drops_bad_rows_and_keeps_good(data_messy: Path, caplog: pytest.Log
     assert [(m.id, m.text) for m in splits["train"]] == [("1", "a caption"), ("17", "last good")]
     assert [m.id for m in splits["dev_seen"]] == ["13"]
     assert _located(src.issues) == EXPECTED
-    assert "dropped 16 bad row(s)" in caplog.text and "'bad_label': 3" in caplog.text
+    assert "16 data issue(s) (on_error=skip)" in caplog.text and "'bad_label': 3" in caplog.text
 
 
 def test_check_images_off_still_finds_missing_files(data_messy: Path) -> None:
@@ -175,3 +175,90 @@ def test_issue_str_and_error_truncation() -> None:
     msg = str(DataError(issues))
     assert "t.jsonl:20:" in msg and "t.jsonl:21:" not in msg and "and 5 more" in msg
     assert "bad_text=25" in msg
+
+
+# One bad row of each kind after one good row: (kind, file, writes the bad row given the folder).
+def _bad_rows(root: Path, good: str) -> dict[str, tuple[str, object]]:
+    (root / "img" / "trunc.png").write_bytes((root / good).read_bytes()[:30])
+    Image.new("L", (300, 300)).save(root / "img" / "bomb.png")
+    return {
+        "bad_json": ("train", '{"id": 2, "img": '),
+        "missing_key": ("train", {"id": 2, "img": good, "text": "no label"}),
+        "bad_label": ("train", _row(2, good, label=3)),
+        "bad_text": ("train", _row(2, good, text="   ")),
+        "bad_id": ("train", _row("", good)),
+        "bad_img": ("train", _row(2, "/etc/passwd")),
+        "duplicate_id": ("train", _row(1, good)),
+        "missing_image": ("train", _row(2, "img/gone.png")),
+        "unreadable_image": ("train", _row(2, "img/trunc.png")),
+        "image_too_large": ("train", _row(2, "img/bomb.png")),
+        "holdout_overlap": ("train", _row(9, good)),
+    }
+
+
+KINDS = ["bad_json", "missing_key", "bad_label", "bad_text", "bad_id", "bad_img", "duplicate_id",
+         "missing_image", "unreadable_image", "image_too_large", "holdout_overlap"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_each_kind_under_each_policy(tmp_path: Path, kind: str, policy: str) -> None:
+    good = _img(tmp_path, "00001.png", (20, 20))
+    _, bad = _bad_rows(tmp_path, good)[kind]
+    _jsonl(tmp_path / "train.jsonl", [_row(1, good, 1, "fine"), bad, _row(3, good, 0, "also fine")])
+    _jsonl(tmp_path / "dev_seen.jsonl", [_row(9, good)])
+    src = LocalDirSource(tmp_path, on_error=policy, max_image_pixels=200 * 200)
+    if policy == "raise":
+        with pytest.raises(DataError) as e:
+            src.load()
+        assert _located(e.value.issues) == {("train.jsonl", 2, kind)}
+        assert f"{tmp_path / 'train.jsonl'}:2: {kind}:" in str(e.value) and f"{kind}=1" in str(e.value)
+    else:
+        splits = src.load()
+        assert [m.id for m in splits["train"]] == ["1", "3"]
+        assert _located(src.issues) == {("train.jsonl", 2, kind)}
+
+
+def test_keep_text_keeps_memes_with_bad_images_marked_missing(data_messy: Path) -> None:
+    src = LocalDirSource(data_messy, on_error="keep_text", max_image_pixels=200 * 200)
+    train = {m.id: m for m in src.load()["train"]}
+    assert _located(src.issues) == EXPECTED  # every problem is still reported
+    assert set(train) == {"1", "10", "11", "12", "14", "17"}  # + missing/unreadable/too large/bad path
+    for i in ("10", "11", "12", "14"):
+        assert train[i].has_text and not train[i].has_image and train[i].text == "a caption"
+    assert train["1"].has_image and train["17"].has_image
+    assert "3" not in train and "7" not in train  # bad captions are not rescued by keep_text
+
+
+def test_keep_image_keeps_memes_with_bad_captions_marked_missing(data_messy: Path) -> None:
+    src = LocalDirSource(data_messy, on_error="keep_image", max_image_pixels=200 * 200)
+    train = {m.id: m for m in src.load()["train"]}
+    assert set(train) == {"1", "3", "7", "8", "17"}  # + missing 'text' key, empty text, non-string text
+    for i in ("3", "7", "8"):
+        assert not train[i].has_text and train[i].has_image and train[i].text == ""
+    assert "11" not in train  # a bad image is not rescued by keep_image
+
+
+def test_keep_text_never_loads_the_bad_image(data_messy: Path, tmp_path: Path) -> None:
+    from fedmemes.data.features import build_tensors
+
+    class Enc:
+        def identity(self) -> str:
+            return "fake"
+
+        def encode(self, texts: list[str]) -> "torch.Tensor":
+            import torch
+            return torch.ones(len(texts), 4)
+
+    train = [m for m in LocalDirSource(data_messy, on_error="keep_text", max_image_pixels=200 * 200).load()["train"]
+             if m.id in ("1", "11")]  # 11's image is not a PNG at all
+    t = build_tensors(train, Enc(), 8, tmp_path / "cache")
+    assert t.mask.tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    assert t.image[1].abs().sum() == 0 and t.image[0].float().mean() > 0  # masked row stays empty, never decoded
+    assert t.text.shape == (2, 4)
+
+
+def test_extra_row_keys_are_kept_as_meta(tmp_path: Path) -> None:
+    a = _img(tmp_path, "00001.png")
+    _jsonl(tmp_path / "train.jsonl", [{**_row(1, a), "client": "siteA", "nested": {"x": 1}}])
+    assert LocalDirSource(tmp_path).load()["train"][0].meta == (("client", "siteA"),)

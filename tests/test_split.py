@@ -69,3 +69,16 @@ def test_bad_partition_id():
 def test_local_validation_share():
     train, val = local_validation(_memes(100), 0.1, seed=0)
     assert len(val) == 10 and len(train) == 90 and not {m.id for m in train} & {m.id for m in val}
+
+
+def test_extra_row_keys_reach_the_partitioner_as_columns():
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    pool = [Meme(id=str(i), img=Path("/x"), text="t", label=i % 2, meta=(("site", "ab"[i % 2]),)) for i in range(10)]
+    part = client_partition(pool, NaturalIdPartitioner("site"), 1, seed=0)
+    assert sorted(int(m.id) for m in part) == [1, 3, 5, 7, 9]
+
+
+def test_partitioner_failure_names_client_and_fix():
+    with pytest.raises(ValueError, match=r"client 5 of 6 .*num_clients=5 or less"):
+        client_partition(_memes(4), IidPartitioner(6), 5, seed=0)

@@ -31,7 +31,10 @@ class TextEncoder(Protocol):
 class MemeTensors:
     """Model-ready tensors for a list of memes, row i = meme i."""
 
-    text: torch.Tensor  # (N, D) float32 pooled text vectors
+    # What the text encoder's encode() gives: (N, D) float32 pooled vectors (the default),
+    # (N, L, D) float16 zero-padded token states (output=tokens) or (N, L) int64 token ids
+    # (a trainable encoder). The model's text encoder knows how to read its own inputs.
+    text: torch.Tensor
     image: torch.Tensor  # (N, 3, S, S) uint8
     label: torch.Tensor  # (N,) int64
     mask: torch.Tensor  # (N, 2) float32: [has text, has image]
@@ -62,27 +65,43 @@ def _cached(path: Path, build) -> torch.Tensor:
     return x
 
 
-def encode_texts(texts: list[str], encoder: TextEncoder, cache_dir: Path) -> torch.Tensor:
-    """Encode captions with the frozen encoder, each distinct caption once, cached on disk."""
-    key = _digest([encoder.identity().encode()] + [t.encode() for t in texts])
+def encode_texts(texts: list[str | None], encoder: TextEncoder, cache_dir: Path) -> torch.Tensor:
+    """Encode captions with the frozen encoder, each distinct caption once, cached on disk.
+
+    A None caption (text marked missing) gets a zero row; the mask tells the model to ignore it.
+    """
+    key = _digest([encoder.identity().encode()] + [b"\0missing" if t is None else t.encode() for t in texts])
 
     def build() -> torch.Tensor:
-        unique = sorted(set(texts))
-        vectors = encoder.encode(unique)
+        unique = sorted({t for t in texts if t is not None})
+        vectors = encoder.encode(unique) if unique else None
         row = {t: i for i, t in enumerate(unique)}
-        return vectors[[row[t] for t in texts]]
+        if vectors is None:
+            probe = encoder.encode(["x"])
+            return torch.zeros((len(texts), *probe.shape[1:]), dtype=probe.dtype)
+        # Any row shape: pooled (D,), token states (L, D) or token ids (L,); zero = padding.
+        out = torch.zeros((len(texts), *vectors.shape[1:]), dtype=vectors.dtype)
+        present = [i for i, t in enumerate(texts) if t is not None]
+        out[present] = vectors[[row[texts[i]] for i in present]]
+        return out
 
     return _cached(cache_dir / f"text-{key}.safetensors", build)
 
 
-def load_images(paths: list[Path], size: int, cache_dir: Path) -> torch.Tensor:
-    """Load and resize images to uint8 (N, 3, size, size), cached by their bytes."""
-    key = _digest([str(size).encode()] + [p.read_bytes() for p in paths])
+def load_images(paths: list[Path | None], size: int, cache_dir: Path) -> torch.Tensor:
+    """Load and resize images to uint8 (N, 3, size, size), cached by their bytes.
+
+    A None path (image marked missing) is never read: its row stays zero and the mask,
+    not the pixels, tells the model the image is absent.
+    """
+    key = _digest([str(size).encode()] + [b"\0missing" if p is None else p.read_bytes() for p in paths])
 
     def build() -> torch.Tensor:
-        if not paths:
-            return torch.zeros(0, 3, size, size, dtype=torch.uint8)
-        return torch.from_numpy(np.stack([load_image_array(p, size) for p in paths]))
+        out = torch.zeros(len(paths), 3, size, size, dtype=torch.uint8)
+        for i, p in enumerate(paths):
+            if p is not None:
+                out[i] = torch.from_numpy(load_image_array(p, size))
+        return out
 
     return _cached(cache_dir / f"image-{key}.safetensors", build)
 
@@ -91,8 +110,8 @@ def build_tensors(memes: list[Meme], encoder: TextEncoder, image_size: int, cach
     """Return model-ready tensors for `memes`, reusing the on-disk cache."""
     cache = Path(cache_dir) / "features"
     return MemeTensors(
-        text=encode_texts([m.text for m in memes], encoder, cache),
-        image=load_images([m.img for m in memes], image_size, cache),
+        text=encode_texts([m.text if m.has_text else None for m in memes], encoder, cache),
+        image=load_images([m.img if m.has_image else None for m in memes], image_size, cache),
         label=torch.tensor([m.label for m in memes], dtype=torch.long),
         mask=torch.tensor([[m.has_text, m.has_image] for m in memes], dtype=torch.float32).reshape(-1, 2),
     )

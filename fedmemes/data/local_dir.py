@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -14,8 +15,13 @@ from fedmemes.data.meme import HOLDOUT_SPLITS, SPLITS, DataError, DataIssue, Mem
 
 log = logging.getLogger(__name__)
 
-ON_ERROR = ("raise", "skip")
+# raise: stop on any issue | skip: drop bad rows | keep_text / keep_image: keep a row whose
+# other modality is unusable, marked missing in its availability mask (never a zero image).
+ON_ERROR = ("raise", "skip", "keep_text", "keep_image")
 REQUIRED_KEYS = ("id", "img", "label", "text")
+# Problems that make only one modality unusable; everything else makes the row unusable.
+TEXT_KINDS = frozenset({"bad_text"})
+IMAGE_KINDS = frozenset({"bad_img", "missing_image", "unreadable_image", "image_too_large"})
 
 
 def id_key(meme_id: str) -> str:
@@ -23,8 +29,29 @@ def id_key(meme_id: str) -> str:
     return (meme_id.lstrip("0") or "0") if meme_id.isdigit() else meme_id
 
 
-def _check_row(row: object, root: Path) -> tuple[list[tuple[str, str]], Meme | None]:
-    """Validate one parsed jsonl row; return (kind, detail) problems and the Meme if complete."""
+def _meta(row: dict) -> tuple[tuple[str, str], ...]:
+    """Return the row's extra scalar keys (e.g. a 'client' column) as sorted (key, value) pairs."""
+    return tuple(sorted((k, str(v)) for k, v in row.items() if k not in REQUIRED_KEYS
+                        and isinstance(v, (str, int, float)) and not isinstance(v, bool)))
+
+
+def _modality_kinds(problems: list[tuple[str, str]]) -> set[str]:
+    """Map each problem to 'text', 'image' or 'row' (a missing 'text'/'img' key hits one modality)."""
+    def of(kind: str, detail: str) -> str:
+        if kind in TEXT_KINDS or (kind == "missing_key" and detail.startswith("key 'text'")):
+            return "text"
+        if kind in IMAGE_KINDS or (kind == "missing_key" and detail.startswith("key 'img'")):
+            return "image"
+        return "row"
+    return {of(k, d) for k, d in problems}
+
+
+def _check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[tuple[str, str]], Meme | None]:
+    """Validate one parsed jsonl row; return (kind, detail) problems and the Meme if usable.
+
+    With on_error keep_text (keep_image) a row whose only problems hit the image (the text)
+    still yields a Meme, with that modality marked missing.
+    """
     if not isinstance(row, dict):
         return [("bad_json", f"expected a JSON object, got {type(row).__name__}; "
                              'write one {"id", "img", "label", "text"} object per line')], None
@@ -49,9 +76,17 @@ def _check_row(row: object, root: Path) -> tuple[list[tuple[str, str]], Meme | N
                                       f"booleans are rejected), got {label!r}"))
     if "text" in row and (not isinstance(text, str) or not text.strip()):
         problems.append(("bad_text", f"text must be a non-empty string, got {text!r}"))
-    if problems:
-        return problems, None
-    return [], Meme(id=str(meme_id).strip(), img=root / img, text=text, label=label)
+    if not problems:
+        return [], Meme(id=str(meme_id).strip(), img=root / img, text=text, label=label, meta=_meta(row))
+    hit = _modality_kinds(problems)
+    if on_error == "keep_text" and hit == {"image"}:
+        img_path = root / img if isinstance(img, str) and img.strip() else root
+        return problems, Meme(id=str(meme_id).strip(), img=img_path, text=text, label=label,
+                              has_image=False, meta=_meta(row))
+    if on_error == "keep_image" and hit == {"text"}:
+        return problems, Meme(id=str(meme_id).strip(), img=root / img, text="", label=label,
+                              has_text=False, meta=_meta(row))
+    return problems, None
 
 
 class LocalDirSource:
@@ -101,7 +136,7 @@ class LocalDirSource:
                     continue
                 try:
                     # Decode per line so one bad byte costs one row; -sig drops a leading BOM.
-                    row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
+                    row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n"))
                 except UnicodeDecodeError as e:
                     issues.append(DataIssue(str(path), n, "bad_json",
                                             f"not UTF-8 ({e.reason} at byte {e.start}); "
@@ -109,9 +144,9 @@ class LocalDirSource:
                     continue
                 except json.JSONDecodeError as e:
                     issues.append(DataIssue(str(path), n, "bad_json",
-                                            f"{e.msg} at column {e.colno}; fix or delete the line"))
+                                            f"{e.msg} (column {e.colno}); fix or delete the line"))
                     continue
-                problems, meme = _check_row(row, self.root)
+                problems, meme = _check_row(row, self.root, self.on_error)
                 issues.extend(DataIssue(str(path), n, k, d) for k, d in problems)
                 if meme is None:
                     continue
@@ -151,15 +186,17 @@ class LocalDirSource:
         issues: list[DataIssue] = []
         rows = {s: self._read_jsonl(p, issues) for s, p in files.items()}
 
-        bad_images = self._image_problems({m.img for r in rows.values() for _, m in r})
+        bad_images = self._image_problems({m.img for r in rows.values() for _, m in r if m.has_image})
         for split, split_rows in rows.items():
             kept = []
             for n, meme in split_rows:
-                err = bad_images.get(meme.img)
+                err = bad_images.get(meme.img) if meme.has_image else None
                 if err is None:
                     kept.append((n, meme))
-                else:
-                    issues.append(DataIssue(str(files[split]), n, err.kind, f"{meme.img}: {err.detail}"))
+                    continue
+                issues.append(DataIssue(str(files[split]), n, err.kind, f"{meme.img}: {err.detail}"))
+                if self.on_error == "keep_text" and meme.has_text:
+                    kept.append((n, replace(meme, has_image=False)))  # the mask says so: no zero image
             rows[split] = kept
 
         # A training meme that is also in a hold-out split leaks the answer into evaluation.
@@ -182,8 +219,10 @@ class LocalDirSource:
         if issues and self.on_error == "raise":
             raise DataError(issues)
         if issues:
-            log.warning("%s: dropped %d bad row(s) (on_error=skip): %s; first: %s", self.root,
-                        len(issues), count_kinds(issues), issues[0])
+            partial = sum(not (m.has_text and m.has_image) for r in rows.values() for _, m in r)
+            log.warning("%s: %d data issue(s) (on_error=%s): %s; %d row(s) kept with a modality "
+                        "marked missing; first: %s", self.root, len(issues), self.on_error,
+                        count_kinds(issues), partial, issues[0])
         if not rows["train"]:
             raise DataError(issues, fix=f"no usable row left in {files['train']}; "
                                         "fix the file or point dataset.root at another copy")

@@ -24,6 +24,8 @@ class Meme:
     # Availability: a source or a client's modality skew may mark a part unusable.
     has_text: bool = True
     has_image: bool = True
+    # Extra scalar keys of the source row, e.g. (("client", "siteA"),) for partition=natural.
+    meta: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,9 @@ class DataError(ValueError):
             shown.append(f"  ... and {len(self.issues) - _SHOWN_ISSUES} more")
         counts = ", ".join(f"{k}={n}" for k, n in count_kinds(self.issues).items())
         fix = fix or (
-            "fix the rows above, or set dataset.on_error=skip to drop bad rows "
-            "(they are then logged and kept in source.issues)"
+            "fix the rows above, or set dataset.on_error=skip to drop bad rows (counted in the log "
+            "and metrics.json), or keep_text / keep_image to keep a meme whose image / caption "
+            "is bad with that part marked missing"
         )
         super().__init__(
             f"{len(self.issues)} data issue(s) found:\n" + "\n".join(shown)

@@ -10,6 +10,7 @@ from flwr_datasets.partitioner import Partitioner
 from sklearn.model_selection import train_test_split
 
 from fedmemes.data.meme import Meme
+from fedmemes.data.partitioners import PartitionError
 
 
 @dataclass
@@ -51,13 +52,31 @@ def server_splits(splits: dict[str, list[Meme]], validation_split: float, seed: 
 
 
 def client_partition(pool: list[Meme], partitioner: Partitioner, partition_id: int, seed: int) -> list[Meme]:
-    """Return client `partition_id`'s memes, as the flwr-datasets `partitioner` assigns them."""
+    """Return client `partition_id`'s memes, as the flwr-datasets `partitioner` assigns them.
+
+    The partitioner sees the columns `row`, `label` and every extra key of the rows
+    (e.g. `client` for partition=natural).
+    """
     # Shuffle first: IidPartitioner cuts contiguous shards, and files are often sorted.
     rows = np.random.default_rng(seed).permutation(len(pool)).tolist()
-    partitioner.dataset = Dataset.from_dict({"row": rows, "label": [pool[i].label for i in rows]})
-    if not 0 <= partition_id < partitioner.num_partitions:
-        raise ValueError(f"partition-id {partition_id} is outside 0..{partitioner.num_partitions - 1}")
-    rows = partitioner.load_partition(partition_id)["row"]
+    columns: dict[str, list] = {"row": rows, "label": [pool[i].label for i in rows]}
+    for key in sorted({k for m in pool for k, _ in m.meta} - set(columns)):
+        columns[key] = [dict(pool[i].meta).get(key, "") for i in rows]
+    partitioner.dataset = Dataset.from_dict(columns)
+    # Some partitioners (Dirichlet) compute the whole split when asked for num_partitions.
+    num = getattr(partitioner, "_num_partitions", None) or partitioner.num_partitions
+    if not 0 <= partition_id < num:
+        raise ValueError(f"partition-id {partition_id} is outside 0..{num - 1}")
+    try:
+        rows = partitioner.load_partition(partition_id)["row"]
+    except PartitionError:
+        raise
+    except (ValueError, IndexError) as e:  # flwr-datasets' own messages do not say what to change here
+        raise ValueError(
+            f"{type(partitioner).__name__} cannot give client {partition_id} of {num} a share of {len(pool)} "
+            f"memes ({e}); use fewer clients (num_clients={max(1, num - 1)} or less), a larger "
+            "partition.alpha, or a smaller partition.min_partition_size"
+        ) from e
     return [pool[i] for i in rows]
 
 

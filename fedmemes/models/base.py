@@ -1,6 +1,8 @@
-"""What every meme model promises: forward(text, image, mask) -> logits, and its branches."""
+"""What every meme model promises: forward(text, image, mask) -> logits, its branches, what travels."""
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -9,15 +11,24 @@ from torch import nn
 class MemeClassifier(nn.Module):
     """Base class of all meme models.
 
-    `forward(text, image, mask)`: pooled text (B, D), images (B, 3, H, W) in [0, 1], and an
-    availability mask (B, 2) of [has text, has image] in {0, 1}; returns logits (B, output_size).
+    `forward(text, image, mask)`: the text encoder's inputs (whatever its `encode()` produced on
+    the data side: pooled vectors, token states or token ids), images (B, 3, H, W) in [0, 1], and
+    an availability mask (B, 2) of [has text, has image] in {0, 1}; returns logits (B, output_size).
 
     Subclasses name the parameter prefixes of their text and image branches, so per-branch
     aggregation (modality-aware strategies) can ask the model instead of guessing from names.
+    The state dict holds only trainable tensors: frozen weights (a frozen backbone, the frozen
+    layers of a partly trainable encoder) are loaded from disk on every node and never travel.
     """
 
     text_branch: tuple[str, ...] = ()
     image_branch: tuple[str, ...] = ()
+
+    def __init__(self, modality_dropout: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"model.modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.modality_dropout = modality_dropout
 
     def branch_of(self, name: str) -> str:
         """Return 'text', 'image' or 'joint' (fusion and head) for a state-dict key."""
@@ -31,7 +42,58 @@ class MemeClassifier(nn.Module):
         """Map every state-dict key to its branch."""
         return {name: self.branch_of(name) for name in self.state_dict()}
 
+    def frozen_keys(self) -> set[str]:
+        """Return state-dict keys of frozen tensors: frozen parameters and buffers of all-frozen modules."""
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        for prefix, module in self.named_modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                frozen |= {f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers()}
+        return frozen
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Return the trainable state only (what travels between server and clients)."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for key in self.frozen_keys():
+            state.pop(prefix + key, None)
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load a trainable state; frozen tensors stay as loaded from disk."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k not in self.frozen_keys()]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"{type(self).__name__}: state does not fit the model (missing {missing[:5]}, unexpected "
+                f"{result.unexpected_keys[:5]}); was it saved from another model= or encoder config?"
+            )
+        return result
+
+    def available(self, mask: torch.Tensor) -> torch.Tensor:
+        """Return the mask, with one modality of complete memes dropped at random while training."""
+        if not self.training or self.modality_dropout <= 0:
+            return mask
+        complete = mask.sum(1) == 2
+        drop = (torch.rand(mask.shape[0], device=mask.device) < self.modality_dropout) & complete
+        which = torch.randint(0, 2, (mask.shape[0],), device=mask.device)
+        dropped = torch.nn.functional.one_hot(which, 2).to(mask.dtype) * drop.unsqueeze(1).to(mask.dtype)
+        return mask * (1 - dropped)
+
 
 def fill_missing(features: torch.Tensor, present: torch.Tensor, placeholder: torch.Tensor) -> torch.Tensor:
     """Replace rows whose modality is missing (present == 0) by a learned placeholder vector."""
-    return torch.where(present.unsqueeze(1) > 0, features, placeholder.expand_as(features))
+    shape = (-1,) + (1,) * (features.dim() - 1)
+    return torch.where(present.reshape(shape) > 0, features, placeholder.expand_as(features))
+
+
+def pooled_text(encoder: object, text: torch.Tensor) -> torch.Tensor:
+    """Return pooled text vectors (B, D) from the encoder's inputs."""
+    # Encoders without a `pooled` step (plain test doubles) hand over vectors already pooled.
+    pool = getattr(encoder, "pooled", None)
+    return pool(text) if pool is not None else text.float()
+
+
+def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    """Return Linear -> ReLU -> Dropout -> Linear."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))

@@ -1,4 +1,9 @@
-"""A small CNN trained from scratch (no pretrained image weights are available offline)."""
+"""A small CNN trained from scratch (no pretrained image weights are available offline).
+
+Every image encoder offers the same things: `out_dim` and `forward(images) -> (B, out_dim)` for
+pooled features, `regions(images) -> (B, h*w, out_dim)` for the spatial positions of its feature
+map (what cross-attention attends over; their mean is `forward`), and `feature_map`.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +32,16 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.proj = nn.Linear(chans[-1], out_dim)
         self.out_dim = out_dim
+        self.map_dim = chans[-1]
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Map images (B, 3, H, W) in [0, 1] to region features (B, map_dim, H/16, W/16)."""
+        return self.features(images)
+
+    def regions(self, images: torch.Tensor) -> torch.Tensor:
+        """Map images to per-region features (B, h*w, out_dim); their mean is `forward`."""
+        return self.proj(self.feature_map(images).flatten(2).transpose(1, 2))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Map float images (B, 3, H, W) in [0, 1] to features (B, out_dim)."""
-        x = self.features(images)
-        return self.proj(x.mean(dim=(2, 3)))
+        return self.proj(self.feature_map(images).mean(dim=(2, 3)))

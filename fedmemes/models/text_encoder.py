@@ -1,4 +1,4 @@
-"""Frozen sentence encoders from transformers, mean-pooled, loaded from local folders only."""
+"""Frozen sentence encoders from transformers, loaded from local folders only."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+POOLINGS = ("mean", "cls")
+OUTPUTS = ("pooled", "tokens")
 
 
 def bundled_minilm_path() -> str:
@@ -32,17 +35,45 @@ def _load(name_or_path: str) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
-class FrozenTextEncoder:
-    """Encode captions with a frozen BERT-family model: mean-pooled token states.
+def weights_stamp(name_or_path: str) -> str:
+    """Return name, size and mtime of a checkpoint folder's weight files (changes when they do)."""
+    path = Path(name_or_path)
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+    return str([f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights])
 
-    Not an `nn.Module` on purpose: frozen weights never belong to the exported
-    model, so they never travel between server and clients.
+
+def pool(states: torch.Tensor, attention: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states (B, L, D) over real tokens (attention (B, L) in {0, 1}): mean or [CLS]."""
+    if pooling == "cls":
+        return states[:, 0]
+    weight = attention.unsqueeze(-1).to(states.dtype)
+    return (states * weight).sum(1) / weight.sum(1).clamp(min=1.0)
+
+
+def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the config key when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"model.text_encoder.{key}={value!r} is not one of {allowed}")
+
+
+class FrozenTextEncoder:
+    """Encode captions with a frozen BERT-family model, once per node, on the data side.
+
+    `output="pooled"` gives one vector per caption (mean or CLS pooling, `pooling`);
+    `output="tokens"` gives the token states (N, L, D) in float16, padded with zero vectors to the
+    longest caption, for models that attend over tokens (cross-attention). Not an `nn.Module` on
+    purpose: frozen weights never belong to the exported model, so they never travel.
     """
 
-    def __init__(self, name_or_path: str | None = None, max_length: int = 64, batch_size: int = 64) -> None:
+    def __init__(self, name_or_path: str | None = None, max_length: int = 64, batch_size: int = 64,
+                 pooling: str = "mean", output: str = "pooled") -> None:
+        check_choice("pooling", pooling, POOLINGS)
+        check_choice("output", output, OUTPUTS)
         self.name_or_path = name_or_path or bundled_minilm_path()
         self.max_length = max_length
         self.batch_size = batch_size
+        self.pooling = pooling
+        self.output = output
 
     @property
     def dim(self) -> int:
@@ -50,30 +81,50 @@ class FrozenTextEncoder:
         model, _ = _load(self.name_or_path)
         return int(model.config.hidden_size)
 
+    @property
+    def gives_tokens(self) -> bool:
+        """Whether `encode` returns token states (needed by models that attend over tokens)."""
+        return self.output == "tokens"
+
     def identity(self) -> str:
         """Return a key that changes whenever the encoder's outputs could change."""
-        path = Path(self.name_or_path)
-        weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
-        stamp = [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
-        raw = f"{self.name_or_path}|{self.max_length}|mean|{stamp}"
+        raw = f"{self.name_or_path}|{self.max_length}|{self.pooling}|{self.output}|{weights_stamp(self.name_or_path)}"
+        if self.pooling == "mean" and self.output == "pooled":  # the foundation's key: keep old caches valid
+            raw = f"{self.name_or_path}|{self.max_length}|mean|{weights_stamp(self.name_or_path)}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
-        """Return a float32 tensor (len(texts), dim) of mean-pooled token states."""
+        """Return pooled vectors (N, D) float32, or token states (N, L, D) float16 zero-padded."""
         model, tokenizer = _load(self.name_or_path)
-        out = []
+        chunks = []
         for i in range(0, len(texts), self.batch_size):
-            batch = tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
             states = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            out.append((states * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-        if not out:
-            return torch.zeros(0, self.dim)
-        return torch.cat(out).float()
+            if self.gives_tokens:
+                chunks.append(states * batch["attention_mask"].unsqueeze(-1).to(states.dtype))
+            else:
+                chunks.append(pool(states, batch["attention_mask"], self.pooling))
+        if not chunks:
+            return torch.zeros((0, 1, self.dim) if self.gives_tokens else (0, self.dim))
+        if not self.gives_tokens:
+            return torch.cat(chunks).float()
+        longest = max(c.shape[1] for c in chunks)
+        padded = [nn.functional.pad(c, (0, 0, 0, longest - c.shape[1])) for c in chunks]
+        return torch.cat(padded).half()  # half the cache and memory; models compute in float32
+
+    def pooled(self, text: torch.Tensor) -> torch.Tensor:
+        """Return pooled vectors (B, D) from what `encode` produced."""
+        if not self.gives_tokens:
+            return text.float()
+        states, padding = self.tokens(text)
+        return pool(states, (~padding).float(), self.pooling)
+
+    def tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return token states (B, L, D) float32 and the padding mask (B, L), True at padding."""
+        if not self.gives_tokens:
+            raise ValueError("this model attends over caption tokens: set model.text_encoder.output=tokens "
+                             "(or model/text_encoder=frozen_tokens / finetune)")
+        states = text.float()
+        return states, states.abs().sum(-1) == 0  # encode() pads with exact zero vectors

@@ -1,0 +1,1 @@
+"""Real deployments on Flower's SuperLink/SuperNodes: processes, TLS material, manager and status APIs."""

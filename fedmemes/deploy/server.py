@@ -1,0 +1,93 @@
+"""`fedmemes server`: start a SuperLink (or use a running one), submit the run, report rounds until it ends."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fedmemes import checkpoint
+from fedmemes.deploy import processes
+from fedmemes.deploy.auth import read_token
+from fedmemes.deploy.certs import TlsFiles
+from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
+from fedmemes.deploy.superlink import SuperLink
+
+log = logging.getLogger("fedmemes")
+
+
+def _status_api(cfg: DictConfig, status: RunStatus):
+    if cfg.server.status_port is None:
+        return None
+    try:
+        token = read_token(cfg.server.token_file)
+    except ValueError as err:
+        log.warning("status API: %s; heartbeats will be refused", err)
+        token = secrets.token_urlsafe()  # nobody knows it: GET /status works, POST /heartbeat is refused
+    server = serve_in_thread(create_app(status, token), cfg.server.status_host, int(cfg.server.status_port))
+    log.info("status API: http://%s:%s/status", cfg.server.status_host, cfg.server.status_port)
+    return server
+
+
+class RoundPrinter:
+    """Print each hold-out round once as metrics.json grows, and keep the status API's run state current."""
+
+    def __init__(self, status: RunStatus, num_rounds: int, superlink: subprocess.Popen | None) -> None:
+        self.status, self.num_rounds, self.superlink = status, num_rounds, superlink
+        self.printed = {r["round"] for r in status.rounds()}  # a resumed run's earlier rounds were printed before
+
+    def __call__(self, flower_status: str) -> None:
+        if self.superlink is not None and self.superlink.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited with code {self.superlink.returncode}")
+        self.status.state = flower_status
+        for r in self.status.rounds():
+            if r["round"] not in self.printed:
+                self.printed.add(r["round"])
+                log.info("round %d/%d | clients %s | hold-out AUROC %s  acc %.3f", r["round"], self.num_rounds,
+                         r.get("clients"), f"{r['auroc']:.3f}" if r.get("auroc") is not None else "n/a", r["accuracy"])
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def server(cfg: DictConfig) -> None:
+    """Serve one federated run to SuperNodes on other processes or machines; write the run directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from fedmemes.cli import _check_data, _job_overrides, _quiet_libraries, _summary
+
+    _quiet_libraries(cfg.verbose)
+    # SIGTERM (docker stop, kill) must still run the `finally` below, which stops the SuperLink we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    if cfg.resume and not (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
+        raise SystemExit(f"error: resume={cfg.resume}: no {checkpoint.CHECKPOINT_FILE} there; resume a run directory that finished a round")
+    log.info("%s", _check_data(cfg, run_dir))  # bad data fails here, before any client waits
+    tls = TlsFiles.in_dir(cfg.server.certs) if cfg.server.certs else None
+    link = SuperLink(cfg.server.superlink or cfg.server.address, Path(cfg.server.flwr_home).resolve(), tls)
+    status = RunStatus(run_dir, float(cfg.server.heartbeat_s))
+    api = _status_api(cfg, status)
+    proc = None
+    try:
+        if not cfg.server.superlink:
+            proc = link.start(node_auth=bool(cfg.server.supernode_auth))
+            log.info("SuperLink on %s (%s); clients: fedmemes client --superlink HOST:%s ...", link.address,
+                     "TLS" if tls else "UNENCRYPTED", link.address.rpartition(":")[2])
+        for key in cfg.server.authorized_keys:
+            link.register(Path(key).expanduser().resolve())
+        status.run_id = link.submit(_job_overrides(run_dir))
+        status.state = "pending"
+        log.info("run %s submitted; waiting for %s clients", status.run_id, cfg.server.strategy.get("min_available_nodes", "?"))
+        final = link.wait(status.run_id, RoundPrinter(status, int(cfg.num_rounds), proc))
+        status.state = final
+    finally:
+        processes.stop(proc)
+        if api is not None:
+            api.should_exit = True
+    if final != "finished:completed":
+        raise SystemExit(f"the run ended as {final}; Flower's log: {link.log_file}")
+    print(_summary(run_dir))

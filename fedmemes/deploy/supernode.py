@@ -1,0 +1,72 @@
+"""`fedmemes client`: start a Flower SuperNode whose ClientApp trains on a partition or on a local folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fedmemes.deploy.processes import bin_path, flower_env, free_port
+
+
+def node_config(partition_id: int | None, num_partitions: int | None, data_dir: Path | None) -> str:
+    """Return the `--node-config` string the ClientApp reads: partition-id, num-partitions (+ data-dir)."""
+    if partition_id is None or num_partitions is None:
+        # With --data-dir too: the number names the client in metrics.json and seeds its training.
+        raise ValueError("give --partition-id I --num-partitions N (with --data-dir DIR when the client has its own folder)")
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"--partition-id {partition_id} must be in [0, {num_partitions})")
+    config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if data_dir is not None:  # read by the ClientApp when the server runs partition=per_client_dirs
+        config += f' data-dir="{Path(data_dir).expanduser().resolve()}"'
+    return config
+
+
+def supernode_command(superlink: str, config: str, root_certificates: Path | None = None,
+                      auth_key: Path | None = None, clientappio_port: int | None = None) -> list[str]:
+    """Return the `flower-supernode` command line; without a CA certificate the link is unencrypted."""
+    cmd = [bin_path("flower-supernode"), "--superlink", superlink, "--node-config", config,
+           # its local ClientApp API port: free by default so several clients can share one machine
+           "--port", str(clientappio_port or free_port())]
+    cmd += ["--root-certificates", str(Path(root_certificates).resolve())] if root_certificates else ["--insecure"]
+    cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
+    return cmd
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the `fedmemes client` argument parser (also used by `fedmemes manager`)."""
+    p = argparse.ArgumentParser(prog="fedmemes client", description="Start a SuperNode that trains on this machine's memes.")
+    p.add_argument("--superlink", required=True, help="the server's SuperLink as HOST:PORT")
+    p.add_argument("--partition-id", type=int, help="this client's share of a partitioned source (0-based)")
+    p.add_argument("--num-partitions", type=int, help="how many clients share the source")
+    p.add_argument("--data-dir", type=Path, help="this client's own folder in the original layout (img/ + train.jsonl)")
+    p.add_argument("--root-certificates", type=Path, help="the server's CA certificate (ca.crt from `fedmemes certs`): TLS on")
+    p.add_argument("--auth-key", type=Path, help="this node's private key when the server runs with server.supernode_auth=true")
+    p.add_argument("--flwr-home", type=Path, help="Flower's folder for this node (default: ~/.flwr)")
+    return p
+
+
+def command_from_args(args: argparse.Namespace) -> list[str]:
+    """Build the SuperNode command from parsed `fedmemes client` arguments."""
+    config = node_config(args.partition_id, args.num_partitions, args.data_dir)
+    return supernode_command(args.superlink, config, args.root_certificates, args.auth_key)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse `fedmemes client ...`, report the device, then become the SuperNode process."""
+    from fedmemes import engine
+
+    p = parser()
+    args, overrides = p.parse_known_args(argv)
+    if overrides:  # the run's Hydra config comes from the server; a client has nothing to override
+        p.error(f"unknown arguments {overrides}; the run's settings are chosen on the server")
+    try:
+        cmd = command_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
+    print(f"Using device: {engine.pick_device('auto').type}", flush=True)  # what the seed's clients printed
+    if args.root_certificates is None:
+        print("warning: no --root-certificates: the link to the SuperLink is not encrypted", file=sys.stderr)
+    home = args.flwr_home or Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+    os.execvpe(cmd[0], cmd, flower_env(home))  # replace this process: signals reach the SuperNode directly

@@ -1,0 +1,74 @@
+"""The seed's MyCustomStrategy, done right: weight clients by local validation accuracy and data size."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+log = logging.getLogger("fedmemes")
+
+
+def first_metrics(content: RecordDict) -> MetricRecord:
+    """Return the one MetricRecord of a reply."""
+    return next(iter(content.metric_records.values()))
+
+
+def first_arrays(content: RecordDict) -> ArrayRecord:
+    """Return the one ArrayRecord of a reply."""
+    return next(iter(content.array_records.values()))
+
+
+def average_arrays(records: Sequence[ArrayRecord], weights: Sequence[float], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Average the named tensors (all by default) of `records` with `weights` (normalised here)."""
+    total = float(sum(weights))
+    keys = list(records[0].keys()) if keys is None else list(keys)
+    out = {}
+    for key in keys:
+        acc = sum((w / total) * r[key].numpy().astype(np.float64) for r, w in zip(records, weights, strict=True))
+        out[key] = np.asarray(acc, dtype=records[0][key].numpy().dtype)
+    return out
+
+
+def performance_weights(accuracies: Sequence[float], sizes: Sequence[float], alpha: float) -> list[float]:
+    """Return alpha*acc_k + (1-alpha)*n_k/sum(n), normalised to sum to 1 (data share if all are 0)."""
+    n_total = float(sum(sizes))
+    raw = [alpha * a + (1 - alpha) * n / n_total for a, n in zip(accuracies, sizes, strict=True)]
+    total = sum(raw)
+    return [r / total for r in raw] if total > 0 else [n / n_total for n in sizes]
+
+
+class PerformanceWeightedAvg(FedAvg):
+    """FedAvg whose client weights mix local validation accuracy (`accuracy_key`) and data share.
+
+    `accuracy_key` must be measured on a share the client kept back from training (our clients
+    send `val_accuracy`); accuracy on the training data would reward overfitting.
+    """
+
+    def __init__(self, *args, alpha: float = 0.7, accuracy_key: str = "val_accuracy", **kwargs) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"server.strategy.alpha must be in [0, 1], got {alpha}")
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.accuracy_key = accuracy_key
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the replies' arrays with performance weights."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        metrics = [first_metrics(c) for c in contents]
+        if any(self.accuracy_key not in m for m in metrics):
+            raise KeyError(f"performance_weighted needs metric '{self.accuracy_key}' in every train reply; "
+                           "set server.strategy.accuracy_key to a metric your clients send")
+        weights = performance_weights(
+            [float(m[self.accuracy_key]) for m in metrics], [float(m[self.weighted_by_key]) for m in metrics], self.alpha
+        )
+        log.info("round %d: performance weights %s", server_round, [round(w, 3) for w in weights])
+        averaged = average_arrays([first_arrays(c) for c in contents], weights)
+        arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -1,0 +1,115 @@
+"""Real separate processes on 127.0.0.1: `fedmemes server` (SuperLink + ServerApp) with TLS, two managers that
+start their SuperNodes on request and heartbeat to the status API; the run directory matches a simulation's."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fedmemes.deploy.auth import TOKEN_HEADER
+from fedmemes.deploy.certs import make_tls
+from fedmemes.deploy.processes import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+FEDMEMES = [sys.executable, "-m", "fedmemes.cli"]
+TOKEN = "test-token-123"
+# What `fedmemes simulate` leaves in a run directory.
+RUN_FILES = {".hydra", "best.safetensors", "checkpoint.pt", "clients.json", "clients.png", "config.yaml",
+             "fedmemes.log", "final.safetensors", "metrics.json"}
+
+
+def _ports(n: int) -> list[int]:
+    try:
+        return [free_port() for _ in range(n)]
+    except OSError as err:
+        pytest.skip(f"cannot bind a port on 127.0.0.1: {err}")
+
+
+def _http(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                 headers={TOKEN_HEADER: token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+    except OSError:  # not listening yet
+        return 0, {}
+
+
+def _until(check, timeout_s: float, what: str, procs=()):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.poll() is None, f"{p.args} exited with {p.returncode} while waiting for {what}"
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([*FEDMEMES, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):
+    link, status, m0, m1 = _ports(4)
+    certs = make_tls(tmp_path / "certs", ["127.0.0.1"])
+    env = {**os.environ, "FEDMEMES_TOKEN": TOKEN, "FEDMEMES_CACHE": os.environ.get("FEDMEMES_CACHE", str(tmp_path / "cache"))}
+    run_dir = tmp_path / "run"
+    server_args = ["server", "debug=tiny", "num_rounds=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}",
+                   f"server.certs={certs.ca.parent}", f"server.flwr_home={tmp_path / 'flwr'}", f"server.status_port={status}",
+                   "server.heartbeat_s=2"]
+    procs = []
+    try:
+        server = _spawn(server_args, tmp_path / "server.log", env)
+        procs.append(server)
+        for i, port in enumerate((m0, m1)):
+            procs.append(_spawn(["manager", "--name", f"c{i}", "--port", str(port), "--status-url", f"http://127.0.0.1:{status}",
+                                 "--heartbeat-s", "2", "--superlink", f"127.0.0.1:{link}", "--partition-id", str(i),
+                                 "--num-partitions", "2", "--root-certificates", str(certs.ca), "--flwr-home", str(tmp_path / f"n{i}")],
+                                tmp_path / f"manager{i}.log", env))
+        for port in (m0, m1):
+            wait_for_port("127.0.0.1", port, 60)
+            assert _http("GET", f"http://127.0.0.1:{port}/health")[0] == 200
+            assert _http("GET", f"http://127.0.0.1:{port}/info")[0] == 401  # no token
+            code, info = _http("GET", f"http://127.0.0.1:{port}/info", TOKEN)
+            assert code == 200 and info["supernode_running"] is False and info["tls"] is True
+            assert _http("POST", f"http://127.0.0.1:{port}/start", TOKEN) == (200, {"started": True, "supernode_running": True})
+        def online() -> list[str]:
+            clients = _http("GET", f"http://127.0.0.1:{status}/status")[1].get("clients", [])
+            return sorted(c["name"] for c in clients if c["online"])
+
+        assert _until(lambda: online() == ["c0", "c1"], 60, "both managers online in the status API", procs)
+        assert server.wait(240) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2] and metrics["test"]["n"] > 0
+        assert {p.name for p in run_dir.iterdir()} == RUN_FILES
+        # A new server resumes the finished run for one more round; the managers' SuperNodes reconnect.
+        resumed = _spawn([*server_args, "num_rounds=3", f"resume={run_dir}"], tmp_path / "server2.log", env)
+        procs.append(resumed)
+        assert resumed.wait(240) == 0, (tmp_path / "server2.log").read_text()[-3000:]
+        assert [r["round"] for r in json.loads((run_dir / "metrics.json").read_text())["rounds"]] == [0, 1, 2, 3]
+        assert _http("POST", f"http://127.0.0.1:{m0}/stop", TOKEN) == (200, {"stopped": True, "supernode_running": False})
+    finally:
+        for p in procs:
+            _kill(p)

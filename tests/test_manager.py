@@ -1,0 +1,92 @@
+"""The client manager API: token required, /info describes the client, /start and /stop drive a real process."""
+
+import argparse
+import sys
+import time
+
+from fastapi.testclient import TestClient
+
+from fedmemes.deploy import manager as manager_module
+from fedmemes.deploy import supernode
+from fedmemes.deploy.auth import TOKEN_HEADER
+from fedmemes.deploy.manager import Manager, create_app
+
+TOKEN = "m-token"
+
+
+def _args(**kw) -> argparse.Namespace:
+    return supernode.parser().parse_args(["--superlink", "127.0.0.1:9", "--partition-id", "1", "--num-partitions", "2",
+                                          *[x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]])
+
+
+def test_requests_without_the_token_are_refused_but_health_is_open(tmp_path):
+    api = TestClient(create_app(Manager("a", _args(), tmp_path), TOKEN))
+    assert api.get("/health").json() == {"status": "ok"}
+    for method, path in (("get", "/info"), ("post", "/start"), ("post", "/stop")):
+        assert getattr(api, method)(path).status_code == 401
+        assert getattr(api, method)(path, headers={TOKEN_HEADER: "nope"}).status_code == 401
+
+
+def test_info_start_and_stop_a_supernode_process(tmp_path, monkeypatch):
+    # A stand-in for flower-supernode: a process that lives until stopped.
+    monkeypatch.setattr(supernode, "command_from_args", lambda args: [sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "own" / "img").mkdir(parents=True)
+    (tmp_path / "own" / "train.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    mgr = Manager("a", _args(data_dir=tmp_path / "own"), tmp_path / "home")
+    api = TestClient(create_app(mgr, TOKEN))
+    auth = {TOKEN_HEADER: TOKEN}
+    info = api.get("/info", headers=auth).json()
+    assert info["name"] == "a" and info["device"] in ("cpu", "cuda") and info["supernode_running"] is False
+    assert info["data"] == {"partition_id": 1, "num_partitions": 2, "data_dir": str(tmp_path / "own"), "train_rows": 2, "images": 0}
+    try:
+        assert api.post("/start", headers=auth).json() == {"started": True, "supernode_running": True}
+        assert api.post("/start", headers=auth).json()["started"] is False  # already running: not twice
+        pid = mgr.proc.pid
+        assert api.post("/stop", headers=auth).json() == {"stopped": True, "supernode_running": False}
+        time.sleep(0.1)
+        assert api.get("/info", headers=auth).json()["supernode_running"] is False
+        assert not _alive(pid)
+    finally:
+        mgr.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import os
+
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_heartbeat_reaches_the_status_api(tmp_path, monkeypatch):
+    from fedmemes.deploy.status_api import RunStatus
+    from fedmemes.deploy.status_api import create_app as status_app
+
+    status = RunStatus(tmp_path, heartbeat_s=1)
+    server = TestClient(status_app(status, TOKEN))
+
+    def post(req, timeout):  # route urllib's request through the in-process API
+        reply = server.post("/heartbeat", content=req.data, headers=dict(req.header_items()))
+        reply.raise_for_status()
+        return _Reply(reply.content)
+
+    monkeypatch.setattr(manager_module.urllib.request, "urlopen", post)
+    manager_module.heartbeat_once(Manager("b", _args(), tmp_path), "http://server:8090", TOKEN)
+    clients = status.snapshot()["clients"]
+    assert [(c["name"], c["online"], c["info"]["data"]["partition_id"]) for c in clients] == [("b", True, 1)]
+
+
+class _Reply:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def read(self) -> bytes:
+        return self.body
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
