@@ -43,6 +43,8 @@ def federated(overrides: str, run_dir: Path) -> float:
 def central(overrides: str) -> float:
     """Train on the whole pool with the engine; return the test AUROC of the best epoch on the hold-out."""
     cfg = load_config(overrides)
+    # One thread, like each simulated client: on shared, busy cores, two spinning threads run far slower.
+    torch.set_num_threads(1)
     torch.manual_seed(cfg.random_seed)
     pool = build_tensors(holdout(cfg).pool, instantiate(cfg.model.text_encoder), cfg.image_size, cfg.cache_dir)
     val, test = server_data(overrides)

@@ -69,6 +69,7 @@ def run(overrides: str, num_clients: int, client: Client = client_app) -> dict:
     overrides = f"{overrides} num_clients={num_clients} run_dir={run_dir}"
     os.environ["FEDMEMES_OVERRIDES"] = overrides
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what Flower's runtime sets
+    torch.manual_seed(0)  # the server's initial model is not seeded: give every compared run the same start
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"overrides": overrides})
     server_app(LocalGrid(num_clients, client), context)
     return json.loads((run_dir / "metrics.json").read_text())

@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -37,6 +38,7 @@ class ServerRun:
     def __init__(self, cfg: DictConfig, overrides: str, run_dir: Path) -> None:
         self.cfg = cfg
         self.device = engine.pick_device(cfg.device)
+        torch.manual_seed(cfg.random_seed)  # the initial global model is part of the experiment: seed it
         self.model = build_model(cfg).to(self.device)
         self.val, self.test = server_data(overrides)
         self.history = RunHistory(run_dir)
