@@ -46,7 +46,7 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(cfg, msg)
     config = msg.content["config"]
     device = engine.pick_device(cfg.device)
-    server_round = int(config.get("server-round", 0))
+    server_round = int(config.get("server-round", 0)) + int(config.get("round_offset", 0))
     stats = engine.train(
         model,
         data.train.dataset(),

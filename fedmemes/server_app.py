@@ -134,7 +134,8 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=ArrayRecord(initial),
         num_rounds=cfg.num_rounds - run.offset,
         timeout=float(cfg.server.round_timeout),  # a dead client's reply is waited for at most this long
-        train_config=ConfigRecord({"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs)}),
+        # round_offset: after a resume, clients seed by the true round, not the strategy's restarted count
+        train_config=ConfigRecord({"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs), "round_offset": run.offset}),
         evaluate_fn=run.evaluate,
     )
     run.finish(result.arrays)
