@@ -3,72 +3,21 @@ start their SuperNodes on request and heartbeat to the status API; the run direc
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from deploy_helpers import http, kill, ports, spawn, until
 
-from fedmemes.deploy.auth import TOKEN_HEADER
 from fedmemes.deploy.certs import make_tls
-from fedmemes.deploy.processes import free_port, wait_for_port
+from fedmemes.deploy.processes import wait_for_port
 
 pytestmark = pytest.mark.slow
-FEDMEMES = [sys.executable, "-m", "fedmemes.cli"]
 TOKEN = "test-token-123"
 # What `fedmemes simulate` leaves in a run directory.
 RUN_FILES = {".hydra", "best.safetensors", "checkpoint.pt", "clients.json", "clients.png", "config.yaml",
              "fedmemes.log", "final.safetensors", "metrics.json"}
 
 
-def _ports(n: int) -> list[int]:
-    try:
-        return [free_port() for _ in range(n)]
-    except OSError as err:
-        pytest.skip(f"cannot bind a port on 127.0.0.1: {err}")
-
-
-def _http(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
-                                 headers={TOKEN_HEADER: token} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, {}
-    except OSError:  # not listening yet
-        return 0, {}
-
-
-def _until(check, timeout_s: float, what: str, procs=()):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.poll() is None, f"{p.args} exited with {p.returncode} while waiting for {what}"
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([*FEDMEMES, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            continue
+_ports, _http, _until, _spawn, _kill = ports, http, until, spawn, kill
 
 
 def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):

@@ -1,0 +1,70 @@
+"""Shared by the deployment tests: free ports, `fedmemes` child processes in their own groups, HTTP polling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fedmemes.deploy.auth import TOKEN_HEADER
+from fedmemes.deploy.processes import free_port
+
+FEDMEMES = [sys.executable, "-m", "fedmemes.cli"]
+
+
+def ports(n: int) -> list[int]:
+    """Return `n` free ports on 127.0.0.1; skip the test where none can be bound."""
+    try:
+        return [free_port() for _ in range(n)]
+    except OSError as err:
+        pytest.skip(f"cannot bind a port on 127.0.0.1: {err}")
+
+
+def http(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
+    """Return (status, JSON body); (0, {}) while nothing listens."""
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                 headers={TOKEN_HEADER: token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+    except OSError:  # not listening yet
+        return 0, {}
+
+
+def until(check, timeout_s: float, what: str, procs=()):
+    """Poll `check` each second until it returns something truthy; fail if a process in `procs` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.poll() is None, f"{p.args} exited with {p.returncode} while waiting for {what}"
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """Start `fedmemes ARGS` in its own process group, output to `log`."""
+    return subprocess.Popen([*FEDMEMES, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def kill(proc: subprocess.Popen, sig: signal.Signals | None = None) -> None:
+    """End the process group of `proc`: `sig` alone when given, else SIGTERM then SIGKILL."""
+    for s in (sig,) if sig else (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, s)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,104 @@
+"""Failures in a real deployment on 127.0.0.1: a client killed mid-run does not end the run, and a SuperNode whose
+key is not registered with the SuperLink is refused while registered ones train."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from deploy_helpers import FEDMEMES, kill, ports, spawn, until
+
+from fedmemes.deploy.certs import TlsFiles, make_node_key
+from fedmemes.deploy.processes import wait_for_port
+from fedmemes.deploy.superlink import CONNECTION, SuperLink
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "FEDMEMES_CACHE": os.environ.get("FEDMEMES_CACHE", str(tmp_path / "cache"))}
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return []
+
+
+def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -> subprocess.Popen:
+    return spawn(["client", "--superlink", f"127.0.0.1:{link}", "--partition-id", str(i), "--num-partitions", str(n),
+                  "--flwr-home", str(tmp_path / f"n{i}-{time.monotonic_ns()}"), *flags], tmp_path / f"client{i}.log", env)
+
+
+def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
+    (link,) = ports(1)
+    env, run_dir = _env(tmp_path), tmp_path / "run"
+    # 3 clients, at least 2 per round; fraction_train=1.0 (strategy default) trains every connected node.
+    server = spawn(["server", "debug=tiny", "num_rounds=4", "num_clients=3", "clients_per_round=2", f"run_dir={run_dir}",
+                    f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}", f"server.flwr_home={tmp_path / 'flwr'}",
+                    "server.status_port=null"], tmp_path / "server.log", env)
+    procs, started = [server], time.monotonic()
+    try:
+        # Clients started once the SuperLink listens connect at once (no retry back-off): all three are in round 1.
+        wait_for_port("127.0.0.1", link, 120, server)
+        procs += [_client(i, 3, link, tmp_path, env) for i in range(3)]
+        until(lambda: len(_rounds(run_dir)) >= 2, 180, "round 1 in metrics.json", procs)
+        assert _rounds(run_dir)[1]["clients"] == 3, "all three clients should train round 1"
+        # Round 2 is under way: the dead node's reply never comes; the SuperLink marks it offline after 2 missed
+        # heartbeats (Flower 1.42: 30 s each, not configurable), well inside server.round_timeout.
+        kill(procs[3], signal.SIGKILL)
+        killed_at = time.monotonic()
+        procs.append(_client(2, 3, link, tmp_path, env))  # restarted: it should join a later round as a new node
+        assert server.wait(300) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3, 4] and metrics["test"]["n"] > 0
+        assert metrics["rounds"][2]["clients"] == 2, "round 2 completes with the two live clients"
+        assert metrics["rounds"][4]["clients"] == 3, "the restarted client trains in the last round"
+        assert len(metrics["clients"]) == 3
+        print(f"run {time.monotonic() - started:.0f}s, {time.monotonic() - killed_at:.0f}s after the kill")
+    finally:
+        for p in procs:
+            kill(p)
+
+
+def test_unregistered_supernode_is_refused(tmp_path):
+    (link,) = ports(1)
+    env, run_dir, certs = _env(tmp_path), tmp_path / "run", tmp_path / "certs"
+    subprocess.run([*FEDMEMES, "certs", str(certs), "--host", "127.0.0.1", "--nodes", "2"], check=True, env=env, capture_output=True)
+    rogue_key, _ = make_node_key(tmp_path / "rogue", "rogue")  # a valid key pair the server never registered
+    server = spawn(["server", "debug=tiny", "num_rounds=1", "num_clients=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
+                    f"server.address=127.0.0.1:{link}", f"server.flwr_home={tmp_path / 'flwr'}", f"server.certs={certs}",
+                    "server.status_port=null", "server.supernode_auth=true",
+                    f"server.authorized_keys=[{certs / 'node-0.pub'},{certs / 'node-1.pub'}]"], tmp_path / "server.log", env)
+    tls = ("--root-certificates", str(certs / "ca.crt"))
+    procs = [server]
+    superlink = SuperLink(f"127.0.0.1:{link}", tmp_path / "flwr", TlsFiles.in_dir(certs))
+
+    def nodes() -> list[dict]:
+        try:
+            return superlink.flwr("supernode", "list", CONNECTION, timeout_s=60)["nodes"]
+        except (RuntimeError, KeyError, OSError, subprocess.TimeoutExpired):  # SuperLink (or its folder) not up yet
+            return []
+
+    try:
+        wait_for_port("127.0.0.1", link, 120, server)
+        procs.append(_client(0, 2, link, tmp_path, env, *tls, "--auth-key", str(certs / "node-0.key")))
+        until(lambda: [n for n in nodes() if n["status"] == "online"], 120, "node-0 online", procs)
+        rogue = _client(1, 2, link, tmp_path, env, *tls, "--auth-key", str(rogue_key))
+        procs.append(rogue)
+        assert rogue.wait(60) != 0
+        assert "Failed to activate SuperNode" in (tmp_path / "client1.log").read_text()
+        # The SuperLink knows the two registered keys (node-1 not yet connected) and nothing of the rogue.
+        assert sorted(n["status"] for n in nodes()) == ["online", "registered"]
+        assert [r["round"] for r in _rounds(run_dir)] in ([], [0])  # the run still waits for its 2 clients
+        procs.append(_client(1, 2, link, tmp_path, env, *tls, "--auth-key", str(certs / "node-1.key")))
+        assert server.wait(240) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        rounds = _rounds(run_dir)
+        assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["clients"] == 2
+    finally:
+        for p in procs:
+            kill(p)
