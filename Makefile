@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/fedmemes simulate $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)   # everything, slow multi-round runs included
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
