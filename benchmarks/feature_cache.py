@@ -55,10 +55,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memes", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.image_encoder.width=32")
     args = parser.parse_args()
     torch.set_num_threads(1)  # like one simulated client (num_cpus=1); also steadier on shared cores
-    cfg = load_config(f"image_size={args.image_size}")
+    cfg = load_config(" ".join([f"image_size={args.image_size}", *args.overrides]))
     memes = holdout(cfg).pool[: args.memes]
     with tempfile.TemporaryDirectory() as tmp:
         one_round(cfg, memes, Path(tmp), reencode=False)  # warm up: fill the cache, load MiniLM once

@@ -6,6 +6,7 @@ import logging
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from hydra.utils import instantiate
 
 from fedmemes import engine
 from fedmemes.config import build_model, load_config, overrides_of
@@ -56,6 +57,8 @@ def train(msg: Message, context: Context) -> Message:
         device=device,
         seed=cfg.random_seed + 1000 * server_round + pid,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
+        optimizer=instantiate(cfg.optimizer),
+        max_steps=cfg.local_steps,
     )
     # Accuracy on the share this client kept back, never on what it trained on.
     val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -10,6 +12,9 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+# Builds the local optimizer from the trainable parameters and the round's lr (conf/optimizer/*.yaml).
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -49,29 +54,35 @@ def train(
     device: torch.device,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    optimizer: OptimizerFactory = torch.optim.Adam,
+    max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Train in place with Adam; return mean train loss and train accuracy of the last epoch.
+    """Train in place; return mean train loss and train accuracy of the last epoch.
 
-    `proximal_mu` > 0 adds FedProx's (mu/2)||w - w_global||^2 term.
+    `optimizer(params, lr=lr)` is built fresh each call (Adam by default); `proximal_mu` > 0 adds
+    FedProx's (mu/2)||w - w_global||^2 term; `max_steps` stops after that many batches in all.
     """
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
+        if max_steps is not None and steps >= max_steps:
+            break
         total_loss, correct, seen = 0.0, 0, 0
-        for batch in loader:
+        for batch in itertools.islice(loader, None if max_steps is None else max_steps - steps):
             logits, label = _forward(model, batch, device)
             loss, prob = _loss_and_prob(logits, label)
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
             total_loss += loss.item() * len(label)
             correct += int(((prob > 0.5).long() == label).sum())
             seen += len(label)
+            steps += 1
     return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
@@ -49,6 +50,14 @@ def test_every_partition_config_instantiates(name):
 def test_every_strategy_config_instantiates(name):
     strategy = build_strategy(load_config(f"strategy={name}"))
     assert hasattr(strategy, "start")
+
+
+@pytest.mark.parametrize("name", _options("optimizer"))
+def test_every_optimizer_config_builds_an_optimizer_with_the_run_lr(name):
+    cfg = load_config(f"optimizer={name} lr=0.02")
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = instantiate(cfg.optimizer)(params, lr=cfg.lr)
+    assert isinstance(opt, torch.optim.Optimizer) and opt.param_groups[0]["lr"] == 0.02
 
 
 @pytest.mark.parametrize("name", _options("dataset"))

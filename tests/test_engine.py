@@ -69,3 +69,23 @@ def test_pick_device_cpu_without_cuda():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert engine.pick_device("auto").type == expected
     assert engine.pick_device("cpu").type == "cpu"
+
+
+def test_max_steps_caps_local_batches_and_the_optimizer_is_pluggable():
+    steps = []
+
+    class CountingSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            steps.append(1)
+            return super().step(closure)
+
+    model = HatefulMemesFusionModel(_FakeEncoder(), 16, 16, 16, image_width=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = engine.train(model, _xor_data(200, 0), epochs=3, lr=0.1, batch_size=32, device=torch.device("cpu"),
+                         optimizer=CountingSGD, max_steps=4)
+    assert len(steps) == 4  # 7 batches an epoch, 3 epochs: stopped after 4 in all
+    assert 0.0 < stats["train_loss"] and 0.0 <= stats["train_accuracy"] <= 1.0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    steps.clear()
+    engine.train(model, _xor_data(200, 0), epochs=2, lr=0.1, batch_size=32, device=torch.device("cpu"), optimizer=CountingSGD)
+    assert len(steps) == 14  # no cap: every batch of every epoch

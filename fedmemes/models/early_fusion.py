@@ -31,7 +31,7 @@ class HatefulMemesFusionModel(MemeClassifier):
         image_output_dim: int = 128,
         fusion_output_dim: int = 256,
         output_size: int = 2,
-        image_width: int = 32,
+        image_width: int = 16,
         dropout: float = 0.1,
         image_encoder: nn.Module | None = None,
         modality_dropout: float = 0.0,
