@@ -25,7 +25,8 @@ from fedmemes.models.text_encoder import _load
 def main(overrides: list[str]) -> None:
     """Run one simulation and print the cost table."""
     run_dir = Path(tempfile.mkdtemp(prefix="round-cost-"))
-    subprocess.run(["fedmemes", "simulate", *overrides, f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
+    fedmemes = str(Path(sys.executable).parent / "fedmemes")  # the venv's, activated or not
+    subprocess.run([fedmemes, "simulate", *overrides, f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     seconds = [r["seconds"] for r in metrics["rounds"]]
     per_round = [b - a for a, b in zip(seconds, seconds[1:])]
