@@ -49,6 +49,16 @@ def test_clean_folder_loads(data_clean: Path) -> None:
     assert splits["train"][0].text == "hello" and src.issues == []
 
 
+def test_first_release_dev_jsonl_is_the_dev_seen_split_and_unlabelled_test_is_ignored(data_clean: Path) -> None:
+    (data_clean / "dev_seen.jsonl").rename(data_clean / "dev.jsonl")
+    _jsonl(data_clean / "test.jsonl", [{"id": 5, "img": "img/77777.png", "text": "no label in this release"}])
+    splits = LocalDirSource(data_clean).load()
+    assert set(splits) == {"train", "dev_seen"}
+    assert [m.id for m in splits["dev_seen"]] == ["00042"] and splits["dev_seen"][0].label == 1
+    _jsonl(data_clean / "dev_seen.jsonl", [_row(9, "img/77777.png", 0, "the later file wins")])
+    assert [m.id for m in LocalDirSource(data_clean).load()["dev_seen"]] == ["9"]
+
+
 def test_missing_train_names_root_and_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train.jsonl") as e:
         LocalDirSource(tmp_path).load()

@@ -23,6 +23,13 @@ def test_original_layout_gives_dev_and_test_to_the_server_only():
     assert len(s.pool) == 300
 
 
+def test_dev_only_carves_just_the_missing_test_share():
+    train, dev = _memes(600), _memes(40, 1000)
+    s = server_splits({"train": train, "dev_seen": dev}, 0.2, seed=1)
+    assert s.val == dev and len(s.test) == 60 and len(s.pool) == 540  # half of 0.2: nothing carved is wasted
+    assert {m.id for m in s.test}.isdisjoint({m.id for m in s.pool})
+
+
 def test_train_only_carves_a_stratified_share():
     train = _memes(600)
     s = server_splits({"train": train}, 0.2, seed=1)

@@ -124,7 +124,14 @@ class LocalDirSource:
                 f"Memes layout: img/NNNNN.png plus train.jsonl and any of "
                 f"{', '.join(s + '.jsonl' for s in HOLDOUT_SPLITS)}"
             )
-        return {s: p for s, p in files.items() if p.is_file()}
+        found = {s: p for s, p in files.items() if p.is_file()}
+        # The first release (2020) named the labelled dev set dev.jsonl (later dev_seen.jsonl);
+        # its test.jsonl has no labels, so it can't be scored (test is then carved from train).
+        first_release = self.root / "dev.jsonl"
+        if "dev_seen" in wanted and "dev_seen" not in found and first_release.is_file():
+            log.info("%s: no dev_seen.jsonl; reading dev.jsonl (the first release's name) as dev_seen", self.root)
+            found["dev_seen"] = first_release
+        return found
 
     def _read_jsonl(self, path: Path, issues: list[DataIssue]) -> list[tuple[int, Meme]]:
         """Parse one split file; record row-level issues; return (line, Meme) for clean rows."""

@@ -32,8 +32,9 @@ def _stratified(memes: list[Meme], share: float, seed: int) -> tuple[list[Meme],
 def server_splits(splits: dict[str, list[Meme]], validation_split: float, seed: int) -> ServerSplits:
     """Give the server dev_seen/test_seen when present, else carve a stratified share of train.
 
-    With only `train`, `validation_split` of it is held out and halved into val and test.
-    Any train row whose id is also in a hold-out split is dropped, so no hold-out meme
+    With only `train`, `validation_split` of it is held out and halved into val and test; with
+    one of the two missing (the first release has no labelled test), half that share stands in
+    for it. Any train row whose id is also in a hold-out split is dropped, so no hold-out meme
     ever reaches a client.
     """
     if "train" not in splits:
@@ -43,10 +44,14 @@ def server_splits(splits: dict[str, list[Meme]], validation_split: float, seed: 
     if val is None or test is None:
         if not 0.0 < validation_split < 1.0:
             raise ValueError(f"dataset.validation_split={validation_split} must be in (0, 1) when the data has no dev_seen/test_seen")
-        pool, held = _stratified(pool, validation_split, seed)
-        carved_val, carved_test = _stratified(held, 0.5, seed)
-        val = val if val is not None else carved_val
-        test = test if test is not None else carved_test
+        both = val is None and test is None
+        pool, held = _stratified(pool, validation_split if both else validation_split / 2, seed)
+        if both:
+            val, test = _stratified(held, 0.5, seed)
+        elif val is None:
+            val = held
+        else:
+            test = held
     held_ids = {m.id for m in val} | {m.id for m in test}
     return ServerSplits(pool=[m for m in pool if m.id not in held_ids], val=val, test=test)
 
