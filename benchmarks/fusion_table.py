@@ -50,10 +50,11 @@ def central(overrides: str) -> float:
     pool = build_tensors(holdout(cfg).pool, instantiate(cfg.model.text_encoder), cfg.image_size, cfg.cache_dir)
     val, test = server_data(overrides)
     model, device = build_model(cfg), engine.pick_device(cfg.device)
+    optimizer = instantiate(cfg.optimizer)  # a factory: each epoch starts a fresh optimizer, like a client's round
     best, best_state = -1.0, None
     for epoch in range(cfg.num_rounds):
         engine.train(model, pool.dataset(), 1, cfg.lr, cfg.batch_size, device, seed=cfg.random_seed + epoch,
-                     optimizer=instantiate(cfg.optimizer))
+                     optimizer=optimizer)
         auroc = engine.evaluate(model, val.dataset(), cfg.batch_size, device)["auroc"]
         if auroc > best:
             best, best_state = auroc, copy.deepcopy(engine.trainable_state(model))
