@@ -10,6 +10,7 @@ from fastapi import Header, HTTPException
 
 TOKEN_ENV = "FEDMEMES_TOKEN"
 TOKEN_HEADER = "X-Fedmemes-Token"
+MAX_BODY = 64 * 1024  # bytes: a heartbeat is about 1 KiB; nothing bigger is read, let alone parsed
 
 
 def read_token(token_file: str | Path | None = None) -> str:
@@ -29,3 +30,52 @@ def require_token(token: str):
             raise HTTPException(status_code=401, detail=f"missing or wrong {TOKEN_HEADER} header")
 
     return check
+
+
+def has_token(headers, token: str) -> bool:
+    """Return whether `headers` carry the right token (constant-time compare)."""
+    given = headers.get(TOKEN_HEADER)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+class BodyLimit:
+    """ASGI guard: answer 413 to a request body over `limit` bytes before any route reads or parses it."""
+
+    def __init__(self, app, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        chunks, size, more = [], 0, True
+        while more:  # chunked bodies have no length: read at most `limit` bytes, then stop
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -7,8 +7,10 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import subprocess
 import threading
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from fedmemes.deploy import processes, supernode
-from fedmemes.deploy.auth import TOKEN_HEADER, read_token, require_token
+from fedmemes.deploy.auth import TOKEN_HEADER, BodyLimit, read_token, require_token
+from fedmemes.deploy.exposure import refuse_plain_text
 
 log = logging.getLogger("fedmemes.manager")
 
@@ -57,45 +60,65 @@ class Manager:
             return was
 
     def data(self) -> dict[str, Any]:
-        """Summarise this client's data: its partition, or the size of its own folder."""
+        """Summarise this client's data: its partition, or the size of its own folder (an unreadable one says why)."""
         a = self.client_args
         summary: dict[str, Any] = {"partition_id": a.partition_id, "num_partitions": a.num_partitions}
         if a.data_dir is not None:
-            train = Path(a.data_dir) / "train.jsonl"
-            summary.update(data_dir=str(a.data_dir), train_rows=sum(1 for _ in train.open()) if train.is_file() else 0,
-                           images=len(list((Path(a.data_dir) / "img").glob("*"))) if (Path(a.data_dir) / "img").is_dir() else 0)
+            train, img = Path(a.data_dir) / "train.jsonl", Path(a.data_dir) / "img"
+            summary["data_dir"] = str(a.data_dir)
+            try:
+                summary["train_rows"] = 0
+                if train.is_file():
+                    with train.open("rb") as rows:  # bytes: a line in any encoding counts
+                        summary["train_rows"] = sum(1 for _ in rows)
+                summary["images"] = sum(1 for _ in img.iterdir()) if img.is_dir() else 0
+            except OSError as err:
+                summary["error"] = f"{type(err).__name__}: {err}"
         return summary
 
     def info(self) -> dict[str, Any]:
-        """Return what GET /info shows (and each heartbeat carries)."""
+        """Return what GET /info shows (and each heartbeat carries); never raises, a failing part is reported."""
         if self.device is None:
-            from fedmemes import engine
+            try:
+                from fedmemes import engine
 
-            self.device = engine.pick_device("auto").type
-        return {"name": self.name, "device": self.device, "data": self.data(),
+                self.device = engine.pick_device("auto").type
+            except Exception as err:  # noqa: BLE001 - a broken driver must not take the manager down
+                log.warning("device detection failed: %r", err)
+                self.device = "unknown"
+        try:
+            data = self.data()
+        except Exception as err:  # noqa: BLE001 - /info answers 200 with the reason instead of 500
+            data = {"error": f"{type(err).__name__}: {err}"}
+        return {"name": self.name, "device": self.device, "data": data,
                 "supernode_running": self.running(), "superlink": self.client_args.superlink,
                 "tls": self.client_args.root_certificates is not None, "last_round_seen": self.last_round_seen}
 
 
-def heartbeat_once(manager: Manager, status_url: str, token: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """POST one heartbeat to the server's status API and remember the round it reports."""
+def heartbeat_once(manager: Manager, status_url: str, token: str, timeout_s: float = 5.0,
+                   ca: Path | None = None) -> dict[str, Any]:
+    """POST one heartbeat to the server's status API (https verified against `ca`) and return its JSON object reply."""
     body = json.dumps({"name": manager.name, "info": manager.info()}).encode()
     req = urllib.request.Request(f"{status_url.rstrip('/')}/heartbeat", data=body, method="POST",
                                  headers={"Content-Type": "application/json", TOKEN_HEADER: token})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - the configured server URL
-        reply = json.loads(resp.read())
+    context = ssl.create_default_context(cafile=str(ca) if ca else None) if status_url.startswith("https") else None
+    with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:  # noqa: S310 - the configured server URL
+        reply = json.loads(resp.read(64 * 1024))
+    if not isinstance(reply, dict):
+        raise ValueError(f"status API replied {type(reply).__name__}, not a JSON object")
     return reply
 
 
-def heartbeat_loop(manager: Manager, status_url: str, token: str, period_s: float, stop: threading.Event) -> None:
-    """Send heartbeats every `period_s` until `stop` is set; an unreachable server is logged, not fatal."""
+def heartbeat_loop(manager: Manager, status_url: str, token: str, period_s: float, stop: threading.Event,
+                   ca: Path | None = None) -> None:
+    """Send heartbeats every `period_s` until `stop` is set; any failure is logged and the next beat tried."""
     while not stop.is_set():
         try:
-            reply = heartbeat_once(manager, status_url, token)
+            reply = heartbeat_once(manager, status_url, token, ca=ca)
             if manager.running() and reply.get("current_round") is not None:
                 manager.last_round_seen = int(reply["current_round"])
-        except OSError as err:
-            log.warning("heartbeat to %s failed: %s", status_url, err)
+        except Exception as err:  # noqa: BLE001 - a bad reply or a bug must not end heartbeats for good
+            log.warning("heartbeat to %s failed: %s: %s", status_url, type(err).__name__, err)
         stop.wait(period_s)
 
 
@@ -107,6 +130,7 @@ def create_app(manager: Manager, token: str) -> FastAPI:
         manager.stop()  # here, not after uvicorn.run: uvicorn re-raises SIGTERM once it has shut down
 
     api = FastAPI(title=f"fedmemes manager {manager.name}", lifespan=lifespan)
+    api.add_middleware(BodyLimit)
     auth = [Depends(require_token(token))]
 
     @api.get("/health")
@@ -137,14 +161,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default=os.uname().nodename, help="this client's name in the server's status API")
     p.add_argument("--host", default="127.0.0.1", help="where the manager API listens (0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=8091)
-    p.add_argument("--status-url", help="the server's status API, e.g. http://server:8090 (no heartbeats when absent)")
+    p.add_argument("--status-url", help="the server's status API, e.g. https://server:8090 (verified with "
+                   "--root-certificates); no heartbeats when absent")
     p.add_argument("--heartbeat-s", type=float, default=10.0, help="seconds between heartbeats (match server.heartbeat_s)")
     p.add_argument("--token-file", help=f"file holding the API token (else ${'FEDMEMES_TOKEN'})")
     p.add_argument("--autostart", action="store_true", help="start the SuperNode at once instead of waiting for POST /start")
+    p.add_argument("--ssl-certfile", type=Path, help="certificate for serving this API over TLS (with --ssl-keyfile)")
+    p.add_argument("--ssl-keyfile", type=Path, help="its private key")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow plain HTTP on a non-loopback --host and an http:// --status-url on another machine")
     args = p.parse_args(argv)
     try:
         token = read_token(args.token_file)
         supernode.node_config(args.partition_id, args.num_partitions, args.data_dir)  # fail now, not on /start
+        if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+            raise ValueError("give both --ssl-certfile and --ssl-keyfile, or neither")
+        refuse_plain_text("--host", args.host, bool(args.ssl_certfile), args.insecure,
+                          "serve TLS with --ssl-certfile/--ssl-keyfile, or pass --insecure to accept plain HTTP")
+        if args.status_url:
+            url = urllib.parse.urlsplit(args.status_url)
+            refuse_plain_text("--status-url", url.hostname or "", url.scheme == "https", args.insecure,
+                              "the token travels in every heartbeat: use https:// (the server's status API serves TLS "
+                              "with server.certs), or pass --insecure")
     except ValueError as err:
         p.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -153,11 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     manager.info()  # detect the device now, before the API answers
     stop = threading.Event()
     if args.status_url:
-        threading.Thread(target=heartbeat_loop, args=(manager, args.status_url, token, args.heartbeat_s, stop), daemon=True).start()
+        threading.Thread(target=heartbeat_loop, args=(manager, args.status_url, token, args.heartbeat_s, stop, args.root_certificates),
+                         daemon=True).start()
     if args.autostart:
         manager.start()
     try:
-        uvicorn.run(create_app(manager, token), host=args.host, port=args.port, log_level="warning")
+        tls = {"ssl_certfile": str(args.ssl_certfile), "ssl_keyfile": str(args.ssl_keyfile)} if args.ssl_certfile else {}
+        uvicorn.run(create_app(manager, token), host=args.host, port=args.port, log_level="warning", **tls)
     finally:
         stop.set()
         manager.stop()

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+SECRET_ENV = ("FEDMEMES_TOKEN",)  # auth.TOKEN_ENV: Flower's processes (and the apps they run) never need it
+
 
 def bin_path(program: str) -> str:
     """Return the path of a console script installed beside this Python (works without an activated venv)."""
@@ -19,8 +21,8 @@ def bin_path(program: str) -> str:
 
 
 def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment for Flower's programs: a private FLWR_HOME, no telemetry, no `uv sync` at run time."""
-    env = dict(os.environ)
+    """Return the environment for Flower's programs: a private FLWR_HOME, no telemetry, no `uv sync` at run time, no token."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     env.update(
         FLWR_HOME=str(flwr_home),
         FLWR_TELEMETRY_ENABLED="0",

@@ -15,14 +15,15 @@ from omegaconf import DictConfig
 from fedmemes import checkpoint
 from fedmemes.deploy import processes
 from fedmemes.deploy.auth import read_token
-from fedmemes.deploy.certs import TlsFiles
+from fedmemes.deploy.certs import TlsFiles, check_loopback_name
+from fedmemes.deploy.exposure import refuse_plain_text
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
 
 log = logging.getLogger("fedmemes")
 
 
-def _status_api(cfg: DictConfig, status: RunStatus):
+def _status_api(cfg: DictConfig, status: RunStatus, tls: TlsFiles | None):
     if cfg.server.status_port is None:
         return None
     try:
@@ -30,9 +31,22 @@ def _status_api(cfg: DictConfig, status: RunStatus):
     except ValueError as err:
         log.warning("status API: %s; heartbeats will be refused", err)
         token = secrets.token_urlsafe()  # nobody knows it: GET /status works, POST /heartbeat is refused
-    server = serve_in_thread(create_app(status, token), cfg.server.status_host, int(cfg.server.status_port))
-    log.info("status API: http://%s:%s/status", cfg.server.status_host, cfg.server.status_port)
+    server = serve_in_thread(create_app(status, token), cfg.server.status_host, int(cfg.server.status_port), tls)
+    log.info("status API: %s://%s:%s/status", "https" if tls else "http", cfg.server.status_host, cfg.server.status_port)
     return server
+
+
+def _check_exposure(cfg: DictConfig) -> None:
+    """Refuse plain text beyond loopback unless server.insecure=true; the control port is loopback by construction."""
+    fix = "set server.certs=DIR (`fedmemes certs DIR --host NAME`), or server.insecure=true to accept plain text"
+    encrypted, insecure = bool(cfg.server.certs), bool(cfg.server.get("insecure", False))
+    try:
+        if not cfg.server.superlink:
+            refuse_plain_text("server.address", processes.split_address(cfg.server.address)[0], encrypted, insecure, fix)
+        if cfg.server.status_port is not None:
+            refuse_plain_text("server.status_host", str(cfg.server.status_host), encrypted, insecure, fix)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 class RoundPrinter:
@@ -66,17 +80,21 @@ def server(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     if cfg.resume and not (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
         raise SystemExit(f"error: resume={cfg.resume}: no {checkpoint.CHECKPOINT_FILE} there; resume a run directory that finished a round")
+    _check_exposure(cfg)
     log.info("%s", _check_data(cfg, run_dir))  # bad data fails here, before any client waits
     tls = TlsFiles.in_dir(cfg.server.certs) if cfg.server.certs else None
-    link = SuperLink(cfg.server.superlink or cfg.server.address, Path(cfg.server.flwr_home).resolve(), tls)
+    if tls is not None:
+        check_loopback_name(tls)  # the server's own tools dial the control port as 127.0.0.1 with this certificate
+    control = None if cfg.server.superlink else int(cfg.server.get("control_port", 9093))
+    link = SuperLink(cfg.server.superlink or cfg.server.address, Path(cfg.server.flwr_home).resolve(), tls, control)
     status = RunStatus(run_dir, float(cfg.server.heartbeat_s))
-    api = _status_api(cfg, status)
+    api = _status_api(cfg, status, tls)
     proc = None
     try:
         if not cfg.server.superlink:
             proc = link.start(node_auth=bool(cfg.server.supernode_auth))
-            log.info("SuperLink on %s (%s); clients: fedmemes client --superlink HOST:%s ...", link.address,
-                     "TLS" if tls else "UNENCRYPTED", link.address.rpartition(":")[2])
+            log.info("SuperLink on %s (%s, Fleet API only; Control on %s); clients: fedmemes client --superlink HOST:%s ...",
+                     link.address, "TLS" if tls else "UNENCRYPTED", link.dial, link.address.rpartition(":")[2])
         for key in cfg.server.authorized_keys:
             link.register(Path(key).expanduser().resolve())
         status.run_id = link.submit(_job_overrides(run_dir))

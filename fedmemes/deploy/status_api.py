@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI
-from pydantic import BaseModel
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel, ValidationError
 
-from fedmemes.deploy.auth import require_token
+from fedmemes.deploy.auth import BodyLimit, has_token, require_token
+from fedmemes.deploy.certs import TlsFiles
 from fedmemes.history import METRICS_FILE
 
 ONLINE_PERIODS = 2.5  # a client is online while its last heartbeat is younger than this many periods
@@ -48,8 +49,8 @@ class RunStatus:
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return []
 
-    def snapshot(self) -> dict[str, Any]:
-        """Return the whole status as JSON-ready data."""
+    def snapshot(self, full: bool = True) -> dict[str, Any]:
+        """Return the status as JSON-ready data; without `full`, no paths, names or client details (the open view)."""
         now = time.time()
         with self.lock:
             clients = [
@@ -58,24 +59,32 @@ class RunStatus:
                 for c in self.clients.values()
             ]
         rounds = self.rounds()
-        return {"state": self.state, "run_id": self.run_id, "run_dir": str(self.run_dir),
+        if not full:  # client names are often host names; info carries data_dir and superlink addresses
+            clients = [{k: c[k] for k in ("online", "seconds_since_heartbeat")} for c in clients]
+        return {"state": self.state, "run_id": self.run_id, **({"run_dir": str(self.run_dir)} if full else {}),
                 "current_round": rounds[-1]["round"] if rounds else None, "rounds": rounds, "clients": clients}
 
 
 def create_app(status: RunStatus, token: str) -> FastAPI:
-    """Return the FastAPI app: GET /health and /status are open (a dashboard polls them), POST /heartbeat needs the token."""
+    """Return the FastAPI app: GET /health and /status are open (a dashboard polls them; /status names clients and
+    paths only with the token), POST /heartbeat needs the token; no body over 64 KiB is read."""
     api = FastAPI(title="fedmemes server status")
+    api.add_middleware(BodyLimit)
 
     @api.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @api.get("/status")
-    def get_status() -> dict[str, Any]:
-        return status.snapshot()
+    def get_status(request: Request) -> dict[str, Any]:
+        return status.snapshot(full=has_token(request.headers, token))
 
     @api.post("/heartbeat", dependencies=[Depends(require_token(token))])
-    def heartbeat(beat: Heartbeat) -> dict[str, Any]:
+    async def heartbeat(request: Request) -> dict[str, Any]:
+        try:  # parsed here, after the token check (a body parameter would be parsed before it)
+            beat = Heartbeat.model_validate_json(await request.body())
+        except ValidationError as err:
+            raise HTTPException(status_code=422, detail=[{"loc": e["loc"], "msg": e["msg"]} for e in err.errors()]) from None
         status.beat(beat)
         rounds = status.rounds()
         return {"ok": True, "state": status.state, "current_round": rounds[-1]["round"] if rounds else None}
@@ -83,8 +92,9 @@ def create_app(status: RunStatus, token: str) -> FastAPI:
     return api
 
 
-def serve_in_thread(api: FastAPI, host: str, port: int) -> uvicorn.Server:
-    """Serve `api` from a daemon thread; stop it with `server.should_exit = True`."""
-    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning"))
+def serve_in_thread(api: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> uvicorn.Server:
+    """Serve `api` from a daemon thread, over TLS with the SuperLink's certificate when given; stop with `should_exit`."""
+    keys = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning", **keys))
     threading.Thread(target=server.run, daemon=True).start()
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,32 +40,43 @@ overrides = ""
 
 @dataclass
 class SuperLink:
-    """Where a SuperLink listens and how to reach it; `flwr_home` holds Flower's config, state and logs."""
+    """Where a SuperLink listens and how to reach it; `flwr_home` holds Flower's config, state and logs.
+
+    `address` is what SuperNodes dial (Fleet API + /health only); with `control_port` the Control and runtime
+    APIs answer on 127.0.0.1:control_port alone (see `gate`). Without it, `address` is a SuperLink run elsewhere.
+    """
 
     address: str
     flwr_home: Path
     tls: TlsFiles | None = None
+    control_port: int | None = None
 
     def env(self) -> dict[str, str]:
         """Return the environment every Flower program of this server runs with."""
         return flower_env(self.flwr_home)
 
     def start(self, node_auth: bool = False, timeout_s: float = 60.0) -> subprocess.Popen:
-        """Start `flower-superlink` in its own process group and wait until its port answers."""
+        """Start Flower's SuperLink app behind our gate in its own process group and wait until both ports answer."""
+        if self.control_port is None:
+            raise ValueError("SuperLink.start needs control_port (server.control_port): the loopback port for Control/runtime")
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        host, port = split_address(self.address)
-        cmd = [bin_path("flower-superlink"), "--host", host, "--port", str(port),
+        cmd = [sys.executable, "-m", "fedmemes.deploy.gate", "--public", self.address,
+               "--host", "127.0.0.1", "--port", str(self.control_port),
                # State stays in memory: a restarted SuperLink must not replay a crashed run's messages.
                "--disable-runtime-dependency-installation"]
         cmd += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)] if self.tls else ["--insecure"]
         cmd += ["--enable-supernode-auth"] if node_auth else []
         proc = spawn(cmd, self.env(), self.log_file)
         wait_for_port(*split_address(self.dial), timeout_s, proc)
+        host, port = split_address(self.address)
+        wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, timeout_s, proc)
         return proc
 
     @property
     def dial(self) -> str:
-        """Return the address this machine's `flwr` CLI dials (a wildcard listen address means localhost)."""
+        """Return the address this machine's `flwr` CLI and ServerApp use: the loopback control port when we run it."""
+        if self.control_port is not None:
+            return f"127.0.0.1:{self.control_port}"
         host, port = split_address(self.address)
         return f"127.0.0.1:{port}" if host in ("0.0.0.0", "::", "") else self.address
 
