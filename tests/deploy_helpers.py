@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -26,17 +27,28 @@ def ports(n: int) -> list[int]:
         pytest.skip(f"cannot bind a port on 127.0.0.1: {err}")
 
 
-def http(method: str, url: str, token: str | None = None) -> tuple[int, dict]:
-    """Return (status, JSON body); (0, {}) while nothing listens."""
+def http(method: str, url: str, token: str | None = None, ca: Path | None = None) -> tuple[int, dict]:
+    """Return (status, JSON body); (0, {}) while nothing listens. https URLs are verified against `ca`."""
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
                                  headers={TOKEN_HEADER: token} if token else {})
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=context) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, {}
     except OSError:  # not listening yet
         return 0, {}
+
+
+def protobuf_post(url: str, body: bytes, ca: Path) -> tuple[int, str]:
+    """POST a protobuf body as Flower's CLI does, verifying TLS with `ca` only; return (status, body text)."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/protobuf"})
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=ssl.create_default_context(cafile=str(ca))) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
 
 
 def until(check, timeout_s: float, what: str, procs=()):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_helpers import FEDMEMES, kill, ports, spawn, until
+from deploy_helpers import FEDMEMES, kill, ports, protobuf_post, spawn, until
 
 from fedmemes.deploy.certs import TlsFiles, make_node_key
 from fedmemes.deploy.processes import wait_for_port
@@ -35,12 +35,12 @@ def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -
 
 
 def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
-    (link,) = ports(1)
+    link, control = ports(2)
     env, run_dir = _env(tmp_path), tmp_path / "run"
     # 3 clients, at least 2 per round; fraction_train=1.0 (strategy default) trains every connected node.
     server = spawn(["server", "debug=tiny", "num_rounds=4", "num_clients=3", "clients_per_round=2", f"run_dir={run_dir}",
-                    f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}", f"server.flwr_home={tmp_path / 'flwr'}",
-                    "server.status_port=null"], tmp_path / "server.log", env)
+                    f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}", f"server.control_port={control}",
+                    f"server.flwr_home={tmp_path / 'flwr'}", "server.status_port=null"], tmp_path / "server.log", env)
     procs, started = [server], time.monotonic()
     try:
         # Clients started once the SuperLink listens connect at once (no retry back-off): all three are in round 1.
@@ -65,18 +65,31 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
             kill(p)
 
 
-def test_unregistered_supernode_is_refused(tmp_path):
-    (link,) = ports(1)
+def _control_calls(rogue_pub: Path, run_id: int) -> dict[str, bytes]:
+    """Return the Control API calls an outsider would make, as Flower's CLI encodes them."""
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRunRequest, StopRunRequest
+
+    return {"list-runs": ListRunsRequest().SerializeToString(), "start-run": StartRunRequest().SerializeToString(),
+            "stop-run": StopRunRequest(run_id=run_id).SerializeToString(),
+            "register-node": RegisterNodeRequest(public_key=try_load_public_key(rogue_pub)).SerializeToString()}
+
+
+def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superlink(tmp_path):
+    """TLS + node auth: an unregistered key is refused, a caller holding only ca.crt is refused on every Control
+    call through the address clients dial, the operator's `flwr` on the loopback control port works, and the two
+    registered SuperNodes finish a 2-round run."""
+    link, control = ports(2)
     env, run_dir, certs = _env(tmp_path), tmp_path / "run", tmp_path / "certs"
     subprocess.run([*FEDMEMES, "certs", str(certs), "--host", "127.0.0.1", "--nodes", "2"], check=True, env=env, capture_output=True)
-    rogue_key, _ = make_node_key(tmp_path / "rogue", "rogue")  # a valid key pair the server never registered
-    server = spawn(["server", "debug=tiny", "num_rounds=1", "num_clients=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
-                    f"server.address=127.0.0.1:{link}", f"server.flwr_home={tmp_path / 'flwr'}", f"server.certs={certs}",
-                    "server.status_port=null", "server.supernode_auth=true",
+    rogue_key, rogue_pub = make_node_key(tmp_path / "rogue", "rogue")  # a valid key pair the server never registered
+    server = spawn(["server", "debug=tiny", "num_rounds=2", "num_clients=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
+                    f"server.address=127.0.0.1:{link}", f"server.control_port={control}", f"server.flwr_home={tmp_path / 'flwr'}",
+                    f"server.certs={certs}", "server.status_port=null", "server.supernode_auth=true",
                     f"server.authorized_keys=[{certs / 'node-0.pub'},{certs / 'node-1.pub'}]"], tmp_path / "server.log", env)
     tls = ("--root-certificates", str(certs / "ca.crt"))
     procs = [server]
-    superlink = SuperLink(f"127.0.0.1:{link}", tmp_path / "flwr", TlsFiles.in_dir(certs))
+    superlink = SuperLink(f"127.0.0.1:{link}", tmp_path / "flwr", TlsFiles.in_dir(certs), control_port=control)
 
     def nodes() -> list[dict]:
         try:
@@ -90,15 +103,28 @@ def test_unregistered_supernode_is_refused(tmp_path):
         until(lambda: [n for n in nodes() if n["status"] == "online"], 120, "node-0 online", procs)
         rogue = _client(1, 2, link, tmp_path, env, *tls, "--auth-key", str(rogue_key))
         procs.append(rogue)
-        assert rogue.wait(60) != 0
+        assert rogue.wait(180) != 0  # a SuperNode takes up to a minute to start on 2 busy cores
         assert "Failed to activate SuperNode" in (tmp_path / "client1.log").read_text()
+        # The operator's own `flwr ls` on the loopback control port sees the pending run.
+        runs = superlink.flwr("ls", CONNECTION, timeout_s=60)["runs"]
+        assert len(runs) == 1
+        run_id = int(runs[0]["run-id"])
+        # An outsider with only the public ca.crt, on the address the clients dial: every Control call is refused.
+        replies = {name: protobuf_post(f"https://127.0.0.1:{link}/v1/control/{name}", body, certs / "ca.crt")
+                   for name, body in _control_calls(rogue_pub, run_id).items()}
+        print("Control calls on the public address:", json.dumps(replies, indent=1))
+        assert {name: code for name, (code, _) in replies.items()} == dict.fromkeys(replies, 403)
+        assert all("loopback control port" in body for _, body in replies.values())
+        # The same list-runs on the control port answers (so the refusal above is the gate, not a bad request).
+        assert protobuf_post(f"https://127.0.0.1:{control}/v1/control/list-runs", _control_calls(rogue_pub, run_id)["list-runs"],
+                             certs / "ca.crt")[0] == 200
         # The SuperLink knows the two registered keys (node-1 not yet connected) and nothing of the rogue.
         assert sorted(n["status"] for n in nodes()) == ["online", "registered"]
         assert [r["round"] for r in _rounds(run_dir)] in ([], [0])  # the run still waits for its 2 clients
         procs.append(_client(1, 2, link, tmp_path, env, *tls, "--auth-key", str(certs / "node-1.key")))
-        assert server.wait(240) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert server.wait(300) == 0, (tmp_path / "server.log").read_text()[-3000:]
         rounds = _rounds(run_dir)
-        assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["clients"] == 2
+        assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[1]["clients"] == rounds[2]["clients"] == 2
     finally:
         for p in procs:
             kill(p)

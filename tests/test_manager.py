@@ -2,7 +2,10 @@
 
 import argparse
 import sys
+import threading
 import time
+
+import pytest
 
 from fastapi.testclient import TestClient
 
@@ -67,7 +70,7 @@ def test_heartbeat_reaches_the_status_api(tmp_path, monkeypatch):
     status = RunStatus(tmp_path, heartbeat_s=1)
     server = TestClient(status_app(status, TOKEN))
 
-    def post(req, timeout):  # route urllib's request through the in-process API
+    def post(req, timeout, context=None):  # route urllib's request through the in-process API
         reply = server.post("/heartbeat", content=req.data, headers=dict(req.header_items()))
         reply.raise_for_status()
         return _Reply(reply.content)
@@ -78,12 +81,55 @@ def test_heartbeat_reaches_the_status_api(tmp_path, monkeypatch):
     assert [(c["name"], c["online"], c["info"]["data"]["partition_id"]) for c in clients] == [("b", True, 1)]
 
 
+def test_heartbeats_go_on_after_any_error_and_info_never_fails(tmp_path, monkeypatch):
+    (tmp_path / "own" / "img").mkdir(parents=True)
+    (tmp_path / "own" / "train.jsonl").write_bytes(b'{"id": 1}\n\xff\xfe not utf-8\n{"id": 3}\n')
+    mgr = Manager("c", _args(data_dir=tmp_path / "own"), tmp_path / "home")
+    assert mgr.info()["data"]["train_rows"] == 3  # counted as bytes: a non-UTF-8 line is a line
+    replies = iter([b"<html>not json</html>", b"[1, 2]", b'{"current_round": "x"}', b'{"current_round": 4}'])
+    calls = []
+
+    def urlopen(req, timeout, context=None):
+        calls.append(req.full_url)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the stack below us")
+        return _Reply(next(replies))
+
+    monkeypatch.setattr(manager_module.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(mgr, "running", lambda: True)
+    stop = threading.Event()
+    beats = threading.Thread(target=manager_module.heartbeat_loop, args=(mgr, "http://server:8090", TOKEN, 0.01, stop))
+    beats.start()
+    deadline = time.monotonic() + 10
+    while mgr.last_round_seen is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    beats.join(5)
+    assert len(calls) == 5 and mgr.last_round_seen == 4  # four failures of four kinds, then a good reply
+    # /info answers 200 even when reading the data folder itself fails.
+    monkeypatch.setattr(mgr, "data", lambda: 1 / 0)
+    reply = TestClient(create_app(mgr, TOKEN)).get("/info", headers={TOKEN_HEADER: TOKEN})
+    assert reply.status_code == 200 and reply.json()["data"] == {"error": "ZeroDivisionError: division by zero"}
+
+
+def test_manager_refuses_plain_text_beyond_loopback_and_big_bodies(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEDMEMES_TOKEN", TOKEN)
+    base = ["--superlink", "127.0.0.1:9", "--partition-id", "0", "--num-partitions", "2"]
+    for extra, needle in ((["--host", "0.0.0.0"], "--host '0.0.0.0'"), (["--status-url", "http://server:8090"], "--status-url 'server'")):
+        with pytest.raises(SystemExit) as done:
+            manager_module.main([*base, *extra])
+        assert done.value.code == 2 and needle in capsys.readouterr().err
+    api = TestClient(create_app(Manager("a", _args(), tmp_path), TOKEN))
+    assert api.post("/stop", content=b"x" * (64 * 1024 + 1), headers={TOKEN_HEADER: TOKEN}).status_code == 413
+    assert api.post("/stop", headers={TOKEN_HEADER: TOKEN}).status_code == 200
+
+
 class _Reply:
     def __init__(self, body: bytes) -> None:
         self.body = body
 
-    def read(self) -> bytes:
-        return self.body
+    def read(self, limit: int = -1) -> bytes:
+        return self.body if limit < 0 else self.body[:limit]
 
     def __enter__(self):
         return self
