@@ -35,28 +35,53 @@ def _check_command(argv: list[str]) -> None:
         assert all("=" in o for o in overrides), rest  # Hydra overrides (or Hydra's own --config-dir/--config-name)
 
 
+def _resuming_server(line: str, run_dir: str) -> list[list[str]]:
+    """Check a server's shell line resumes from RUN_DIR's checkpoint; return its fedmemes argv for both branches."""
+    assert f"d={run_dir};" in line and "if [ -f $d/checkpoint.pt ]; then set -- resume=$d;" in line
+    assert "elif [ -f $d/metrics.json ]; then set -- overwrite=true;" in line  # results without a finished round
+    words = shlex.split(line.split("exec ", 1)[1])
+    assert words[0] == "fedmemes" and words[-1] == "$@"
+    return [[w.replace("$d", run_dir) for w in [*words[1:-1], extra]] for extra in ("resume=$d", "overwrite=true")]
+
+
 def test_compose_runs_server_two_clients_two_managers_with_our_commands():
-    spec = yaml.safe_load((DEPLOY / "compose.yml").read_text())
+    spec = yaml.safe_load((DEPLOY / "compose.yml").read_text().replace("$$", "$"))  # compose's escape for a literal $
     services = spec["services"]
+    server = services.pop("server")
+    assert server["entrypoint"] == ["sh", "-c"]
+    for argv in _resuming_server(server["command"][0], "/runs/compose"):
+        _check_command(argv)
+        assert "server.certs=/certs" in argv and "server.address=0.0.0.0:9092" in argv and "run_dir=/runs/compose" in argv
     roles = sorted(s["command"][0] for s in services.values())
-    assert roles == ["client", "client", "manager", "manager", "server"]
+    assert roles == ["client", "client", "manager", "manager"]
     for service in services.values():
         _check_command(service["command"])
-    server = services["server"]["command"]
-    assert "server.certs=/certs" in server and "server.address=0.0.0.0:9092" in server
+        if service["command"][0] == "manager":  # heartbeats carry the token: https, checked against the CA
+            command = service["command"]
+            assert command[command.index("--status-url") + 1].startswith("https://") and "--root-certificates" in command
+            assert all(port.startswith("127.0.0.1:") for port in service["ports"])  # plain-HTTP API: host loopback only
 
 
 def test_k8s_manifests_have_every_piece_and_valid_commands():
     docs = _k8s()
     kinds = sorted({d["kind"] for d in docs})
-    assert kinds == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "Job", "PersistentVolumeClaim", "Secret", "Service", "StatefulSet"]
     for doc in docs:
         for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             args = container["args"]
+            if doc["kind"] == "Job":  # the server: resumes after a restart instead of overwriting
+                for argv in _resuming_server(args[0], "/runs/k8s"):
+                    _check_command(argv)
+                continue
             if container.get("command") == ["sh", "-c"]:  # a shell line: check the fedmemes part
                 words = shlex.split(args[0].replace("${HOSTNAME##*-}", "0").replace('"$HOSTNAME"', "c-0"))
                 args = words[words.index("fedmemes") + 1:]
+                assert args[args.index("--status-url") + 1].startswith("https://")
             _check_command(args)
+    job = next(d for d in docs if d["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert yaml.safe_load(cm["data"]["deployment.yaml"])["run_dir"] == "/runs/k8s"
     clients = next(d for d in docs if d["kind"] == "StatefulSet")
     assert clients["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"  # a volume per client
 

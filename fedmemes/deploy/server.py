@@ -86,6 +86,8 @@ def server(cfg: DictConfig) -> None:
     if tls is not None:
         check_loopback_name(tls)  # the server's own tools dial the control port as 127.0.0.1 with this certificate
     control = None if cfg.server.superlink else int(cfg.server.get("control_port", 9093))
+    if control is not None and control == processes.split_address(cfg.server.address)[1]:
+        raise SystemExit(f"error: server.control_port={control} is server.address's port; give the control port another one")
     link = SuperLink(cfg.server.superlink or cfg.server.address, Path(cfg.server.flwr_home).resolve(), tls, control)
     status = RunStatus(run_dir, float(cfg.server.heartbeat_s))
     api = _status_api(cfg, status, tls)
