@@ -68,7 +68,12 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
 def _control_calls(rogue_pub: Path, run_id: int) -> dict[str, bytes]:
     """Return the Control API calls an outsider would make, as Flower's CLI encodes them."""
     from flwr.cli.supernode.register import try_load_public_key
-    from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRunRequest, StopRunRequest
+    from flwr.proto.control_pb2 import (
+        ListRunsRequest,
+        RegisterNodeRequest,
+        StartRunRequest,
+        StopRunRequest,
+    )
 
     return {"list-runs": ListRunsRequest().SerializeToString(), "start-run": StartRunRequest().SerializeToString(),
             "stop-run": StopRunRequest(run_id=run_id).SerializeToString(),
@@ -122,7 +127,7 @@ def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superli
         assert sorted(n["status"] for n in nodes()) == ["online", "registered"]
         assert [r["round"] for r in _rounds(run_dir)] in ([], [0])  # the run still waits for its 2 clients
         procs.append(_client(1, 2, link, tmp_path, env, *tls, "--auth-key", str(certs / "node-1.key")))
-        assert server.wait(300) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert server.wait(600) == 0, (tmp_path / "server.log").read_text()[-3000:]
         rounds = _rounds(run_dir)
         assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[1]["clients"] == rounds[2]["clients"] == 2
     finally:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from fastapi.testclient import TestClient
 
 from fedmemes.deploy import manager as manager_module

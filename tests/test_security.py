@@ -84,7 +84,7 @@ def test_private_keys_are_created_owner_only(tmp_path):
         (tmp_path / "certs" / "server.key").write_text("old")
         os.chmod(tmp_path / "certs" / "server.key", 0o644)  # a stale, readable key is replaced, not reused
         make_tls(tmp_path / "certs", ["example.org"])
-        private, public = make_node_key(tmp_path / "certs", "node-0")
+        _, public = make_node_key(tmp_path / "certs", "node-0")
     finally:
         os.umask(old)
     for key in ("ca.key", "server.key", "node-0.key"):
@@ -129,7 +129,7 @@ def _cert_without_loopback(tmp_path) -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "server.example.org")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("server.example.org")]), critical=False)

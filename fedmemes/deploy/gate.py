@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib
 
     import uvicorn
+
     # Flower 1.42 (pinned): the same pieces `flower-superlink` is made of, so its flag checks and lifespan stay Flower's.
     from flwr.supercore.http_logging import get_uvicorn_log_config
     from flwr.supercore.logger import console_handler

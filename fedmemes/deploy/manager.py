@@ -105,7 +105,7 @@ def heartbeat_once(manager: Manager, status_url: str, token: str, timeout_s: flo
     with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:  # noqa: S310 - the configured server URL
         reply = json.loads(resp.read(64 * 1024))
     if not isinstance(reply, dict):
-        raise ValueError(f"status API replied {type(reply).__name__}, not a JSON object")
+        raise TypeError(f"status API replied {type(reply).__name__}, not a JSON object")
     return reply
 
 
