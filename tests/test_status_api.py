@@ -45,6 +45,9 @@ def test_token_comes_from_file_or_env_with_a_fix_when_missing(tmp_path, monkeypa
 
 
 def test_open_status_names_nothing_and_bodies_are_capped_before_parsing(tmp_path):
+    (tmp_path / "secret-run-dir").mkdir()
+    (tmp_path / "secret-run-dir" / "metrics.json").write_text(
+        json.dumps({"rounds": [{"round": 1, "auroc": 0.6, "dropped": {"alice-laptop": "nan"}, "note": "from alice"}]}))
     status = RunStatus(tmp_path / "secret-run-dir", heartbeat_s=10)
     api = TestClient(create_app(status, TOKEN))
     auth = {TOKEN_HEADER: TOKEN}
@@ -54,6 +57,7 @@ def test_open_status_names_nothing_and_bodies_are_capped_before_parsing(tmp_path
     assert open_view["clients"] == [{"online": True, "seconds_since_heartbeat": open_view["clients"][0]["seconds_since_heartbeat"]}]
     for secret in ("secret-run-dir", "alice", "example.org", "memes"):
         assert secret not in json.dumps(open_view)
+    assert open_view["rounds"] == [{"round": 1, "auroc": 0.6}] and open_view["current_round"] == 1
     assert api.get("/status", headers=auth).json()["clients"][0]["name"] == "alice-laptop"  # the token shows all
     big = b'{"name": "' + b"x" * (64 * 1024) + b'"}'
     assert api.post("/heartbeat", content=big, headers={TOKEN_HEADER: "wrong"}).status_code == 413  # not even parsed

@@ -61,6 +61,8 @@ class RunStatus:
         rounds = self.rounds()
         if not full:  # client names are often host names; info carries data_dir and superlink addresses
             clients = [{k: c[k] for k in ("online", "seconds_since_heartbeat")} for c in clients]
+            # Scores only: a nested or text field (e.g. per-node reasons) could name a client.
+            rounds = [{k: v for k, v in r.items() if v is None or isinstance(v, (int, float))} for r in rounds]
         return {"state": self.state, "run_id": self.run_id, **({"run_dir": str(self.run_dir)} if full else {}),
                 "current_round": rounds[-1]["round"] if rounds else None, "rounds": rounds, "clients": clients}
 
