@@ -30,7 +30,7 @@ def public_paths() -> frozenset[str]:
     """Return the exact paths a SuperNode calls: Flower's Fleet routes and /health."""
     from flwr.superlink.routers.fleet.router import router
 
-    return frozenset(route.path for route in router.routes) | {"/health"}
+    return frozenset(getattr(route, "path", "") for route in router.routes) - {""} | {"/health"}
 
 
 class PublicFilter:

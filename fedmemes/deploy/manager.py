@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.autostart:
         manager.start()
     try:
-        tls = {"ssl_certfile": str(args.ssl_certfile), "ssl_keyfile": str(args.ssl_keyfile)} if args.ssl_certfile else {}
-        uvicorn.run(create_app(manager, token), host=args.host, port=args.port, log_level="warning", **tls)
+        uvicorn.run(create_app(manager, token), host=args.host, port=args.port, log_level="warning",
+                    ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     finally:
         stop.set()
         manager.stop()

@@ -96,7 +96,7 @@ def create_app(status: RunStatus, token: str) -> FastAPI:
 
 def serve_in_thread(api: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> uvicorn.Server:
     """Serve `api` from a daemon thread, over TLS with the SuperLink's certificate when given; stop with `should_exit`."""
-    keys = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
-    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning", **keys))
+    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning",
+                                           ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None))
     threading.Thread(target=server.run, daemon=True).start()
     return server
