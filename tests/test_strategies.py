@@ -145,7 +145,7 @@ def test_bad_reply_is_dropped_and_counted(case):
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), reply(2, 4.0), BAD_REPLIES[case]()])
     for value in _np(arrays).values():
         np.testing.assert_allclose(value, [3.0, 3.0])  # the two sound replies, equal weights
-    assert reports[1] == {"replies": 3, "dropped_replies": 1, "kept_previous_model": 0}
+    assert reports[1] == {"replies": 3, "dropped_replies": 1, "clipped_replies": 0, "capped_weights": 0, "kept_previous_model": 0}
 
 
 def test_missing_num_examples_is_dropped():
@@ -168,7 +168,7 @@ def test_too_few_sound_replies_keep_the_previous_model():
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), BAD_REPLIES["non-finite"]()])
     for key, value in _np(arrays).items():
         np.testing.assert_array_equal(value, GLOBAL[key])
-    assert reports[1] == {"replies": 2, "dropped_replies": 1, "kept_previous_model": 1}
+    assert reports[1] == {"replies": 2, "dropped_replies": 1, "clipped_replies": 0, "capped_weights": 0, "kept_previous_model": 1}
 
 
 @pytest.mark.parametrize("cls", [FedMedian, Krum, PerformanceWeightedAvg])
