@@ -192,6 +192,15 @@ def unchecked(cls: type, build: Callable[[], Message]) -> str:
         return f"run ends: {type(err).__name__}"
 
 
+def test_client_facts_are_told_under_the_sending_node():
+    told: list[tuple[int, dict]] = []
+    strategy, _ = _strategy(FedAvg)
+    strategy.reply_facts_fn = lambda node, metrics: told.append((node, metrics))
+    # Both claim partition 0; the hostile one also lies about its size: each lands under its own node id.
+    strategy.aggregate_train(1, [message(1, partition_id=0), message(HOSTILE, partition_id=0, **{"num-examples": 10**9})])
+    assert [(node, m["partition_id"], m["num-examples"]) for node, m in told] == [(1, 0, 10), (HOSTILE, 0, 10**9)]
+
+
 def fuzz_table(cls: type = FedAvg, compare: bool = False) -> str:
     """Return the table: kind, outcome, max |model - honest aggregate|, and what the bare strategy makes of it."""
     lines = [f"strategy: with_reply_checks({cls.__name__}); honest update L2 norm <= {_honest_norm():.3f}",
