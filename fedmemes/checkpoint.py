@@ -97,7 +97,7 @@ def load(run_dir: Path) -> Checkpoint:
         raise FileNotFoundError(f"{path} not found: resume=RUN_DIR needs a run directory whose server finished at least one round")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError: an object the safe loader refuses (or a broken file)
+    except Exception as err:  # noqa: BLE001  UnpicklingError: an object the safe loader refuses (or a broken file)
         raise ValueError(f"{path} cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                          "a checkpoint holds only tensors and plain values. Files written before fedmemes loaded "
                          "checkpoints safely cannot be resumed: start the run again with overwrite=true") from None

@@ -14,7 +14,16 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp.strategy import FedAvg, FedMedian
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -188,7 +197,7 @@ def unchecked(cls: type, build: Callable[[], Message]) -> str:
     try:
         arrays, _ = bare.aggregate_train(1, [message(1), build(), message(2)])
         return "kept model" if arrays is None else f"{np.abs(_flat(arrays) - honest_model).max():.3g}"
-    except Exception as err:  # the run would end here
+    except Exception as err:  # noqa: BLE001  the run would end here
         return f"run ends: {type(err).__name__}"
 
 

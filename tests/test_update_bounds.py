@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from fedmemes.config import build_strategy, load_config
-from fedmemes.strategies.update_bounds import UpdateBounds, capped_counts, clip_update, norm_bound, update_norm
+from fedmemes.strategies.update_bounds import (
+    UpdateBounds,
+    capped_counts,
+    clip_update,
+    norm_bound,
+    update_norm,
+)
 
 
 def test_capped_counts_water_filling():

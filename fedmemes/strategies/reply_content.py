@@ -72,7 +72,7 @@ def decode_array(name: str, array: Any, expected: np.ndarray) -> np.ndarray:
         shape, fortran, dtype = NPY_HEADER_READERS[version](stream)
     except ReplyError:
         raise
-    except Exception as err:  # numpy raises ValueError/EOFError/SyntaxError on a broken header
+    except Exception as err:  # noqa: BLE001  numpy raises ValueError/EOFError/SyntaxError on a broken header
         raise ReplyError(f"tensor '{name}' is not a readable npy payload ({type(err).__name__}: {err})") from None
     if dtype != expected.dtype:  # np.dtype equality includes byte order: '>f4' != '<f4'
         raise ReplyError(f"tensor '{name}' holds {dtype} ('{dtype.str}'), the global model's is {expected.dtype} ('{expected.dtype.str}')")

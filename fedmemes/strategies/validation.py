@@ -13,8 +13,21 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmemes.strategies.reply_content import METRICS_RECORD, Reference, Reply, ReplyError, judge, reference_of
-from fedmemes.strategies.update_bounds import UpdateBounds, capped_counts, clip_update, norm_bound, update_norm
+from fedmemes.strategies.reply_content import (
+    METRICS_RECORD,
+    Reference,
+    Reply,
+    ReplyError,
+    judge,
+    reference_of,
+)
+from fedmemes.strategies.update_bounds import (
+    UpdateBounds,
+    capped_counts,
+    clip_update,
+    norm_bound,
+    update_norm,
+)
 
 log = logging.getLogger("fedmemes")
 
@@ -84,7 +97,7 @@ class ReplyChecks:
                 sound.append(judge(msg, ref))
             except ReplyError as err:
                 reasons.append(f"node {msg.metadata.src_node_id}: {err}")
-            except Exception as err:  # anything a hostile payload makes a library raise is a drop, never a crash
+            except Exception as err:  # noqa: BLE001  anything a hostile payload makes a library raise is a drop, never a crash
                 reasons.append(f"node {msg.metadata.src_node_id}: unreadable reply ({type(err).__name__}: {err})")
         if sound:  # metric keys must agree (Flower ends the run otherwise): keep the most common key set
             common, _ = Counter(frozenset(r.metrics) for r in sound).most_common(1)[0]
