@@ -151,14 +151,15 @@ class ReplyChecks:
         if len(sound) >= self._minimum():
             arrays, metrics = super().aggregate_train(server_round, [self._rebuilt(r) for r in sound])  # type: ignore[misc]
         kept = arrays is None
-        if not kept:
-            arrays = _as_reference_dtypes(arrays, self._reply_reference)
-            if not all(np.isfinite(a.numpy()).all() for a in arrays.values() if a.numpy().dtype.kind in "fc"):
-                log.warning("round %d: the strategy's aggregate is not finite", server_round)
-                kept = True
         if kept:
             log.warning("round %d: %d sound replies of %d (minimum %d): keeping the previous global model",
                         server_round, len(sound), len(replies), self._minimum())
+        else:
+            arrays = _as_reference_dtypes(arrays, self._reply_reference)
+            if not all(np.isfinite(a.numpy()).all() for a in arrays.values() if a.numpy().dtype.kind in "fc"):
+                log.warning("round %d: the strategy's aggregate is not finite: keeping the previous global model", server_round)
+                kept = True
+        if kept:
             arrays = self._reply_reference
         if self.reply_report_fn is not None:
             self.reply_report_fn(server_round, {"replies": len(replies), "dropped_replies": len(reasons), "clipped_replies": clipped,
