@@ -217,3 +217,18 @@ def test_aggregate_keeps_the_global_dtypes():
 def test_dp_wraps_the_chosen_inner_strategy():
     strategy = build_strategy(load_config("strategy=dp_adaptive strategy@server.strategy.strategy=fedprox"))
     assert type(strategy.strategy).__name__ == "FedProx" and strategy.strategy.proximal_mu == 0.01
+
+
+def test_modality_counts_are_capped_like_num_examples():
+    strategy, reports = _checked(ModalityAwareAvg, branches=BRANCHES)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0), reply(2, 2.0, n_text=10**6)])
+    np.testing.assert_allclose(_np(arrays)["t.w"], [1.5, 1.5])  # two clients: the text block is an equal say, not 2.0
+    assert reports[1]["capped_weights"] == 1 and reports[1]["clipped_replies"] == 0
+
+
+def test_outsized_update_is_clipped_onto_three_times_the_median():
+    strategy, reports = _checked()
+    arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0), reply(2, 1.0), reply(3, 100.0)])
+    # norms sqrt(6) * [1, 1, 100]: the third is scaled to 3 * sqrt(6), i.e. 3.0 per value; mean (1 + 1 + 3) / 3
+    np.testing.assert_allclose(_np(arrays)["h.w"], [5 / 3, 5 / 3], rtol=1e-6)
+    assert reports[1]["clipped_replies"] == 1
