@@ -1,4 +1,9 @@
-"""The server's checkpoint after every round: global weights, round, history, best model, strategy state."""
+"""The server's checkpoint after every round: global weights, round, history, best model, strategy state.
+
+The file holds only tensors and plain containers (dict, list, str, int, float, bool, None) and is
+read with `torch.load(weights_only=True)`, which refuses any other object: a checkpoint can never
+run code when it is loaded. NumPy arrays in a strategy's state travel as tensors, tagged.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"
+_NUMPY_TAG = "__numpy__"  # {"__numpy__": tensor}: a NumPy array in a strategy's state
 
 # Server-side optimiser state of Flower's strategies: FedOpt family (FedAdam, FedYogi, FedAdagrad)
 # keeps moments m_t/v_t, FedAvgM a momentum vector. A strategy of our own may instead define
-# `state_dict()` / `load_state_dict(state)`.
+# `state_dict()` / `load_state_dict(state)` returning plain containers, tensors and NumPy arrays.
 STRATEGY_ATTRS = ("m_t", "v_t", "momentum_vector")
 
 
@@ -26,6 +33,7 @@ class Checkpoint:
     history: dict[str, Any]
     best_state: dict[str, torch.Tensor]
     strategy: dict[str, Any] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)  # model/strategy targets the run was made with (`setup_of`)
 
 
 def strategy_state(strategy: Any) -> dict[str, Any]:
@@ -44,25 +52,96 @@ def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
         setattr(strategy, name, value)
 
 
+def _plain(value: Any, where: str) -> Any:
+    """Return `value` as tensors and plain containers; raise TypeError naming anything else."""
+    if isinstance(value, np.ndarray):
+        return {_NUMPY_TAG: torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"checkpoint: {where} is a {type(value).__name__}; a checkpoint keeps only tensors, NumPy arrays, "
+                    "numbers, strings and dicts/lists of them (make the strategy's state_dict() return those)")
+
+
+def _restored(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_NUMPY_TAG}:
+            return value[_NUMPY_TAG].numpy()
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restored(v) for v in value]
+    return value
+
+
 def save(run_dir: Path, ckpt: Checkpoint) -> Path:
     """Write `<run_dir>/checkpoint.pt` atomically (a crash mid-write leaves the previous one intact)."""
     path = Path(run_dir) / CHECKPOINT_FILE
     tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"server_round": ckpt.server_round, "arrays": ckpt.arrays, "history": ckpt.history,
-         "best_state": ckpt.best_state, "strategy": ckpt.strategy},
-        tmp,
-    )
+    torch.save(_plain({"server_round": ckpt.server_round, "arrays": ckpt.arrays, "history": ckpt.history,
+                       "best_state": ckpt.best_state, "strategy": ckpt.strategy, "setup": ckpt.setup}, "checkpoint"), tmp)
     os.replace(tmp, path)
     return path
 
 
 def load(run_dir: Path) -> Checkpoint:
-    """Read the checkpoint of `run_dir`; fail with the fix when there is none."""
+    """Read the checkpoint of `run_dir` without unpickling any object; fail with the fix when there is none."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: resume=RUN_DIR needs a run directory whose server finished at least one round")
-    # Only our own files are read here; numpy arrays (strategy moments) need the full unpickler.
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  UnpicklingError: an object the safe loader refuses (or a broken file)
+        raise ValueError(f"{path} cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                         "a checkpoint holds only tensors and plain values. Files written before fedmemes loaded "
+                         "checkpoints safely cannot be resumed: start the run again with overwrite=true") from None
+    data = _restored(data)
+    data.setdefault("setup", {})
     return Checkpoint(**data)
 
+
+def setup_of(cfg: Any) -> dict[str, Any]:
+    """Return the parts of a config a checkpoint must match to be resumed: the model and strategy targets."""
+    from omegaconf import OmegaConf
+
+    strategy, targets = OmegaConf.select(cfg, "server.strategy"), []
+    while strategy is not None and "_target_" in strategy:  # a DP wrapper holds the wrapped strategy
+        targets.append(str(strategy["_target_"]))
+        strategy = strategy.get("strategy")
+    model = OmegaConf.select(cfg, "model._target_")
+    return {"model": None if model is None else str(model), "strategy": targets}
+
+
+def differences(ckpt: Checkpoint, setup: dict[str, Any], tensors: dict[str, torch.Tensor] | None) -> list[str]:
+    """Return how the checkpoint differs from this configuration (model, strategy, tensor names and shapes)."""
+    found = []
+    for key in ("model", "strategy"):
+        saved = ckpt.setup.get(key)
+        if saved is not None and setup.get(key) is not None and saved != setup[key]:
+            found.append(f"{key}: the checkpoint has {saved}, this configuration {setup[key]}")
+    if tensors is not None:
+        saved_shapes = {k: list(v.shape) for k, v in ckpt.arrays.items()}
+        shapes = {k: list(v.shape) for k, v in tensors.items()}
+        missing, extra = sorted(set(shapes) - set(saved_shapes)), sorted(set(saved_shapes) - set(shapes))
+        if missing:
+            found.append(f"tensors the model has but the checkpoint lacks: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            found.append(f"tensors the checkpoint has but the model lacks: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        changed = [f"{k} {saved_shapes[k]} -> {shapes[k]}" for k in sorted(set(shapes) & set(saved_shapes)) if shapes[k] != saved_shapes[k]]
+        if changed:
+            found.append(f"tensor shapes differ (checkpoint -> model): {changed[:5]}")
+    return found
+
+
+def check_fits(ckpt: Checkpoint, cfg: Any, tensors: dict[str, torch.Tensor] | None, where: Path | str = "") -> None:
+    """Raise ValueError listing every difference between the checkpoint and this configuration."""
+    found = differences(ckpt, setup_of(cfg), tensors)
+    if found:
+        raise ValueError(f"resume={where}: the checkpoint does not fit this configuration:\n  - " + "\n  - ".join(found)
+                         + "\nresume with the overrides the run was started with (see its config.yaml), or start a new run")

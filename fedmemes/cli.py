@@ -90,6 +90,9 @@ def simulate(cfg: DictConfig) -> None:
 
     _quiet_libraries(cfg.verbose)
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    from fedmemes.run_dir import prepare
+
+    prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
     log.info("%s", _check_data(cfg, run_dir))
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)

@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.validation import with_reply_checks
 
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes
@@ -103,7 +104,11 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
 
 def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
-    return _build_one(OmegaConf.to_container(cfg.server.strategy, resolve=True), "server.strategy", hooks, outer=True)
+    strategy = _build_one(OmegaConf.to_container(cfg.server.strategy, resolve=True), "server.strategy", hooks, outer=True)
+    strategy.update_bounds = UpdateBounds.parse(cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),
+                                                cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT))
+    strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
+    return strategy
 
 
 def build_model(cfg: DictConfig) -> Any:

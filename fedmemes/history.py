@@ -32,7 +32,8 @@ class RunHistory:
 
     run_dir: Path
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)  # the split facts the operator's CLI recorded, by partition
+    nodes: dict[int, dict[str, Any]] = field(default_factory=dict)  # what each node reported, by the node id Flower gave it
     best_round: int | None = None
     test: dict[str, Any] | None = None
     data_issues: dict[str, int] = field(default_factory=dict)  # bad rows per kind the source skipped
@@ -51,14 +52,19 @@ class RunHistory:
         """Remember what a client reported about its data (latest report wins, other facts stay)."""
         self.clients[partition_id] = {**self.clients.get(partition_id, {}), "partition_id": partition_id, **facts}
 
+    def add_node(self, node_id: int, facts: dict[str, Any]) -> None:
+        """Remember what a node reported in its latest reply; one node can never touch another's entry."""
+        self.nodes[int(node_id)] = {**self.nodes.get(int(node_id), {}), "node_id": int(node_id), **facts}
+
     def state(self) -> dict[str, Any]:
         """Return what a checkpoint keeps to continue this history after a restart."""
-        return {"rounds": list(self.rounds), "clients": dict(self.clients), "best_round": self.best_round}
+        return {"rounds": list(self.rounds), "clients": dict(self.clients), "nodes": dict(self.nodes), "best_round": self.best_round}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpointed `state()`: its rounds are kept and never recorded again."""
         self.rounds, self.best_round = list(state["rounds"]), state["best_round"]
         self.clients.update(state["clients"])
+        self.nodes.update(state.get("nodes", {}))
 
     def as_dict(self) -> dict[str, Any]:
         """Return the metrics.json content."""
@@ -68,6 +74,7 @@ class RunHistory:
                 "best_round": self.best_round,
                 "test": self.test,
                 "clients": [self.clients[k] for k in sorted(self.clients)],
+                "nodes": [self.nodes[k] for k in sorted(self.nodes)],
                 "data_issues": self.data_issues,
             }
         )
@@ -82,7 +89,9 @@ class RunHistory:
         return path
 
     def save_model(self, name: str, state: dict[str, torch.Tensor]) -> Path:
-        """Save a state dict as `<run_dir>/<name>.safetensors`."""
+        """Save a state dict as `<run_dir>/<name>.safetensors` atomically (a crash mid-write keeps the previous file)."""
         path = self.run_dir / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
         return path

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine
+from fedmemes import checkpoint, engine, run_dir as run_dirs
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
 from fedmemes.history import RunHistory
 from fedmemes.data.report import read_client_facts
@@ -76,23 +76,23 @@ class ServerRun:
         if server_round > 0:
             state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
             checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
-                server_round, state, self.history.state(), self.best_state, checkpoint.strategy_state(self.strategy)))
+                server_round, state, self.history.state(), self.best_state, checkpoint.strategy_state(self.strategy),
+                checkpoint.setup_of(self.cfg)))
         log.info(
             "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
             server_round, self.cfg.num_rounds, self.trained, scores["auroc"], scores["accuracy"], scores["loss"], scores["seconds"],
         )
         return MetricRecord({k: float(v) for k, v in scores.items()})
 
+    def record_node(self, node_id: int, metrics: dict) -> None:
+        """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its claim)."""
+        facts = {k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics}
+        facts.update(n_train=metrics.get("num-examples"), label_counts=[metrics.get("label_0", 0), metrics.get("label_1", 0)])
+        self.history.add_node(node_id, facts)
+
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
-        """Remember what clients said about their data, then average their train metrics."""
+        """Average the clients' train metrics (their data facts arrive per node through record_node)."""
         self.trained = len(records)
-        for record in records:
-            metrics = next(iter(record.metric_records.values()))
-            if "partition_id" in metrics:
-                self.history.add_client(
-                    int(metrics["partition_id"]),
-                    {"n_train": int(metrics[weighting_key]), "label_counts": [int(metrics.get("label_0", 0)), int(metrics.get("label_1", 0))]},
-                )
         averaged = aggregate_metricrecords(records, weighting_key)
         return MetricRecord({k: v for k, v in averaged.items() if k not in CLIENT_FACTS})
 
@@ -115,6 +115,7 @@ def main(grid: Grid, context: Context) -> None:
     overrides = overrides_of(context.run_config)
     cfg = load_config(overrides)
     run_dir = run_dir_of(cfg)
+    run_dirs.check_fresh(run_dir, cfg.resume, bool(cfg.get("overwrite", False)))  # never overwrite an earlier run's results
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)
@@ -124,8 +125,13 @@ def main(grid: Grid, context: Context) -> None:
         train_metrics_aggr_fn=run.aggregate_train_metrics,
         branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
         reply_report_fn=run.replies.__setitem__,  # dropped-reply counts land in the round's metrics.json row
+        reply_facts_fn=run.record_node,  # client facts keyed by the node that sent them
     )
-    initial = run.resume(checkpoint.load(run_dir)) if cfg.resume else engine.trainable_state(run.model)
+    initial = engine.trainable_state(run.model)
+    if cfg.resume:
+        ckpt = checkpoint.load(run_dir)
+        checkpoint.check_fits(ckpt, cfg, initial, run_dir)  # before any client trains: model, tensors, strategy
+        initial = run.resume(ckpt)
     if cfg.num_rounds <= run.offset:  # resumed after the last round: only the final scoring was left
         run.finish(ArrayRecord(initial))
         return

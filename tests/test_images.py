@@ -137,3 +137,17 @@ def test_real_size_image_over_limit(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="big.png"):
         load_image_array(path, 8, max_pixels=1_000_000)
     assert load_image_array(path, 8, max_pixels=2_000_000).shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PPM", "ICO", "TGA", "EPS"])
+def test_format_outside_the_allow_list_is_unreadable(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "x.png"
+    if fmt == "EPS":  # Pillow writes EPS only with Ghostscript; a minimal header is enough to be recognised
+        path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    else:
+        _save(_red(), path, fmt)
+        with Image.open(path) as probe:  # Pillow itself reads it: only our allow-list refuses it
+            assert probe.format == fmt
+    with pytest.raises(ImageError) as err:
+        open_rgb(path)
+    assert err.value.kind == "unreadable_image" and "PNG, JPEG, GIF, WEBP, BMP" in err.value.detail

@@ -272,3 +272,21 @@ def test_extra_row_keys_are_kept_as_meta(tmp_path: Path) -> None:
     a = _img(tmp_path, "00001.png")
     _jsonl(tmp_path / "train.jsonl", [{**_row(1, a), "client": "siteA", "nested": {"x": 1}}])
     assert LocalDirSource(tmp_path).load()["train"][0].meta == (("client", "siteA"),)
+
+
+def _nested(depth: int) -> object:
+    value: object = "deep"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("line", ["[" * 100_000 + "]" * 100_000,  # deeper than Python's stack: RecursionError
+                                  json.dumps(_row(2, "img/x.png", text=_nested(40))),
+                                  '{"id": 2, "img": "img/x.png", "label": ' + "9" * 5000 + ', "text": "t"}'])  # int over 4300 digits
+def test_pathological_json_line_is_one_bad_json_issue(tmp_path: Path, line: str) -> None:
+    good = _img(tmp_path, "00001.png")
+    _jsonl(tmp_path / "train.jsonl", [_row(1, good, 1, "fine"), line, _row(3, good, 0, "also fine")])
+    src = LocalDirSource(tmp_path, on_error="skip")
+    assert [m.id for m in src.load()["train"]] == ["1", "3"]
+    assert [(i.line, i.kind) for i in src.issues] == [(2, "bad_json")]

@@ -145,7 +145,7 @@ def test_bad_reply_is_dropped_and_counted(case):
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), reply(2, 4.0), BAD_REPLIES[case]()])
     for value in _np(arrays).values():
         np.testing.assert_allclose(value, [3.0, 3.0])  # the two sound replies, equal weights
-    assert reports[1] == {"replies": 3, "dropped_replies": 1, "kept_previous_model": 0}
+    assert reports[1] == {"replies": 3, "dropped_replies": 1, "clipped_replies": 0, "capped_weights": 0, "kept_previous_model": 0}
 
 
 def test_missing_num_examples_is_dropped():
@@ -168,7 +168,7 @@ def test_too_few_sound_replies_keep_the_previous_model():
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), BAD_REPLIES["non-finite"]()])
     for key, value in _np(arrays).items():
         np.testing.assert_array_equal(value, GLOBAL[key])
-    assert reports[1] == {"replies": 2, "dropped_replies": 1, "kept_previous_model": 1}
+    assert reports[1] == {"replies": 2, "dropped_replies": 1, "clipped_replies": 0, "capped_weights": 0, "kept_previous_model": 1}
 
 
 @pytest.mark.parametrize("cls", [FedMedian, Krum, PerformanceWeightedAvg])
@@ -217,3 +217,18 @@ def test_aggregate_keeps_the_global_dtypes():
 def test_dp_wraps_the_chosen_inner_strategy():
     strategy = build_strategy(load_config("strategy=dp_adaptive strategy@server.strategy.strategy=fedprox"))
     assert type(strategy.strategy).__name__ == "FedProx" and strategy.strategy.proximal_mu == 0.01
+
+
+def test_modality_counts_are_capped_like_num_examples():
+    strategy, reports = _checked(ModalityAwareAvg, branches=BRANCHES)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0), reply(2, 2.0, n_text=10**6)])
+    np.testing.assert_allclose(_np(arrays)["t.w"], [1.5, 1.5])  # two clients: the text block is an equal say, not 2.0
+    assert reports[1]["capped_weights"] == 1 and reports[1]["clipped_replies"] == 0
+
+
+def test_outsized_update_is_clipped_onto_three_times_the_median():
+    strategy, reports = _checked()
+    arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0), reply(2, 1.0), reply(3, 100.0)])
+    # norms sqrt(6) * [1, 1, 100]: the third is scaled to 3 * sqrt(6), i.e. 3.0 per value; mean (1 + 1 + 3) / 3
+    np.testing.assert_allclose(_np(arrays)["h.w"], [5 / 3, 5 / 3], rtol=1e-6)
+    assert reports[1]["clipped_replies"] == 1

@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# The only formats Pillow may try: others (EPS runs Ghostscript, exotic codecs) are never parsed.
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
 # Modes that carry an alpha channel; they are composited on white (memes are viewed on white pages).
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -52,13 +54,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open any format Pillow reads whatever the extension (JPEG/WEBP bytes behind .png), reject images over max_pixels (decompression bomb) BEFORE decoding, fully load (catches truncated files), convert RGBA/LA (composite on white), palette (P, incl. transparency), greyscale, CMYK etc to RGB."""
+    """Open an allowed format (PNG, JPEG, GIF, WEBP, BMP) whatever the extension (JPEG/WEBP bytes behind .png), reject images over max_pixels (decompression bomb) BEFORE decoding, fully load (catches truncated files), convert RGBA/LA (composite on white), palette (P, incl. transparency), greyscale, CMYK etc to RGB."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "missing_image", "file not found; check the 'img' path in the jsonl")
     try:
         # Image.open reads only the header, so the size check below runs before any decoding.
-        with Image.open(path) as img:
+        with Image.open(path, formats=ALLOWED_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise _too_large(path, width, height, max_pixels)
@@ -75,7 +77,8 @@ def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         # Pillow signals unknown formats, truncated data and broken codecs with these types.
         raise ImageError(
             path, "unreadable_image",
-            f"cannot decode image ({type(e).__name__}: {e}); re-export it as PNG/JPEG or drop the row",
+            f"cannot decode image ({type(e).__name__}: {e}); only {', '.join(ALLOWED_FORMATS)} are read: "
+            "re-export it as PNG/JPEG or drop the row",
         ) from e
 
 

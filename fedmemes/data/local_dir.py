@@ -24,6 +24,21 @@ TEXT_KINDS = frozenset({"bad_text"})
 IMAGE_KINDS = frozenset({"bad_img", "missing_image", "unreadable_image", "image_too_large"})
 
 
+MAX_JSON_DEPTH = 32  # a meme row is a flat object; deeper nesting is hostile or broken
+
+
+def _too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Return True if `value` nests lists/dicts deeper than `limit` (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def id_key(meme_id: str) -> str:
     """Normalise an id so 42 and "00042" (int in some copies, padded string in others) match."""
     return (meme_id.lstrip("0") or "0") if meme_id.isdigit() else meme_id
@@ -152,6 +167,15 @@ class LocalDirSource:
                 except json.JSONDecodeError as e:
                     issues.append(DataIssue(str(path), n, "bad_json",
                                             f"{e.msg} (column {e.colno}); fix or delete the line"))
+                    continue
+                except (RecursionError, ValueError) as e:
+                    # Pathological lines (nesting deeper than Python's stack, 5000-digit numbers) cost one row, not the load.
+                    detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
+                    issues.append(DataIssue(str(path), n, "bad_json", f"{detail}; fix or delete the line"))
+                    continue
+                if _too_deep(row):
+                    issues.append(DataIssue(str(path), n, "bad_json", f"nested deeper than {MAX_JSON_DEPTH} levels; "
+                                            'write one flat {"id", "img", "label", "text"} object per line'))
                     continue
                 problems, meme = _check_row(row, self.root, self.on_error)
                 issues.extend(DataIssue(str(path), n, k, d) for k, d in problems)

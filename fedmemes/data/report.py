@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def write_report(facts: list[dict[str, Any]], out_dir: Path, issues: dict[str, i
     """Write `clients.json` and `clients.png` into out_dir; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / CLIENTS_JSON
-    json_path.write_text(json.dumps({"clients": facts, "data_issues": issues or {}}, indent=2))
+    tmp = json_path.with_name(f".{json_path.name}.tmp")  # atomic: a crash mid-write keeps the previous file
+    tmp.write_text(json.dumps({"clients": facts, "data_issues": issues or {}}, indent=2))
+    os.replace(tmp, json_path)
     return json_path, plot_label_counts(facts, out_dir / CLIENTS_PNG)
 
 

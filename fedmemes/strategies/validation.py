@@ -1,60 +1,38 @@
-"""Drop bad client replies before any strategy sees them, so one broken client cannot end the run."""
+"""Judge client replies before any strategy sees them, so one hostile or broken client can neither end the run nor take over the model."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from fedmemes.strategies.reply_content import (
+    METRICS_RECORD,
+    Reference,
+    Reply,
+    ReplyError,
+    judge,
+    reference_of,
+)
+from fedmemes.strategies.update_bounds import (
+    UpdateBounds,
+    capped_counts,
+    clip_update,
+    norm_bound,
+    update_norm,
+)
 
 log = logging.getLogger("fedmemes")
 
 ReportFn = Callable[[int, dict[str, int]], None]
-
-
-def _reference(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {k: (tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}
-
-
-def reply_problem(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]], weight_key: str) -> str | None:
-    """Return why a train reply cannot be aggregated, or None if it is sound."""
-    if msg.has_error():
-        return f"client error: {msg.error.reason}"
-    content = msg.content
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
-        return f"expected one ArrayRecord and one MetricRecord, got {len(content.array_records)} and {len(content.metric_records)}"
-    arrays = next(iter(content.array_records.values()))
-    metrics = next(iter(content.metric_records.values()))
-    weight = metrics.get(weight_key)
-    if weight is None:
-        return f"metric '{weight_key}' is missing"
-    if isinstance(weight, list) or not math.isfinite(weight) or weight <= 0:
-        return f"metric '{weight_key}' must be a positive number, got {weight!r}"
-    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-    if missing or extra:
-        return f"tensor names differ from the global model: missing {missing[:3]}, extra {extra[:3]}"
-    for key, array in arrays.items():
-        shape, dtype = expected[key]
-        if tuple(array.shape) != shape or str(array.dtype) != dtype:
-            return f"tensor '{key}' is {array.dtype}{list(array.shape)}, the global model's is {dtype}{list(shape)}"
-        values = array.numpy()
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            return f"tensor '{key}' has non-finite values"
-    for key, value in metrics.items():
-        if any(not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
-            return f"metric '{key}' is not finite"
-    return None
-
-
-def _metric_keys(msg: Message) -> frozenset[str]:
-    return frozenset(next(iter(msg.content.metric_records.values())).keys())
+FactsFn = Callable[[int, dict[str, Any]], None]  # (sending node id, its checked metrics)
 
 
 def _innermost(strategy: Any) -> Any:
@@ -72,63 +50,120 @@ def _as_reference_dtypes(arrays: ArrayRecord, reference: ArrayRecord | None) -> 
 
 
 class ReplyChecks:
-    """Mixin for any `flwr.serverapp.strategy` class: drop bad train replies, keep the model when too few remain.
+    """Mixin for any `flwr.serverapp.strategy` class: judge train replies on their content, bound each client's pull.
 
-    Sound replies carry finite tensors with the global model's names, shapes and dtypes, a positive
-    `num-examples`, and the same metric keys as the other sound replies. Flower ends the whole run
-    on mismatched keys, so the filter runs before the strategy's own checks. Use `with_reply_checks`.
+    A sound reply has exactly the records the server expects (its ArrayRecord name, `metrics`),
+    tensors whose decoded payload matches the global model (stype, dtype with byte order, shape,
+    byte length, finite values), scalar finite metrics with the other replies' keys, and a
+    positive integer `num-examples`. Sound replies are then bounded (`update_bounds`): outsized
+    updates clipped, over-claimed sizes capped. The strategy aggregates rebuilt replies holding
+    exactly what was checked. Flower ends the whole run on inconsistent replies, so this runs
+    before the strategy's own checks. Use `with_reply_checks`.
     """
 
     min_valid_replies: int = 1  # fewer sound replies than this: the round keeps the previous model
     reply_report_fn: ReportFn | None = None  # told (round, counts) after every aggregation
+    reply_facts_fn: FactsFn | None = None  # told (node id, metrics) of every sound reply: facts keyed by the sender
+    update_bounds: UpdateBounds = UpdateBounds()
     _reply_reference: ArrayRecord | None = None
+    _judge_reference: Reference | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Remember the global model (the reference replies are checked against), then configure."""
-        self._reply_reference = arrays
+        self._reply_reference, self._judge_reference = arrays, None
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def _minimum(self) -> int:
         return max(1, int(self.min_valid_replies))
 
-    def filter_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Message], list[str]]:
-        """Split replies into sound ones and the reasons the others were dropped."""
-        weight_key = str(getattr(_innermost(self), "weighted_by_key", "num-examples"))
-        expected = _reference(self._reply_reference) if self._reply_reference is not None else {}
-        sound, reasons = [], []
+    def _reference(self) -> Reference:
+        if self._reply_reference is None:
+            raise RuntimeError("configure_train was not called before aggregate_train: the replies have no reference model")
+        if self._judge_reference is None:
+            inner = _innermost(self)
+            counts = tuple(getattr(inner, "count_keys", {}).values())  # modality_aware weighs blocks by these
+            unit = (inner.accuracy_key,) if hasattr(inner, "accuracy_key") else ()  # performance_weighted
+            self._judge_reference = reference_of(self._reply_reference, str(getattr(inner, "arrayrecord_key", "arrays")),
+                                                 str(getattr(inner, "weighted_by_key", "num-examples")), counts, unit)
+        return self._judge_reference
+
+    def filter_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], list[str]]:
+        """Split replies into sound ones (decoded) and the reasons the others were dropped."""
+        ref = self._reference()
+        sound: list[Reply] = []
+        reasons: list[str] = []
         for msg in replies:
-            problem = reply_problem(msg, expected, weight_key) if expected else None
-            if problem:
-                reasons.append(f"node {msg.metadata.src_node_id}: {problem}")
-            else:
-                sound.append(msg)
-        if sound:  # metric keys must agree: keep the most common key set
-            common, _ = Counter(_metric_keys(m) for m in sound).most_common(1)[0]
-            for msg in [m for m in sound if _metric_keys(m) != common]:
-                sound.remove(msg)
-                keys = _metric_keys(msg)
-                reasons.append(f"node {msg.metadata.src_node_id}: metric keys differ from the other clients' "
+            try:
+                sound.append(judge(msg, ref))
+            except ReplyError as err:
+                reasons.append(f"node {msg.metadata.src_node_id}: {err}")
+            except Exception as err:  # noqa: BLE001  anything a hostile payload makes a library raise is a drop, never a crash
+                reasons.append(f"node {msg.metadata.src_node_id}: unreadable reply ({type(err).__name__}: {err})")
+        if sound:  # metric keys must agree (Flower ends the run otherwise): keep the most common key set
+            common, _ = Counter(frozenset(r.metrics) for r in sound).most_common(1)[0]
+            for reply in [r for r in sound if frozenset(r.metrics) != common]:
+                sound.remove(reply)
+                keys = frozenset(reply.metrics)
+                reasons.append(f"node {reply.node}: metric keys differ from the other clients' "
                                f"(missing {sorted(common - keys)}, extra {sorted(keys - common)})")
         for reason in reasons:
             log.warning("round %d: dropped reply from %s", server_round, reason)
         return sound, reasons
 
+    def bound_replies(self, server_round: int, sound: list[Reply]) -> tuple[int, int]:
+        """Clip outsized updates and cap over-claimed counts in place; return (clipped, capped) reply counts."""
+        ref, bounds = self._reference(), self.update_bounds
+        norms = [update_norm(r.arrays, ref.tensors) for r in sound]
+        bound = norm_bound(norms, bounds)
+        clipped = 0
+        for reply, norm in zip(sound, norms, strict=True):
+            if bound is not None and not norm <= bound:
+                reply.arrays = clip_update(reply.arrays, ref.tensors, norm, bound)
+                clipped += 1
+                log.warning("round %d: clipped the update of node %d from L2 norm %.4g to %.4g (server.max_update_norm=%s)",
+                            server_round, reply.node, norm, bound, bounds.describe())
+        capped: set[int] = set()
+        for key in (ref.weight_key, *ref.count_keys):
+            claimed = [int(r.metrics[key]) for r in sound]
+            for i, (reply, new) in enumerate(zip(sound, capped_counts(claimed, bounds.max_client_weight), strict=True)):
+                if new != claimed[i]:
+                    log.warning("round %d: node %d claims %s=%d, %.0f%% of the round; counted as %d (server.max_client_weight=%s)",
+                                server_round, reply.node, key, claimed[i], 100 * claimed[i] / sum(claimed), new, bounds.max_client_weight)
+                    reply.metrics[key] = new
+                    capped.add(i)
+        return clipped, len(capped)
+
+    def _rebuilt(self, reply: Reply) -> Message:
+        # The strategy gets exactly what was checked: canonical arrays, plain metrics, the sender's metadata.
+        content = RecordDict({self._reference().arrays_key: ArrayRecord({k: Array(v) for k, v in reply.arrays.items()}),
+                              METRICS_RECORD: MetricRecord(reply.metrics)})
+        return Message(content=content, metadata=reply.msg.metadata)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the sound replies; keep the previous global model when too few remain."""
+        """Aggregate the sound, bounded replies; keep the previous global model when too few remain."""
         replies = list(replies)
         sound, reasons = self.filter_replies(server_round, replies)
+        if self.reply_facts_fn is not None:
+            for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
+                self.reply_facts_fn(reply.node, dict(reply.metrics))
+        clipped, capped = self.bound_replies(server_round, sound) if sound else (0, 0)
         arrays, metrics = None, None
         if len(sound) >= self._minimum():
-            arrays, metrics = super().aggregate_train(server_round, sound)  # type: ignore[misc]
+            arrays, metrics = super().aggregate_train(server_round, [self._rebuilt(r) for r in sound])  # type: ignore[misc]
         kept = arrays is None
-        if not kept:
-            arrays = _as_reference_dtypes(arrays, self._reply_reference)
         if kept:
             log.warning("round %d: %d sound replies of %d (minimum %d): keeping the previous global model",
                         server_round, len(sound), len(replies), self._minimum())
+        else:
+            arrays = _as_reference_dtypes(arrays, self._reply_reference)
+            if not all(np.isfinite(a.numpy()).all() for a in arrays.values() if a.numpy().dtype.kind in "fc"):
+                log.warning("round %d: the strategy's aggregate is not finite: keeping the previous global model", server_round)
+                kept = True
+        if kept:
             arrays = self._reply_reference
         if self.reply_report_fn is not None:
-            self.reply_report_fn(server_round, {"replies": len(replies), "dropped_replies": len(reasons), "kept_previous_model": int(kept)})
+            self.reply_report_fn(server_round, {"replies": len(replies), "dropped_replies": len(reasons), "clipped_replies": clipped,
+                                                "capped_weights": capped, "kept_previous_model": int(kept)})
         return arrays, metrics
 
 
