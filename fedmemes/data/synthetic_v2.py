@@ -143,6 +143,15 @@ def render_v2(rng: np.random.Generator, concept: int, text: tuple[Image.Image, I
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
+def draw_memes(rng: np.random.Generator, n: int, label_noise: float) -> list[dict]:
+    """Draw n memes' hidden facts (see draw_latents) and their captions ("text"); a twin keeps its original's."""
+    memes: list[dict] = []
+    for latent in draw_latents(rng, n, label_noise):
+        text = memes[-1]["text"] if latent["twin"] else caption_v2(rng, latent["topic"], bool(latent["cue"]))
+        memes.append({**latent, "text": text})
+    return memes
+
+
 def generate_v2(out_dir: Path, counts: dict[str, int], ids: np.ndarray, rng: np.random.Generator,
                 image_size: int, label_noise: float) -> Path:
     """Write version-2 memes for each split into out_dir (img/ already exists); return out_dir."""
@@ -151,16 +160,14 @@ def generate_v2(out_dir: Path, counts: dict[str, int], ids: np.ndarray, rng: np.
     start = 0
     for split, n in counts.items():
         rows = []
-        text = ""  # set by the first meme: draw_latents never starts with a twin
-        for meme_id, latent in zip(ids[start:start + n], draw_latents(rng, n, label_noise)):
-            if not latent["twin"]:  # a twin keeps its original's caption
-                text = caption_v2(rng, latent["topic"], bool(latent["cue"]))
+        for meme_id, meme in zip(ids[start:start + n], draw_memes(rng, n, label_noise)):
+            text = meme["text"]
             if text not in layers:
                 layers[text] = text_layer(text, image_size, font)
             rel = f"img/{meme_id:05d}.png"
-            render_v2(rng, latent["concept"], layers[text], image_size, rng.random() < 0.5).save(
+            render_v2(rng, meme["concept"], layers[text], image_size, rng.random() < 0.5).save(
                 out_dir / rel, compress_level=1)
-            rows.append({"id": int(meme_id), "img": rel, "label": latent["label"], "text": text})
+            rows.append({"id": int(meme_id), "img": rel, "label": meme["label"], "text": text})
         start += n
         with (out_dir / f"{split}.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
