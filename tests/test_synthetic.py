@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_v2_explicit_cues_benign_confounders_and_label_noise_rate(v2_memes: list
     aimed_at_things = [m for m in v2_memes if m["cue"] and not m["topic"]]
     assert aimed_at_things and {m["clean"] for m in aimed_at_things} == {0, 1}  # the phrase alone does not decide
     # Benign confounders: each twin repeats its original's caption over the other concept, so the label flips.
-    for before, twin in zip(v2_memes, v2_memes[1:]):
+    for before, twin in itertools.pairwise(v2_memes):
         if twin["twin"]:
             assert twin["text"] == before["text"] and twin["concept"] != before["concept"]
             assert twin["clean"] != before["clean"]

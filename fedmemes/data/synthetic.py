@@ -39,7 +39,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fedmemes.data.local_dir import LocalDirSource
 from fedmemes.data.meme import Meme
-from fedmemes.data.synthetic_draw import ENDINGS, PEOPLE, TEMPLATES, THINGS, color, star, text_layer
+from fedmemes.data.synthetic_draw import (
+    ENDINGS,
+    PEOPLE,
+    TEMPLATES,
+    THINGS,
+    color,
+    star,
+    text_layer,
+)
 from fedmemes.data.synthetic_v2 import generate_v2
 
 VERSIONS = (1, 2)

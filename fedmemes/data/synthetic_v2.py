@@ -42,7 +42,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fedmemes.data.synthetic_draw import ENDINGS, PEOPLE, TEMPLATES, THINGS, color, star, text_layer
+from fedmemes.data.synthetic_draw import (
+    ENDINGS,
+    PEOPLE,
+    TEMPLATES,
+    THINGS,
+    color,
+    star,
+    text_layer,
+)
 
 EXPLICIT_SHARE = 0.15
 CUE_CONFOUNDER_SHARE = 0.06
