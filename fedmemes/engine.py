@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 from collections.abc import Callable
@@ -45,6 +47,26 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in model.state_dict().items()}
 
 
+def _seeded(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Run fn with the global torch RNG seeded from its `seed` argument, restoring the caller's RNG after."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> dict[str, float]:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        # Every global-RNG draw of a round (dropout, modality dropout) then depends on the seed
+        # (random_seed, round, partition) alone, not on what this process ran before: Ray actors
+        # serve clients in any order.
+        cpu_only = torch.device(bound.arguments["device"]).type != "cuda"
+        with torch.random.fork_rng(devices=[] if cpu_only else None):
+            torch.manual_seed(int(bound.arguments["seed"]))
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_seeded
 def train(
     model: nn.Module,
     dataset: Dataset,

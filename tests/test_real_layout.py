@@ -56,7 +56,7 @@ def _dress_like_a_download(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    root = generate(tmp_path_factory.mktemp("hm"), n_train=400, n_dev=60, n_test=60, seed=3, image_size=64)
+    root = generate(tmp_path_factory.mktemp("hm"), n_train=400, n_dev=60, n_test=60, seed=3, image_size=64, version=1)
     return _dress_like_a_download(root)
 
 

@@ -1,56 +1,56 @@
-"""Generate a small synthetic hateful-memes dataset where only the text+image pair predicts the label.
+"""Generate a small synthetic hateful-memes dataset in the original layout, cached by its parameters.
 
-Each meme draws two binary concepts:
+Two generators, chosen by `version` (`dataset.source.version`, default 2):
 
-- t, the caption topic: t=1 captions talk about a group of PEOPLE (neighbours, coworkers,
-  tourists, ...), t=0 captions talk about THINGS (pizza, the weather, traffic, ...). Captions are
-  template x subject x ending, and only the subject carries the topic, so a sentence encoder
-  (e.g. MiniLM) separates the topics easily.
-- v, the image concept: v=1 is a warm background (reds/oranges) with pointed shapes (triangles,
-  stars); v=0 a cool background (greens/blues) with round shapes (circles, ellipses). Hue, size,
-  position and count are jittered; small neutral distractors and pixel noise are added.
+- version 2 (fedmemes/data/synthetic_v2.py): the caption alone and the picture alone each carry
+  some signal (best unimodal AUROC about 0.66 and 0.58), some captions hold explicit hateful
+  phrases, benign confounders flip the label by swapping the picture, labels are noisy
+  (`label_noise`, default 0.05), pictures hold several objects with the caption drawn on them.
+  Its docstring states the generative rule.
+- version 1 (this module): label = t XOR v of two binary concepts, neither modality alone beats
+  chance, no label noise. Each meme draws:
 
-label = t XOR v. Within each split the four (t, v) cells are equally filled (shuffled), so
-P(label | caption) = P(label | image) = 0.5: neither modality alone beats chance, the pair
-predicts exactly, and like the real "benign confounders" the same caption appears with both
-image concepts and flips its label. The caption is drawn on the image like a meme.
+  - t, the caption topic: t=1 captions talk about a group of PEOPLE (neighbours, coworkers,
+    tourists, ...), t=0 captions talk about THINGS (pizza, the weather, traffic, ...). Captions
+    are template x subject x ending, and only the subject carries the topic, so a sentence
+    encoder (e.g. MiniLM) separates the topics easily.
+  - v, the image concept: v=1 is a warm background (reds/oranges) with pointed shapes
+    (triangles, stars); v=0 a cool background (greens/blues) with round shapes (circles,
+    ellipses). Hue, size, position and count are jittered; small neutral distractors and pixel
+    noise are added.
+
+  Within each split the four (t, v) cells are equally filled (shuffled), so P(label | caption) =
+  P(label | image) = 0.5: the pair predicts exactly, and like the real "benign confounders" the
+  same caption appears with both image concepts and flips its label. The caption is drawn on
+  the image like a meme.
 """
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import json
 import os
 import shutil
-import textwrap
 import uuid
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from fedmemes.data.local_dir import LocalDirSource
 from fedmemes.data.meme import Meme
+from fedmemes.data.synthetic_draw import (
+    ENDINGS,
+    PEOPLE,
+    TEMPLATES,
+    THINGS,
+    color,
+    star,
+    text_layer,
+)
+from fedmemes.data.synthetic_v2 import generate_v2
 
-# Bump when the output for the same arguments changes, so old caches are not reused.
-GENERATOR_VERSION = 1
-
-PEOPLE = ("my neighbours", "the new coworkers", "tourists", "the new students", "landlords",
-          "my in-laws", "my roommates", "the guys at the gym", "commuters", "the interns",
-          "the people upstairs", "the other parents at pickup")
-THINGS = ("mondays", "pizza slices", "the weather forecasts", "traffic jams", "phone chargers",
-          "office printers", "leftovers", "rainy weekends", "alarm clocks", "parking tickets",
-          "cold fries", "software updates")
-TEMPLATES = ("when {s} {e}", "{s} {e} and nobody talks about it", "me: i'm fine. also me: {s} {e}",
-             "can't believe {s} {e}")
-ENDINGS = ("show up every single day", "ruin the whole weekend", "are the reason i need coffee",
-           "never change", "are everywhere this time of year", "make no sense",
-           "test my patience", "are getting out of hand")
-
-# Hue ranges (0..1): warm stays within red-orange, cool within green-blue, so red > blue only if warm.
-_WARM_HUES = (0.0, 0.09)
-_COOL_HUES = (0.40, 0.62)
+VERSIONS = (1, 2)
 
 
 def caption(rng: np.random.Generator, topic: int) -> str:
@@ -76,47 +76,16 @@ def image_concept(pixels: np.ndarray) -> int:
     return int(mean[0] - mean[2] > 30)
 
 
-def _color(rng: np.random.Generator, warm: int, sat: tuple[float, float], val: tuple[float, float]) -> tuple[int, int, int]:
-    """Draw an RGB colour from the warm or cool palette."""
-    h = rng.uniform(*(_WARM_HUES if warm else _COOL_HUES))
-    r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val))
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-def _star(cx: float, cy: float, r: float, points: int, turn: float) -> list[tuple[float, float]]:
-    """Return the vertices of a star polygon (points=3 with no inner radius makes a triangle)."""
-    if points == 3:
-        angles = turn + np.arange(3) * 2 * np.pi / 3
-        return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in angles]
-    angles = turn + np.arange(2 * points) * np.pi / points
-    radii = np.where(np.arange(2 * points) % 2 == 0, r, r * 0.45)
-    return [(cx + q * np.cos(a), cy + q * np.sin(a)) for q, a in zip(radii, angles)]
-
-
-def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[Image.Image, Image.Image]:
-    """Return (fill mask, outline mask) of the wrapped caption, centred, size pixels wide."""
-    sample = "the quick brown fox jumps over a lazy dog"
-    chars = max(8, int((size - 6) * len(sample) / font.getlength(sample)))
-    lines = textwrap.wrap(text, width=chars)
-    line_h = font.getbbox("Ag")[3] + 2
-    mask = Image.new("L", (size, line_h * len(lines) + 2), 0)
-    draw = ImageDraw.Draw(mask)
-    for i, line in enumerate(lines):
-        draw.text(((size - font.getlength(line)) / 2, 1 + i * line_h), line, font=font, fill=255)
-    # A 3x3 dilation gives the meme outline at a fraction of the cost of FreeType's stroker.
-    return mask, mask.filter(ImageFilter.MaxFilter(3))
-
-
 def render(rng: np.random.Generator, concept: int, text: tuple[Image.Image, Image.Image], size: int) -> Image.Image:
     """Draw one meme image of the given concept with its caption layer on top or bottom."""
-    img = Image.new("RGB", (size, size), _color(rng, concept, (0.45, 0.75), (0.8, 1.0)))
+    img = Image.new("RGB", (size, size), color(rng, concept, (0.45, 0.75), (0.8, 1.0)))
     draw = ImageDraw.Draw(img)
     for _ in range(rng.integers(2, 5)):
         r = size * rng.uniform(0.08, 0.18)
         cx, cy = rng.uniform(r, size - r, 2)
-        fill = _color(rng, concept, (0.75, 1.0), (0.45, 0.7))
+        fill = color(rng, concept, (0.75, 1.0), (0.45, 0.7))
         if concept:
-            draw.polygon(_star(cx, cy, r, int(rng.choice([3, 5])), rng.uniform(0, 2 * np.pi)), fill=fill)
+            draw.polygon(star(cx, cy, r, int(rng.choice([3, 5])), rng.uniform(0, 2 * np.pi)), fill=fill)
         else:
             ry = r * rng.uniform(0.6, 1.0)
             draw.ellipse((cx - r, cy - ry, cx + r, cy + ry), fill=fill)
@@ -135,17 +104,26 @@ def render(rng: np.random.Generator, concept: int, text: tuple[Image.Image, Imag
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
-def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, image_size: int) -> Path:
-    """Write a synthetic dataset in the original layout into out_dir (new or empty) and return it."""
+def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, image_size: int,
+             version: int = 2, label_noise: float = 0.05) -> Path:
+    """Write a synthetic dataset in the original layout into out_dir (new or empty) and return it.
+
+    `label_noise` (the share of flipped labels) applies to version 2 only.
+    """
     counts = {"train": n_train, "dev_seen": n_dev, "test_seen": n_test}
     total = sum(counts.values())
     if min(counts.values()) < 0 or n_train < 4 or total > 100_000 or image_size < 16:
         raise ValueError(f"need n_train >= 4, n_dev/n_test >= 0, total <= 100000 (5-digit ids) "
                          f"and image_size >= 16; got {counts}, image_size={image_size}")
+    if version not in VERSIONS or not 0.0 <= label_noise < 0.5:
+        raise ValueError(f"dataset.source.version must be one of {VERSIONS} (got {version}) and "
+                         f"dataset.source.label_noise in [0, 0.5) (got {label_noise})")
     out_dir = Path(out_dir)
     (out_dir / "img").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ids = rng.choice(100_000, size=total, replace=False)
+    if version == 2:
+        return generate_v2(out_dir, counts, ids, rng, image_size, label_noise)
     font = ImageFont.load_default(size=max(8, image_size // 10))
     layers: dict[str, tuple[Image.Image, Image.Image]] = {}  # captions repeat: render each once
     start = 0
@@ -170,15 +148,18 @@ class SyntheticSource:
     """A cached synthetic dataset: generated once per parameter set under root, then read as a folder."""
 
     def __init__(self, root: str | Path, n_train: int = 2000, n_dev: int = 300, n_test: int = 600,
-                 seed: int = 0, image_size: int = 96) -> None:
+                 seed: int = 0, image_size: int = 96, version: int = 2, label_noise: float = 0.05) -> None:
         self.root = Path(root).expanduser().absolute()
         self.params = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
-                       "image_size": image_size}
+                       "image_size": image_size, "version": version, "label_noise": label_noise}
 
     @property
     def folder(self) -> Path:
         """Return the cache folder for these parameters."""
-        key = json.dumps([self.params, GENERATOR_VERSION], sort_keys=True)
+        params, version = dict(self.params), self.params["version"]
+        if version == 1:  # version 1 ignores label_noise and keeps the key it always had
+            del params["version"], params["label_noise"]
+        key = json.dumps([params, version], sort_keys=True)
         return self.root / f"synthetic-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
     def ensure(self) -> Path:
