@@ -54,7 +54,7 @@ def _job_overrides(run_dir: Path) -> str:
 def _summary(run_dir: Path) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     lines = ["", "round  hold-out AUROC  accuracy   loss"]
-    for r in metrics["rounds"]:
+    for r in (r for r in metrics["rounds"] if "accuracy" in r):  # rows without scores: server.eval_every skipped them
         mark = "  <- best" if r["round"] == metrics["best_round"] else ""
         lines.append(f"{r['round']:>5}  {r['auroc'] or float('nan'):>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
     test = metrics.get("test") or {}

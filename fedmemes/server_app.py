@@ -48,7 +48,8 @@ class ServerRun:
         self.best_state = engine.trainable_state(self.model)
         self.started = time.monotonic()
         self.trained = 0
-        self.replies: dict[int, dict[str, int]] = {}  # per round: replies, dropped_replies, kept_previous_model
+        self.replies: dict[int, dict] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
+        self.partitions: list[int] = []  # the partitions whose replies were aggregated in the latest round
         self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
 
@@ -60,6 +61,15 @@ class ServerRun:
         log.info("resuming after round %d of %d", self.offset, self.cfg.num_rounds)
         return ckpt.arrays
 
+    def record(self, server_round: int, facts: dict) -> None:
+        """Add facts (reply counts, sampled node ids) to a round's metrics.json row."""
+        self.replies.setdefault(server_round, {}).update(facts)
+
+    def scored(self, server_round: int) -> bool:
+        """Whether this round scores the hold-out: round 0, every server.eval_every-th round, and the last."""
+        every = max(1, int(self.cfg.server.get("eval_every", 1) or 1))
+        return server_round == 0 or server_round % every == 0 or server_round >= self.cfg.num_rounds
+
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Score the global model on the hold-out (the strategy's evaluate_fn), then checkpoint the round."""
         replies = self.replies.pop(server_round, {})  # keyed by the strategy's own round count
@@ -67,9 +77,12 @@ class ServerRun:
         if self.offset and server_round == self.offset:
             return None  # a resumed run's round 0 is the checkpointed round: scored before the restart
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device)
+        scored = self.scored(server_round)
+        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device) if scored else {}
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
         scores.update(replies)
+        if server_round > 0:
+            scores["partitions"] = list(self.partitions)
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
@@ -77,15 +90,20 @@ class ServerRun:
             state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
             checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
                 server_round, state, self.history.state(), self.best_state, checkpoint.strategy_state(self.strategy)))
+        if not scored:
+            log.info("round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
+                     server_round, self.cfg.num_rounds, self.trained, scores["seconds"])
+            return None
         log.info(
             "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
             server_round, self.cfg.num_rounds, self.trained, scores["auroc"], scores["accuracy"], scores["loss"], scores["seconds"],
         )
-        return MetricRecord({k: float(v) for k, v in scores.items()})
+        return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
 
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Remember what clients said about their data, then average their train metrics."""
         self.trained = len(records)
+        self.partitions = sorted(int(m["partition_id"]) for r in records if "partition_id" in (m := next(iter(r.metric_records.values()))))
         for record in records:
             metrics = next(iter(record.metric_records.values()))
             if "partition_id" in metrics:
@@ -123,9 +141,11 @@ def main(grid: Grid, context: Context) -> None:
         cfg,
         train_metrics_aggr_fn=run.aggregate_train_metrics,
         branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
-        reply_report_fn=run.replies.__setitem__,  # dropped-reply counts land in the round's metrics.json row
+        reply_report_fn=run.record,  # dropped-reply counts land in the round's metrics.json row
+        sample_report_fn=run.record,  # so do the node ids sampled to train (and to evaluate)
     )
     initial = run.resume(checkpoint.load(run_dir)) if cfg.resume else engine.trainable_state(run.model)
+    strategy.round_offset = run.offset  # after a resume the sample seed follows the true round
     if cfg.num_rounds <= run.offset:  # resumed after the last round: only the final scoring was left
         run.finish(ArrayRecord(initial))
         return
