@@ -38,6 +38,7 @@ class ServerRun:
     def __init__(self, cfg: DictConfig, overrides: str, run_dir: Path) -> None:
         self.cfg = cfg
         self.device = engine.pick_device(cfg.device)
+        self.amp = engine.autocast_dtype(cfg.get("amp", "auto"), self.device)  # hold-out scoring under autocast too
         torch.manual_seed(cfg.random_seed)  # the initial global model is part of the experiment: seed it
         self.model = build_model(cfg).to(self.device)
         self.val, self.test = server_data(overrides)
@@ -78,7 +79,7 @@ class ServerRun:
             return None  # a resumed run's round 0 is the checkpointed round: scored before the restart
         self.model.load_state_dict(arrays.to_torch_state_dict())
         scored = self.scored(server_round)
-        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device) if scored else {}
+        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device, self.amp) if scored else {}
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
         scores.update(replies)
         if server_round > 0:
@@ -118,7 +119,7 @@ class ServerRun:
         """Save best and final models, score the best round's model on the test split."""
         self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
         self.history.save_model("best", self.best_state)
-        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device)
+        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
         self.history.write()
         log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
 
