@@ -1,0 +1,71 @@
+"""Past one machine: `fedmemes simulate` attaches to a Ray cluster that was started before it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A private one-node cluster: `ray start --head --block` on random ports in its own temp dir and process group."""
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 107 characters
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=2",
+           "--include-dashboard=false", "--disable-usage-stats", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--ray-client-server-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while not (Path(temp) / "session_latest" / "logs" / "raylet.out").exists():  # the raylet is up: the node serves
+        if head.poll() is not None or time.monotonic() > deadline:
+            os.killpg(head.pid, signal.SIGKILL)
+            pytest.fail(f"ray start did not come up: {head.stdout.read()[-2000:] if head.poll() is not None else 'timeout'}")
+        time.sleep(1)
+    try:
+        yield address, Path(temp)
+    finally:
+        # Stop only this cluster (its process group), never `ray stop`: other Ray sessions may share the machine.
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
+    address, temp = ray_head
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([str(BIN / "fedmemes"), "simulate", "debug=tiny", "num_rounds=2", "num_clients=2",
+                           f"simulation.ray_address={address}", f"hydra.run.dir={run_dir}"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    assert all(r["clients"] == 2 for r in metrics["rounds"][1:]) and sorted(metrics["rounds"][2]["partitions"]) == [0, 1]
+    assert metrics["test"]["n"] > 0 and metrics["test"]["auroc"] > 0.5
+    assert f"attached to the Ray cluster at {address}" in (run_dir / "fedmemes.log").read_text()
+    # The client actors ran as workers of that cluster: their logs are in its temp dir.
+    assert list((temp / "session_latest" / "logs").glob("worker-*")), "no worker ran on the cluster"
