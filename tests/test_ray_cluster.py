@@ -69,3 +69,15 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
     assert f"attached to the Ray cluster at {address}" in (run_dir / "fedmemes.log").read_text()
     # The client actors ran as workers of that cluster: their logs are in its temp dir.
     assert len(list((temp / "session_latest" / "logs").glob("*worker-*"))) >= 2, "the client actors did not run on the cluster"
+
+
+def test_cluster_address_comes_from_the_config_then_ray_address(monkeypatch):
+    from fedmemes.cluster import FORWARDED_ENV, ray_address
+    from fedmemes.config import load_config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(load_config("").simulation.ray_address) is None  # default: a private one-machine Ray
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert ray_address(None) == "10.0.0.5:6379"
+    assert ray_address(load_config("simulation.ray_address=10.0.0.9:6379").simulation.ray_address) == "10.0.0.9:6379"
+    assert "FEDMEMES_OVERRIDES" in FORWARDED_ENV  # the clients on the cluster must see the run's overrides
