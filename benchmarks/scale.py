@@ -56,17 +56,22 @@ class PeakRss(threading.Thread):
             self.done.wait(0.5)
 
 
-def _watched(cmd: list[str], env: dict[str, str]) -> tuple[float, PeakRss]:
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    watch = PeakRss(proc.pid)
-    watch.start()
-    _, err = proc.communicate()
-    watch.done.set()
-    watch.join()
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{err[-3000:]}")
-    return time.monotonic() - start, watch
+def _watched(cmd: list[str], env: dict[str, str], tries: int = 3) -> tuple[float, PeakRss]:
+    for attempt in range(1, tries + 1):
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        watch = PeakRss(proc.pid)
+        watch.start()
+        _, err = proc.communicate()
+        watch.done.set()
+        watch.join()
+        if not proc.returncode:
+            return time.monotonic() - start, watch
+        # Ray gives a new node 30 s to register (hard-coded); on a saturated machine that can run out.
+        if "timed out during startup" not in err or attempt == tries:
+            raise SystemExit(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{err[-3000:]}")
+        print(f"Ray did not start in time (attempt {attempt}); retrying", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str) -> None:
