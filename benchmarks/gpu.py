@@ -81,10 +81,10 @@ def main() -> None:
 
                 rate = _rate(n, encode_images, device, args.repeats)
                 print(f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | {rate:,.0f} |")
-            train = lambda: engine.train(model, data, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, device=device,  # noqa: E731
+            train = lambda: engine.train(model, data, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
                                          optimizer=instantiate(cfg.optimizer), amp_dtype=dtype)
             print(f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | {_rate(n, train, device, args.repeats):,.0f} |")
-            score = lambda: engine.evaluate(model, data, 256, device, amp_dtype=dtype)  # noqa: E731
+            score = lambda: engine.evaluate(model, data, 256, device, amp_dtype=dtype)
             print(f"| server scoring (batch 256) | {device.type} | {label} | {_rate(n, score, device, args.repeats):,.0f} |")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-
 from typing import Any
 
 from flwr_datasets.partitioner import IidPartitioner
@@ -19,7 +18,12 @@ from fedmemes.data.meme import DataIssue, Meme, count_kinds
 from fedmemes.data.partitioners import partitioner_spec
 from fedmemes.data.report import client_facts
 from fedmemes.data.skew import Skew, SkewFacts, apply_skew
-from fedmemes.data.split import ServerSplits, client_partition, local_validation, server_splits
+from fedmemes.data.split import (
+    ServerSplits,
+    client_partition,
+    local_validation,
+    server_splits,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from fedmemes.config import build_strategy, load_config
 from fedmemes.strategies.sampling import SampleRule, seeded_sample
 
 
-
 @pytest.fixture(autouse=True)
 def _task_identity(monkeypatch):
     # Messages read the run id from the process's task identity, which only a real run sets.

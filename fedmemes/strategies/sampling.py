@@ -168,7 +168,7 @@ class SeededSampling:
         return self._configure("evaluate", server_round, arrays, config, grid)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def with_sampling(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `SeededSampling` in front (same name, still an instance of `cls`)."""
     if issubclass(cls, SeededSampling):
