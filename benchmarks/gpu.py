@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from hydra.utils import instantiate
@@ -34,6 +35,18 @@ def _rate(n: int, fn: Callable[[], object], device: torch.device, repeats: int) 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return n * repeats / (time.perf_counter() - start)
+
+
+def _decode(memes: list, size: int) -> None:
+    for m in memes:
+        load_image_array(m.img, size)
+
+
+@torch.no_grad()
+def _encode_images(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> None:
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        for i in range(0, len(images), 64):
+            encoder(images[i : i + 64].to(device, non_blocking=True).float().div_(255.0))
 
 
 def main() -> None:
@@ -60,12 +73,12 @@ def main() -> None:
         encoder = instantiate(cfg.model.text_encoder)
         if hasattr(encoder, "device"):  # frozen encoders run their first (uncached) encoding here
             encoder.device = str(device)
-            rate = _rate(n, lambda: encoder.encode(texts), device, args.repeats)
+            rate = _rate(n, partial(encoder.encode, texts), device, args.repeats)
             print(f"| caption encoding ({type(encoder).__name__}) | {device.type} | fp32 | {rate:,.0f} |")
         data = build_tensors(memes, encoder, cfg.image_size, cfg.cache_dir).dataset()  # what a client trains on
         if device.type == "cpu":
             k = min(n, 64)
-            rate = _rate(k, lambda: [load_image_array(m.img, cfg.image_size) for m in memes[:k]], device, 1)
+            rate = _rate(k, partial(_decode, memes[:k], cfg.image_size), device, 1)
             print(f"| image decoding + resize (files; first time only, then cached) | cpu | uint8 | {rate:,.0f} |")
         for amp in ([False] if device.type == "cpu" else [False, "auto"]):
             dtype = engine.autocast_dtype(amp, device)
@@ -74,19 +87,13 @@ def main() -> None:
             model = build_model(cfg).to(device).eval()
             image_encoder = getattr(model, "image_encoder", None)
             if image_encoder is not None:
-                def encode_images() -> None:
-                    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                        for i in range(0, n, 64):
-                            image_encoder(images[i : i + 64].to(device, non_blocking=True).float().div_(255.0))
-
-                rate = _rate(n, encode_images, device, args.repeats)
+                rate = _rate(n, partial(_encode_images, image_encoder, images, device, dtype), device, args.repeats)
                 print(f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | {rate:,.0f} |")
-            train = lambda: engine.train(model, data, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
-                                         optimizer=instantiate(cfg.optimizer), amp_dtype=dtype)
+            train = partial(engine.train, model, data, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
+                            optimizer=instantiate(cfg.optimizer), amp_dtype=dtype)
             print(f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | {_rate(n, train, device, args.repeats):,.0f} |")
-            score = lambda: engine.evaluate(model, data, 256, device, amp_dtype=dtype)
+            score = partial(engine.evaluate, model, data, 256, device, amp_dtype=dtype)
             print(f"| server scoring (batch 256) | {device.type} | {label} | {_rate(n, score, device, args.repeats):,.0f} |")
-
 
 if __name__ == "__main__":
     main()
