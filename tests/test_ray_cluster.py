@@ -87,7 +87,7 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([str(BIN / "fedmemes"), "simulate", "debug=tiny", "num_rounds=2", "num_clients=2",
                            f"simulation.ray_address={address}", f"hydra.run.dir={run_dir}"],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          check=False, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
