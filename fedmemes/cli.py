@@ -54,7 +54,7 @@ def _job_overrides(run_dir: Path) -> str:
 def _summary(run_dir: Path) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     lines = ["", "round  hold-out AUROC  accuracy   loss"]
-    for r in metrics["rounds"]:
+    for r in (r for r in metrics["rounds"] if "accuracy" in r):  # rows without scores: server.eval_every skipped them
         mark = "  <- best" if r["round"] == metrics["best_round"] else ""
         lines.append(f"{r['round']:>5}  {r['auroc'] or float('nan'):>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
     test = metrics.get("test") or {}
@@ -67,7 +67,7 @@ def _summary(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _check_data(cfg: DictConfig, run_dir: Path) -> str:
+def _check_data(cfg: DictConfig, run_dir: Path, max_rows: int | None = None) -> str:
     """Validate the data and every client's split, record them in run_dir; exit with the fix on a problem."""
     from fedmemes.data.report import format_table, write_report
     from fedmemes.node_data import data_issues, split_facts
@@ -77,7 +77,7 @@ def _check_data(cfg: DictConfig, run_dir: Path) -> str:
     except (ValueError, FileNotFoundError) as e:  # DataError and partition errors name file/line/key and the fix
         raise SystemExit(f"error: {e}") from None
     json_path, png_path = write_report(facts, run_dir, issues)
-    return f"{format_table(facts, issues)}\nclient split: {json_path} and {png_path.name}"
+    return f"{format_table(facts, issues, max_rows)}\nclient split: {json_path} and {png_path.name}"
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -94,9 +94,14 @@ def simulate(cfg: DictConfig) -> None:
 
     prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
-    log.info("%s", _check_data(cfg, run_dir))
+    log.info("%s", _check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
     from flwr.simulation import run_simulation
+
+    from fedmemes.cluster import attach, ray_address
+
+    if address := ray_address(cfg.simulation.get("ray_address")):  # an existing cluster: Flower then skips its own ray.init
+        attach(address, bool(cfg.verbose))
 
     run_simulation(
         server_app=server_app,

@@ -59,6 +59,7 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         optimizer=instantiate(cfg.optimizer),
         max_steps=cfg.local_steps,
+        amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
     )
     # Accuracy on the share this client kept back, never on what it trained on.
     val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}

@@ -15,6 +15,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
+from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.validation import with_reply_checks
 
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes
@@ -96,15 +97,24 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
         return instantiate(spec, **extra)
     # The outermost strategy gets the reply checks: same class, filtering replies before it aggregates.
     args = instantiate(spec, _partial_=True, **extra)
-    strategy = with_reply_checks(target)(*args.args, **args.keywords)
+    strategy = with_sampling(with_reply_checks(target))(*args.args, **args.keywords)
     strategy.reply_report_fn = hooks.get("reply_report_fn")
     strategy.min_valid_replies = min_valid
     return strategy
 
 
 def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
-    """Instantiate `server.strategy` with reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
-    strategy = _build_one(OmegaConf.to_container(cfg.server.strategy, resolve=True), "server.strategy", hooks, outer=True)
+    """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
+    spec = OmegaConf.to_container(cfg.server.strategy, resolve=True)
+    for old, new in SEED_STRATEGY_KEYS.items():  # the plan reads Flower 1.42's names (_build_one warns about the old ones)
+        level = spec
+        while isinstance(level, dict):
+            if old in level:
+                level[new] = level[old]
+            level = level.get("strategy")
+    plan = plan_from(spec, int(cfg.num_clients), cfg.get("clients_per_round"), cfg.get("clients_per_eval_round"), int(cfg.random_seed))
+    strategy = _build_one(fill_sizes(spec, plan.train.size(int(cfg.num_clients))), "server.strategy", hooks, outer=True)
+    strategy.sampling, strategy.sample_report_fn = plan, hooks.get("sample_report_fn")
     strategy.update_bounds = UpdateBounds.parse(cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),
                                                 cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT))
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them

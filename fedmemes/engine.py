@@ -29,9 +29,30 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def _forward(model: nn.Module, batch: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)
-    return model(text, image.float().div_(255.0), mask), label
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for config key `amp` (auto: bf16 on CUDA, fp16 where bf16 is missing, off on CPU)."""
+    if amp in (None, False, "false", "off"):
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None  # CPU autocast rarely pays off on small heads; ask for amp=bf16 explicitly
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp is True or amp == "true":
+        amp = "bf16"
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp={amp!r} is not one of auto, true, false, {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[str(amp)]
+
+
+def _forward(model: nn.Module, batch: list[torch.Tensor], device: torch.device,
+             amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)  # non_blocking: overlaps with pinned memory
+    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        logits = model(text, image.float().div_(255.0), mask)
+    return logits.float(), label  # losses and probabilities in fp32 (numpy has no bf16)
 
 
 def _loss_and_prob(logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,29 +99,34 @@ def train(
     proximal_mu: float = 0.0,
     optimizer: OptimizerFactory = torch.optim.Adam,
     max_steps: int | None = None,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Train in place; return mean train loss and train accuracy of the last epoch.
 
     `optimizer(params, lr=lr)` is built fresh each call (Adam by default); `proximal_mu` > 0 adds
-    FedProx's (mu/2)||w - w_global||^2 term; `max_steps` stops after that many batches in all.
+    FedProx's (mu/2)||w - w_global||^2 term; `max_steps` stops after that many batches in all;
+    `amp_dtype` (bf16/fp16) runs the forward pass under autocast, fp16 with loss scaling.
     """
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                        pin_memory=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # disabled: scale/step are plain calls
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
         if max_steps is not None and steps >= max_steps:
             break
         total_loss, correct, seen = 0.0, 0, 0
         for batch in itertools.islice(loader, None if max_steps is None else max_steps - steps):
-            logits, label = _forward(model, batch, device)
+            logits, label = _forward(model, batch, device, amp_dtype)
             loss, prob = _loss_and_prob(logits, label)
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             total_loss += loss.item() * len(label)
             correct += int(((prob > 0.5).long() == label).sum())
             seen += len(label)
@@ -109,12 +135,13 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+            amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Return P(hateful) per row, the labels, and the mean loss."""
     model.to(device).eval()
     probs, labels, total_loss = [], [], 0.0
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        logits, label = _forward(model, batch, device)
+    for batch in DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda"):
+        logits, label = _forward(model, batch, device, amp_dtype)
         loss, prob = _loss_and_prob(logits, label)
         total_loss += loss.item() * len(label)
         probs.append(prob.cpu().numpy())
@@ -137,7 +164,8 @@ def classification_metrics(prob: np.ndarray, label: np.ndarray, loss: float) -> 
     }
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Score `model` on `dataset`: auroc, accuracy, f1_macro, loss, n."""
-    prob, label, loss = predict(model, dataset, batch_size, device)
+    prob, label, loss = predict(model, dataset, batch_size, device, amp_dtype)
     return classification_metrics(prob, label, loss)

@@ -41,6 +41,8 @@ class RunHistory:
     def add_round(self, server_round: int, scores: dict[str, Any]) -> bool:
         """Record a round's hold-out scores; return True if it is the new best (highest AUROC)."""
         self.rounds.append({"round": server_round, **scores})
+        if "auroc" not in scores:  # not scored this round (server.eval_every): never the best
+            return False
         best = next((r for r in self.rounds if r["round"] == self.best_round), None)
         score = scores.get("auroc", math.nan)
         if best is None or (score == score and not best["auroc"] >= score):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-
 from typing import Any
 
-from hydra.utils import instantiate
+from flwr_datasets.partitioner import IidPartitioner
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedmemes.config import load_config
@@ -18,7 +18,12 @@ from fedmemes.data.meme import DataIssue, Meme, count_kinds
 from fedmemes.data.partitioners import partitioner_spec
 from fedmemes.data.report import client_facts
 from fedmemes.data.skew import Skew, SkewFacts, apply_skew
-from fedmemes.data.split import ServerSplits, client_partition, local_validation, server_splits
+from fedmemes.data.split import (
+    ServerSplits,
+    client_partition,
+    local_validation,
+    server_splits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,69 @@ class ClientSplit:
     skew: SkewFacts
 
 
+class _SplitKey:
+    """The config parts that decide every client's memes, compared by a cheap string (lru_cache key)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.key = f"{cfg.dataset}|{cfg.partition}|{cfg.random_seed}|{cfg.cache_dir}"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SplitKey) and other.key == self.key
+
+
+@functools.lru_cache(maxsize=2)
+def _attached(split: _SplitKey, num_partitions: int) -> tuple[list[Meme], Any, list[tuple[int, ...]] | None]:
+    # One partitioner per process holds the pool; a client's rows are then one lookup, not a
+    # fresh partition of the whole pool per client (which made N clients cost O(N * pool)).
+    cfg = split.cfg
+    pool = holdout(cfg).pool
+    partitioner = instantiate(partitioner_spec(OmegaConf.to_container(cfg.partition, resolve=True)), num_partitions=num_partitions)
+    client_partition(pool, partitioner, 0, cfg.random_seed)  # attaches the pool; raises the fix if client 0 gets none
+    return pool, partitioner, _all_rows(partitioner, num_partitions, list(partitioner.load_partition(0)["row"]))
+
+
+def _all_rows(partitioner: Any, num: int, first: list[int]) -> list[tuple[int, ...]] | None:
+    """Every client's rows at once where the partitioner allows it (load_partition costs ~20 ms per client)."""
+    rows = partitioner.dataset["row"]
+    mapping = getattr(partitioner, "_partition_id_to_indices", None)  # Dirichlet, Shard, Size...: computed all at once
+    if isinstance(mapping, dict) and sorted(mapping) == list(range(num)):
+        out = [tuple(rows[i] for i in mapping[p]) for p in range(num)]
+    elif isinstance(partitioner, IidPartitioner):  # contiguous shards of the shuffled rows (datasets' shard rule)
+        div, mod = divmod(len(rows), num)
+        starts = [div * p + min(p, mod) for p in range(num + 1)]
+        out = [tuple(rows[starts[p]:starts[p + 1]]) for p in range(num)]
+    else:
+        return None
+    return out if list(out[0]) == first else None  # a layout we do not know: fall back to load_partition
+
+
+@functools.lru_cache(maxsize=65536)  # row numbers only: a few bytes per meme
+def _rows(split: _SplitKey, num_partitions: int, partition_id: int) -> tuple[int, ...]:
+    pool, partitioner, everyone = _attached(split, num_partitions)
+    if everyone is not None:
+        return everyone[partition_id]
+    try:
+        return tuple(partitioner.load_partition(partition_id)["row"])
+    except (ValueError, IndexError):  # let client_partition phrase the fix for this client
+        cfg = split.cfg
+        fresh = instantiate(partitioner_spec(OmegaConf.to_container(cfg.partition, resolve=True)), num_partitions=num_partitions)
+        client_partition(pool, fresh, partition_id, cfg.random_seed)
+        raise
+
+
+def _partitioned(cfg: DictConfig, partition_id: int, num_partitions: int) -> tuple[list[Meme], list[Meme]]:
+    """Return the pool and client `partition_id`'s memes, from the process-wide partition of the pool."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    split = _SplitKey(cfg)
+    pool = _attached(split, num_partitions)[0]
+    return pool, [pool[i] for i in _rows(split, num_partitions, partition_id)]
+
+
 @functools.lru_cache(maxsize=8)
 def _own_folder(folder: str, on_error: str) -> list[Meme]:
     return LocalDirSource(folder, on_error=on_error, splits=("train",)).load()["train"]
@@ -70,15 +138,15 @@ def _own_folder(folder: str, on_error: str) -> list[Meme]:
 def client_split(cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None) -> ClientSplit:
     """Partition, skew and split one client's memes; stop with the fix if it gets none."""
     partition = OmegaConf.to_container(cfg.partition, resolve=True)
-    partitioner = instantiate(partitioner_spec(partition), num_partitions=num_partitions)
-    if getattr(partitioner, "owns_data", False):  # per_client_dirs: the node's own folder
+    if getattr(get_class(partition["_target_"]), "owns_data", False):  # per_client_dirs: the node's own folder
+        partitioner = instantiate(partitioner_spec(partition), num_partitions=num_partitions)
         folder = partitioner.data_dir(partition_id, data_dir)
         pool = _own_folder(str(folder), str(cfg.dataset.get("on_error", "raise")))
+        mine = client_partition(pool, partitioner, partition_id, cfg.random_seed)
     else:
         if data_dir:
             log.warning("node config data-dir=%s is ignored: it is read only with partition=per_client_dirs", data_dir)
-        pool = holdout(cfg).pool
-    mine = client_partition(pool, partitioner, partition_id, cfg.random_seed)
+        pool, mine = _partitioned(cfg, partition_id, num_partitions)
     mine, facts = apply_skew(mine, Skew.from_config(partition, cfg.random_seed), partition_id, num_partitions)
     train, val = local_validation(mine, cfg.local_val_share, cfg.random_seed + partition_id)
     if not train:

@@ -38,6 +38,7 @@ class ServerRun:
     def __init__(self, cfg: DictConfig, overrides: str, run_dir: Path) -> None:
         self.cfg = cfg
         self.device = engine.pick_device(cfg.device)
+        self.amp = engine.autocast_dtype(cfg.get("amp", "auto"), self.device)  # hold-out scoring under autocast too
         torch.manual_seed(cfg.random_seed)  # the initial global model is part of the experiment: seed it
         self.model = build_model(cfg).to(self.device)
         self.val, self.test = server_data(overrides)
@@ -48,7 +49,8 @@ class ServerRun:
         self.best_state = engine.trainable_state(self.model)
         self.started = time.monotonic()
         self.trained = 0
-        self.replies: dict[int, dict[str, int]] = {}  # per round: replies, dropped_replies, kept_previous_model
+        self.replies: dict[int, dict] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
+        self.partitions: list[int] = []  # the partitions whose replies were aggregated in the latest round
         self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
 
@@ -60,6 +62,15 @@ class ServerRun:
         log.info("resuming after round %d of %d", self.offset, self.cfg.num_rounds)
         return ckpt.arrays
 
+    def record(self, server_round: int, facts: dict) -> None:
+        """Add facts (reply counts, sampled node ids) to a round's metrics.json row."""
+        self.replies.setdefault(server_round, {}).update(facts)
+
+    def scored(self, server_round: int) -> bool:
+        """Whether this round scores the hold-out: round 0, every server.eval_every-th round, and the last."""
+        every = max(1, int(self.cfg.server.get("eval_every", 1) or 1))
+        return server_round == 0 or server_round % every == 0 or server_round >= self.cfg.num_rounds
+
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Score the global model on the hold-out (the strategy's evaluate_fn), then checkpoint the round."""
         replies = self.replies.pop(server_round, {})  # keyed by the strategy's own round count
@@ -67,9 +78,12 @@ class ServerRun:
         if self.offset and server_round == self.offset:
             return None  # a resumed run's round 0 is the checkpointed round: scored before the restart
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device)
+        scored = self.scored(server_round)
+        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device, self.amp) if scored else {}
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
         scores.update(replies)
+        if server_round > 0:
+            scores["partitions"] = list(self.partitions)
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
@@ -78,11 +92,15 @@ class ServerRun:
             checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
                 server_round, state, self.history.state(), self.best_state, checkpoint.strategy_state(self.strategy),
                 checkpoint.setup_of(self.cfg)))
+        if not scored:
+            log.info("round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
+                     server_round, self.cfg.num_rounds, self.trained, scores["seconds"])
+            return None
         log.info(
             "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
             server_round, self.cfg.num_rounds, self.trained, scores["auroc"], scores["accuracy"], scores["loss"], scores["seconds"],
         )
-        return MetricRecord({k: float(v) for k, v in scores.items()})
+        return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
 
     def record_node(self, node_id: int, metrics: dict) -> None:
         """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its claim)."""
@@ -93,6 +111,7 @@ class ServerRun:
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Average the clients' train metrics (their data facts arrive per node through record_node)."""
         self.trained = len(records)
+        self.partitions = sorted(int(m["partition_id"]) for r in records if "partition_id" in (m := next(iter(r.metric_records.values()))))
         averaged = aggregate_metricrecords(records, weighting_key)
         return MetricRecord({k: v for k, v in averaged.items() if k not in CLIENT_FACTS})
 
@@ -100,7 +119,7 @@ class ServerRun:
         """Save best and final models, score the best round's model on the test split."""
         self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
         self.history.save_model("best", self.best_state)
-        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device)
+        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
         self.history.write()
         log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
 
@@ -124,7 +143,8 @@ def main(grid: Grid, context: Context) -> None:
         cfg,
         train_metrics_aggr_fn=run.aggregate_train_metrics,
         branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
-        reply_report_fn=run.replies.__setitem__,  # dropped-reply counts land in the round's metrics.json row
+        reply_report_fn=run.record,  # dropped-reply counts land in the round's metrics.json row
+        sample_report_fn=run.record,  # so do the node ids sampled to train (and to evaluate)
         reply_facts_fn=run.record_node,  # client facts keyed by the node that sent them
     )
     initial = engine.trainable_state(run.model)
@@ -132,6 +152,7 @@ def main(grid: Grid, context: Context) -> None:
         ckpt = checkpoint.load(run_dir)
         checkpoint.check_fits(ckpt, cfg, initial, run_dir)  # before any client trains: model, tensors, strategy
         initial = run.resume(ckpt)
+    strategy.round_offset = run.offset  # after a resume the sample seed follows the true round
     if cfg.num_rounds <= run.offset:  # resumed after the last round: only the final scoring was left
         run.finish(ArrayRecord(initial))
         return

@@ -30,8 +30,8 @@ def test_defaults_match_the_seed_keys():
 
 def test_command_line_overrides():
     cfg = load_config("num_rounds=5 num_clients=4 partition=dirichlet partition.alpha=0.3")
-    assert (cfg.num_rounds, cfg.num_clients, cfg.partition.alpha, cfg.clients_per_round) == (5, 4, 0.3, 4)
-    assert cfg.server.strategy.min_train_nodes == 4
+    assert (cfg.num_rounds, cfg.num_clients, cfg.partition.alpha, cfg.clients_per_round) == (5, 4, 0.3, None)
+    assert build_strategy(cfg).min_train_nodes == 4  # clients_per_round=null: fraction_train=1.0 of 4 clients
 
 
 @pytest.mark.parametrize("name", _options("model"))

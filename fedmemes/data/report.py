@@ -36,17 +36,19 @@ def format_issues(issues: dict[str, int]) -> str:
     return ", ".join(f"{k}={n}" for k, n in issues.items()) or "none"
 
 
-def format_table(facts: list[dict[str, Any]], issues: dict[str, int] | None = None) -> str:
-    """Return a per-client table (train memes; val = the share each client keeps back)."""
+def format_table(facts: list[dict[str, Any]], issues: dict[str, int] | None = None, max_rows: int | None = None) -> str:
+    """Return a per-client table (train memes; val = the share each client keeps back); totals cover every client."""
     head = (f"{'client':>6} {'train':>6} {'val':>5} {'benign':>7} {'hateful':>7} {'hate%':>6} "
             f"{'text':>6} {'image':>6} {'both':>6}  {'modality':<10} {'noise':>5} {'flipped':>7}")
     lines = [head]
-    for f in facts:
+    for f in facts[:max_rows]:
         benign, hateful = f["label_counts"]
         share = 100.0 * hateful / max(1, f["n_train"])
         lines.append(f"{f['partition_id']:>6} {f['n_train']:>6} {f['n_val']:>5} {benign:>7} {hateful:>7} {share:>5.1f}% "
                      f"{f['n_text']:>6} {f['n_image']:>6} {f['n_both']:>6}  {f['modality']:<10} "
                      f"{f['label_noise']:>5.2f} {f['n_flipped']:>7}")
+    if max_rows is not None and len(facts) > max_rows:
+        lines.append(f"{'...':>6} {len(facts) - max_rows} more clients in {CLIENTS_JSON}")
     total = {k: sum(f[k] for f in facts) for k in ("n_train", "n_val", "n_text", "n_image", "n_both", "n_flipped")}
     benign, hateful = sum(f["label_counts"][0] for f in facts), sum(f["label_counts"][1] for f in facts)
     lines.append(f"{'total':>6} {total['n_train']:>6} {total['n_val']:>5} {benign:>7} {hateful:>7} "
@@ -67,11 +69,13 @@ def plot_label_counts(facts: list[dict[str, Any]], path: Path) -> Path:
     ids = [f["partition_id"] for f in facts]
     benign = [f["label_counts"][0] for f in facts]
     hateful = [f["label_counts"][1] for f in facts]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(facts) + 2), 3.6))
+    # Capped width: a thousand clients must not make a 60,000-pixel image.
+    fig, ax = plt.subplots(figsize=(min(24.0, max(4.0, 0.6 * len(facts) + 2)), 3.6))
     ax.bar(ids, benign, color="#4c72b0", label="benign (0)")
     ax.bar(ids, hateful, bottom=benign, color="#dd5144", label="hateful (1)")
     short = {"both": "", "text_only": "\ntext only", "image_only": "\nimage only"}
-    ax.set_xticks(ids, [f"{i}{short.get(f['modality'], '')}" for i, f in zip(ids, facts)])
+    if len(facts) <= 40:  # beyond that the labels overlap: matplotlib's default ticks
+        ax.set_xticks(ids, [f"{i}{short.get(f['modality'], '')}" for i, f in zip(ids, facts)])
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("training memes")
     ax.set_title("label counts per client")

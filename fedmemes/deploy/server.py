@@ -61,7 +61,7 @@ class RoundPrinter:
             raise RuntimeError(f"the SuperLink exited with code {self.superlink.returncode}")
         self.status.state = flower_status
         for r in self.status.rounds():
-            if r["round"] not in self.printed:
+            if r["round"] not in self.printed and "accuracy" in r:  # rows without scores: server.eval_every skipped them
                 self.printed.add(r["round"])
                 log.info("round %d/%d | clients %s | hold-out AUROC %s  acc %.3f", r["round"], self.num_rounds,
                          r.get("clients"), f"{r['auroc']:.3f}" if r.get("auroc") is not None else "n/a", r["accuracy"])
@@ -101,7 +101,7 @@ def server(cfg: DictConfig) -> None:
             link.register(Path(key).expanduser().resolve())
         status.run_id = link.submit(_job_overrides(run_dir))
         status.state = "pending"
-        log.info("run %s submitted; waiting for %s clients", status.run_id, cfg.server.strategy.get("min_available_nodes", "?"))
+        log.info("run %s submitted; waiting for %s clients", status.run_id, cfg.server.strategy.get("min_available_nodes") or cfg.num_clients)
         final = link.wait(status.run_id, RoundPrinter(status, int(cfg.num_rounds), proc))
         status.state = final
     finally:

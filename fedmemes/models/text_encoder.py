@@ -66,7 +66,7 @@ class FrozenTextEncoder:
     """
 
     def __init__(self, name_or_path: str | None = None, max_length: int = 64, batch_size: int = 64,
-                 pooling: str = "mean", output: str = "pooled") -> None:
+                 pooling: str = "mean", output: str = "pooled", device: str = "auto") -> None:
         check_choice("pooling", pooling, POOLINGS)
         check_choice("output", output, OUTPUTS)
         self.name_or_path = name_or_path or bundled_minilm_path()
@@ -74,6 +74,7 @@ class FrozenTextEncoder:
         self.batch_size = batch_size
         self.pooling = pooling
         self.output = output
+        self.device = device  # where the first (uncached) encoding runs: auto = CUDA when present
 
     @property
     def dim(self) -> int:
@@ -97,15 +98,18 @@ class FrozenTextEncoder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Return pooled vectors (N, D) float32, or token states (N, L, D) float16 zero-padded."""
         model, tokenizer = _load(self.name_or_path)
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        model.to(device)  # the cached model moves once; outputs come back to the CPU for the cache
         chunks = []
         for i in range(0, len(texts), self.batch_size):
             batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt")
+                              max_length=self.max_length, return_tensors="pt").to(device)
             states = model(**batch).last_hidden_state
             if self.gives_tokens:
                 chunks.append(states * batch["attention_mask"].unsqueeze(-1).to(states.dtype))
             else:
                 chunks.append(pool(states, batch["attention_mask"], self.pooling))
+        chunks = [c.cpu() for c in chunks]
         if not chunks:
             return torch.zeros((0, 1, self.dim) if self.gives_tokens else (0, self.dim))
         if not self.gives_tokens:

@@ -1,0 +1,99 @@
+"""Memes per second on CPU and, when present, CUDA: caption encoding, image encoding, head training, server scoring.
+
+    python benchmarks/gpu.py [--memes 512] [--repeats 2] [hydra overrides, e.g. model=late_fusion image_size=96]
+
+Each step runs once to warm up (weights load, kernels compile), then `--repeats` times timed;
+CUDA timings synchronise before the clock stops. On CUDA the training and scoring rows run
+without autocast and with `amp=auto` (bf16, fp16 where bf16 is missing). Captions and images come
+from the configured data source (synthetic by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from hydra.utils import instantiate
+
+from fedmemes import engine
+from fedmemes.config import build_model, load_config
+from fedmemes.data.features import build_tensors
+from fedmemes.data.images import load_image_array
+from fedmemes.node_data import holdout
+
+
+def _rate(n: int, fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: loads weights, moves them, picks kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n * repeats / (time.perf_counter() - start)
+
+
+def _decode(memes: list, size: int) -> None:
+    for m in memes:
+        load_image_array(m.img, size)
+
+
+@torch.no_grad()
+def _encode_images(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> None:
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        for i in range(0, len(images), 64):
+            encoder(images[i : i + 64].to(device, non_blocking=True).float().div_(255.0))
+
+
+def main() -> None:
+    """Print one row per step, device and precision."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--memes", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    args, overrides = parser.parse_known_args()
+    cfg = load_config(" ".join(overrides))
+    memes = holdout(cfg).pool[: args.memes]
+    n = len(memes)
+    texts = [m.text for m in memes]
+    images = torch.stack([torch.from_numpy(load_image_array(m.img, cfg.image_size)) for m in memes])  # uint8 (N, 3, S, S)
+    if cfg.device != "auto":
+        raise SystemExit("gpu.py measures every device it finds: leave device=auto")
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(f"{n} memes, image_size {cfg.image_size}, model {cfg.model._target_.rsplit('.', 1)[-1]}, "
+          f"batch {cfg.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {name}")
+    print("| step | device | precision | memes/s |")
+    print("|---|---|---|---:|")
+
+    for device in devices:
+        encoder = instantiate(cfg.model.text_encoder)
+        if hasattr(encoder, "device"):  # frozen encoders run their first (uncached) encoding here
+            encoder.device = str(device)
+            rate = _rate(n, partial(encoder.encode, texts), device, args.repeats)
+            print(f"| caption encoding ({type(encoder).__name__}) | {device.type} | fp32 | {rate:,.0f} |")
+        data = build_tensors(memes, encoder, cfg.image_size, cfg.cache_dir).dataset()  # what a client trains on
+        if device.type == "cpu":
+            k = min(n, 64)
+            rate = _rate(k, partial(_decode, memes[:k], cfg.image_size), device, 1)
+            print(f"| image decoding + resize (files; first time only, then cached) | cpu | uint8 | {rate:,.0f} |")
+        for amp in ([False] if device.type == "cpu" else [False, "auto"]):
+            dtype = engine.autocast_dtype(amp, device)
+            label = str(dtype).removeprefix("torch.") if dtype else "fp32"
+            torch.manual_seed(0)
+            model = build_model(cfg).to(device).eval()
+            image_encoder = getattr(model, "image_encoder", None)
+            if image_encoder is not None:
+                rate = _rate(n, partial(_encode_images, image_encoder, images, device, dtype), device, args.repeats)
+                print(f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | {rate:,.0f} |")
+            train = partial(engine.train, model, data, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
+                            optimizer=instantiate(cfg.optimizer), amp_dtype=dtype)
+            print(f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | {_rate(n, train, device, args.repeats):,.0f} |")
+            score = partial(engine.evaluate, model, data, 256, device, amp_dtype=dtype)
+            print(f"| server scoring (batch 256) | {device.type} | {label} | {_rate(n, score, device, args.repeats):,.0f} |")
+
+if __name__ == "__main__":
+    main()
