@@ -32,7 +32,7 @@ def make_run(base: Path) -> Path:
     run = ServerRun(cfg, overrides, run_dir)
     torch.manual_seed(0)
     pool = _tensors(cfg, holdout(cfg).pool)
-    engine.train(run.model, pool.dataset(), epochs=12, lr=3e-3, batch_size=32, device=torch.device("cpu"))
+    engine.train(run.model, pool.dataset(), epochs=10, lr=3e-3, batch_size=32, device=torch.device("cpu"))
     state = engine.trainable_state(run.model)
     run.evaluate(1, ArrayRecord(state))  # hold-out scoring, best round, checkpoint: the server's path
     run.finish(ArrayRecord(state))  # best/final models, threshold on dev, test scores
