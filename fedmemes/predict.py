@@ -64,7 +64,7 @@ class _NoBar:
     def update(self, n: int) -> None:
         pass
 
-    def __enter__(self) -> _NoBar:
+    def __enter__(self) -> _NoBar:  # noqa: PYI034 - a private stand-in, never subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,7 +183,7 @@ def read_input(path: str | Path, on_error: str = "skip") -> Inputs:
     if not files:
         raise FileNotFoundError(f"{path}: no *.jsonl; expected the Hateful Memes layout: img/NNNNN.png plus e.g. test_seen.jsonl")
     parts = [read_jsonl(f, on_error) for f in files]
-    return Inputs(*(sum((getattr(p, k) for p in parts), []) for k in ("memes", "labelled", "issues", "split")))
+    return Inputs(*([x for p in parts for x in getattr(p, k)] for k in ("memes", "labelled", "issues", "split")))
 
 
 def single(text: str, image: str | Path, meme_id: str | None = None) -> Inputs:
@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     chosen = [args.input is not None, args.text is not None or args.image is not None, args.run_split is not None]
     if sum(chosen) != 1 or (chosen[1] and not (args.text and args.image)):
         p.error("give exactly one of: INPUT, --text TEXT --image PATH, or --run-split test|dev")
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl", ".json", ".ndjson"):
+        p.error(f"--out {args.out}: the extension picks the format; use .jsonl or .csv")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         p.error(f"--threshold must be in [0, 1], got {args.threshold}")
     try:

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"no runs under {root}")
     else:
         print(format_table(runs, root))
-        print(f"\nstatus: finished (test scored), resumable (`fedmemes simulate resume=RUN_DIR [same overrides]`), stopped (nothing to resume)")
+        print("\nstatus: finished (test scored), resumable (`fedmemes simulate resume=RUN_DIR [same overrides]`), stopped (nothing to resume)")
 
 
 if __name__ == "__main__":

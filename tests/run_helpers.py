@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,6 +14,17 @@ from fedmemes import engine
 from fedmemes.config import load_config
 from fedmemes.node_data import _tensors, holdout
 from fedmemes.server_app import ServerRun
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: these tensors are tiny, and on a busy 2-core CI box two threads spin (measured 20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def overrides_for(cache: Path) -> str:

@@ -8,20 +8,22 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from run_helpers import make_run, one_thread
 from sklearn.metrics import roc_auc_score
 
 from fedmemes import engine
 from fedmemes.predict import load_run, main, read_jsonl, run_split
-from run_helpers import make_run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp())
+def run_dir(tmp_path_factory) -> Iterator[Path]:
+    with one_thread():
+        yield make_run(tmp_path_factory.getbasetemp())
 
 
 def _data_folder(run_dir: Path) -> Path:
@@ -110,10 +112,15 @@ def test_bad_rows_are_reported_with_their_line_and_skipped_never_scored(run_dir,
 
 def test_single_meme_and_folder_inputs_score_like_the_batch(run_dir, tmp_path, capsys):
     data = _data_folder(run_dir)
+    folder = tmp_path / "memes"  # the original layout without train.jsonl
+    folder.mkdir()
+    (folder / "img").symlink_to(data / "img")
+    for split in ("dev_seen", "test_seen"):
+        (folder / f"{split}.jsonl").symlink_to(data / f"{split}.jsonl")
     batch = tmp_path / "all.jsonl"
-    main([str(run_dir), str(data), "--out", str(batch)])  # the folder: every split file, with a split column
+    main([str(run_dir), str(folder), "--out", str(batch)])  # the folder: every split file, with a split column
     rows = _read(batch)
-    assert {r["split"] for r in rows} == {"train", "dev_seen", "test_seen"}
+    assert {r["split"] for r in rows} == {"dev_seen", "test_seen"} and len(rows) == 120
     printed = capsys.readouterr().out
     assert "dev_seen: n=60" in printed and "test_seen: n=60" in printed
     first = json.loads((data / "test_seen.jsonl").read_text().splitlines()[0])
@@ -124,11 +131,12 @@ def test_single_meme_and_folder_inputs_score_like_the_batch(run_dir, tmp_path, c
     assert single["pred"] == int(single["p_hateful"] > 0.5) and "label" not in single
 
 
-def test_errors_name_the_fix(run_dir, tmp_path):
+def test_errors_name_the_fix(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="config.yaml not found"):
         main([str(tmp_path), "--run-split", "test"])
-    with pytest.raises(SystemExit, match="extension picks the format"):
+    with pytest.raises(SystemExit):  # argparse: the --out extension picks the format
         main([str(run_dir), "--run-split", "test", "--out", str(tmp_path / "x.txt")])
+    assert "extension picks the format" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: INPUT and --text together
         main([str(run_dir), "in.jsonl", "--text", "hi"])
     final = load_run(run_dir, "final")
@@ -140,15 +148,15 @@ def test_predict_after_a_real_simulation_matches_its_test_auroc(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "fedmemes.cli"]
-    done = subprocess.run([*cmd, "simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}"], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([*cmd, "simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}"], env=env, capture_output=True, text=True, check=False, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     test = json.loads((run / "metrics.json").read_text())["test"]
     data = next((tmp_path / "cache" / "data").glob("synthetic-*"))
     out = subprocess.run([*cmd, "predict", str(run), str(data / "test_seen.jsonl"), "--out", str(tmp_path / "p.csv")],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, check=False, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _read(tmp_path / "p.csv")
     assert len(rows) == test["n"] == 80
     assert abs(roc_auc_score([int(r["label"]) for r in rows], [float(r["p_hateful"]) for r in rows]) - test["auroc"]) < 1e-3
-    listed = subprocess.run([*cmd, "runs", str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    listed = subprocess.run([*cmd, "runs", str(tmp_path)], env=env, capture_output=True, text=True, check=False, timeout=120)
     assert "finished" in listed.stdout and f"{test['auroc']:.3f}" in listed.stdout

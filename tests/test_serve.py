@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from run_helpers import make_run, one_thread
 
 from fedmemes.predict import load_run, read_jsonl
 from fedmemes.serve import Limits, create_app, main
-from run_helpers import make_run
 
 TOKEN = "s3cret-token"
 AUTH = {"X-Fedmemes-Token": TOKEN}
@@ -21,7 +21,8 @@ AUTH = {"X-Fedmemes-Token": TOKEN}
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return load_run(make_run(tmp_path_factory.getbasetemp()))
+    with one_thread():
+        yield load_run(make_run(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
 
     def fake_fetch(url: str, dest: Path, limits: Limits) -> None:  # no network in tests
         fetched.append(url)
-        dest.write_bytes((data / rows[3]["img"]).read_bytes())
+        dest.write_bytes((data / rows[2]["img"]).read_bytes())
 
     lines = [json.dumps(rows[0]), "{broken", json.dumps({**rows[1], "img": "../outside.png"}),
              json.dumps({**rows[1], "img": "/etc/passwd"}), json.dumps({**rows[1], "img": "img/escape.png"}),
@@ -127,7 +128,7 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
     opened = TestClient(create_app(run, image_root=root, allow_urls=True, fetch=fake_fetch)).post("/predict/batch", content=body).json()
     assert fetched == ["http://example.com/a.png"]
     by_id = {r["id"]: r for r in opened["results"]}
-    assert by_id[str(rows[2]["id"])]["p_hateful"] == pytest.approx(expected[str(rows[3]["id"])], abs=1e-5)  # the fetched bytes
+    assert by_id[str(rows[2]["id"])]["p_hateful"] == pytest.approx(expected[str(rows[2]["id"])], abs=1e-5)  # the fetched bytes
 
     no_root = TestClient(create_app(run)).post("/predict/batch", content=json.dumps(rows[0]).encode()).json()
     assert no_root["results"] == [] and "--image-root" in no_root["errors"][0]["detail"]
