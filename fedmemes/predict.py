@@ -60,24 +60,11 @@ class RunModel:
             return self.score(memes, cache_dir=tmp)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:  # noqa: PYI034 - a private stand-in, never subclassed
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _bar(total: int, progress: bool, desc: str):
-    """Return a tqdm bar on a terminal (stderr), else a silent stand-in."""
-    if not progress or not sys.stderr.isatty():
-        return _NoBar()
+def _bar(total: int, progress: bool, desc: str) -> Any:
+    """Return a tqdm bar on stderr, silent when it is not a terminal (logs, pipes, CI)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="meme", file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="meme", file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> RunModel:
@@ -295,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--threshold must be in [0, 1], got {args.threshold}")
     try:
         run = load_run(args.run_dir, args.model, args.device)
+        t = run.threshold if args.threshold is None else args.threshold
+        source = "--threshold" if args.threshold is not None else (
+            "picked on the hold-out (dev) split, metrics.json" if "threshold" in (run.metrics.get("test") or {})
+            else "0.5: this run's metrics.json has no hold-out threshold")
+        print(f"model: {run.run_dir / (run.which + '.safetensors')}  threshold {t:.3f} ({source})", flush=True)
         if args.input is not None:
             inputs, name = read_input(args.input, args.on_error), Path(args.input).stem
         elif args.run_split:
@@ -307,10 +299,6 @@ def main(argv: list[str] | None = None) -> None:
         rows, scores = predict(run, inputs, args.threshold)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # DataError and state mismatches name the fix
         raise SystemExit(f"error: {e}") from None
-    t = run.threshold if args.threshold is None else args.threshold
-    source = "--threshold" if args.threshold is not None else (
-        "picked on the hold-out (dev) split, metrics.json" if "threshold" in (run.metrics.get("test") or {}) else "0.5: this run's metrics.json has no hold-out threshold")
-    print(f"model: {run.run_dir / (run.which + '.safetensors')}  threshold {t:.3f} ({source})")
     if not name and not args.out:
         print(json.dumps(rows[0]))
         return
