@@ -29,6 +29,10 @@ commands:
              [--data-dir DIR] [--root-certificates ca.crt] [--auth-key node.key]   (--help for all)
   manager    client manager API beside a client: fedmemes manager --name a --status-url URL [client flags]
   certs      make a CA, a server certificate (and --nodes N keys): fedmemes certs DIR
+  predict    score memes with a run's model: fedmemes predict RUN_DIR INPUT.jsonl|FOLDER [--out F.csv]
+             or --text "..." --image PATH, or --run-split test (the run's own test split)
+  serve      HTTP inference service: fedmemes serve RUN_DIR [--host 127.0.0.1] [--port 8095] (--help for all)
+  runs       list runs, their config, scores and status: fedmemes runs [DIR]   (default outputs/)
 
 options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed config.
 """
@@ -62,7 +66,8 @@ def _summary(run_dir: Path) -> str:
 
     lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
     lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  accuracy {test.get('accuracy', float('nan')):.3f}  "
-                 f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}")
+                 f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}"
+                 + (f"  (at threshold {test['threshold']:.3f}, picked on the hold-out)" if "threshold" in test else ""))
     lines.append(f"run directory: {run_dir}")
     return "\n".join(lines)
 
@@ -163,7 +168,8 @@ def _resume_dir(args: list[str]) -> list[str]:
 
 COMMANDS = {"simulate": simulate, "data generate": data_generate, "data inspect": data_inspect, "server": server,
             "client": _argparse_command("fedmemes.deploy.supernode"), "manager": _argparse_command("fedmemes.deploy.manager"),
-            "certs": _argparse_command("fedmemes.deploy.certs")}
+            "certs": _argparse_command("fedmemes.deploy.certs"), "predict": _argparse_command("fedmemes.predict"),
+            "serve": _argparse_command("fedmemes.serve"), "runs": _argparse_command("fedmemes.runs")}
 
 
 def main() -> None:

@@ -169,3 +169,31 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
     """Score `model` on `dataset`: auroc, accuracy, f1_macro, loss, n."""
     prob, label, loss = predict(model, dataset, batch_size, device, amp_dtype)
     return classification_metrics(prob, label, loss)
+
+
+def pick_threshold(prob: np.ndarray, label: np.ndarray) -> float:
+    """Return the threshold t (predict hateful when prob > t) that maximises macro-F1; 0.5 when it cannot be chosen."""
+    if len(set(label.tolist())) < 2:
+        return 0.5
+    cuts = np.unique(prob)
+    # Midpoints between distinct scores (and one below all), so pred = prob > t is stable for every candidate.
+    candidates = np.concatenate([[cuts[0] - 1e-6], (cuts[:-1] + cuts[1:]) / 2, [0.5]])
+    scores = [f1_score(label, (prob > t).astype(int), average="macro", zero_division=0) for t in candidates]
+    best = max(scores)
+    # Ties: keep the candidate closest to 0.5, the untuned default.
+    return float(min((t for t, s in zip(candidates, scores) if s == best), key=lambda t: abs(t - 0.5)))
+
+
+def metrics_at(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy and macro-F1 of `prob > threshold`."""
+    pred = (prob > threshold).astype(int)
+    if not len(label):
+        return {"accuracy": math.nan, "f1_macro": math.nan}
+    return {"accuracy": float(accuracy_score(label, pred)), "f1_macro": float(f1_score(label, pred, average="macro", zero_division=0))}
+
+
+def threshold_metrics(prob: np.ndarray, label: np.ndarray, loss: float, threshold: float) -> dict[str, float]:
+    """Scores for metrics.json `test`: AUROC, accuracy and F1 at the hold-out threshold, and at 0.5 labelled as such."""
+    scores = classification_metrics(prob, label, loss)
+    at_half = {f"{k}_at_0.5": scores[k] for k in ("accuracy", "f1_macro")}
+    return {**scores, **metrics_at(prob, label, threshold), "threshold": float(threshold), **at_half}

@@ -119,7 +119,11 @@ class ServerRun:
         """Save best and final models, score the best round's model on the test split."""
         self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
         self.history.save_model("best", self.best_state)
-        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
+        best = self._load(self.best_state)
+        # The decision threshold is picked on the hold-out (dev) split, never on test: max macro-F1 there.
+        threshold = engine.pick_threshold(*engine.predict(best, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)[:2])
+        prob, label, loss = engine.predict(best, self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
+        self.history.test = engine.threshold_metrics(prob, label, loss, threshold)
         self.history.write()
         log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
 
