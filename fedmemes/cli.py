@@ -29,6 +29,7 @@ commands:
              [--data-dir DIR] [--root-certificates ca.crt] [--auth-key node.key]   (--help for all)
   manager    client manager API beside a client: fedmemes manager --name a --status-url URL [client flags]
   certs      make a CA, a server certificate (and --nodes N keys): fedmemes certs DIR
+  report     curves, test ROC/PR, clients, configs of runs: fedmemes report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed config.
 """
@@ -93,7 +94,10 @@ def simulate(cfg: DictConfig) -> None:
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
     log.info("%s", _check_data(cfg, run_dir))
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
+    from fedmemes.deploy.dashboard import SimulationStatus
     from flwr.simulation import run_simulation
+
+    live = SimulationStatus(cfg, run_dir, list(HydraConfig.get().overrides.task))  # dashboard: server.status_port=PORT
 
     run_simulation(
         server_app=server_app,
@@ -105,9 +109,12 @@ def simulate(cfg: DictConfig) -> None:
         },
         verbose_logging=bool(cfg.verbose),
     )
-    if not (run_dir / "metrics.json").exists() or json.loads((run_dir / "metrics.json").read_text()).get("test") is None:
+    finished = (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text()).get("test") is not None
+    live.end(finished)
+    if not finished:
         raise SystemExit(f"the run did not finish; see {run_dir}/fedmemes.log (add -v for Flower's logs)")
     print(_summary(run_dir))
+    live.linger()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -155,7 +162,7 @@ def _resume_dir(args: list[str]) -> list[str]:
 
 COMMANDS = {"simulate": simulate, "data generate": data_generate, "data inspect": data_inspect, "server": server,
             "client": _argparse_command("fedmemes.deploy.supernode"), "manager": _argparse_command("fedmemes.deploy.manager"),
-            "certs": _argparse_command("fedmemes.deploy.certs")}
+            "certs": _argparse_command("fedmemes.deploy.certs"), "report": _argparse_command("fedmemes.report.command")}
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from fedmemes.config import build_model, build_strategy, load_config, overrides_
 from fedmemes.history import RunHistory
 from fedmemes.data.report import read_client_facts
 from fedmemes.node_data import data_issues, server_data
+from fedmemes.report import save_test_predictions, write_report_safely
+from fedmemes.tracking import build_trackers, round_metrics
 
 log = logging.getLogger("fedmemes")
 app = ServerApp()
@@ -51,6 +53,8 @@ class ServerRun:
         self.replies: dict[int, dict[str, int]] = {}  # per round: replies, dropped_replies, kept_previous_model
         self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
+        self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
+        self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
 
     def resume(self, ckpt: checkpoint.Checkpoint) -> dict:
         """Continue after the checkpointed round: history, best model and strategy state come back; return the weights."""
@@ -73,6 +77,7 @@ class ServerRun:
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
+        self.trackers.log_metrics(server_round, round_metrics(scores, self.train_metrics))
         if server_round > 0:
             state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
             checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
@@ -94,14 +99,19 @@ class ServerRun:
                     {"n_train": int(metrics[weighting_key]), "label_counts": [int(metrics.get("label_0", 0)), int(metrics.get("label_1", 0))]},
                 )
         averaged = aggregate_metricrecords(records, weighting_key)
-        return MetricRecord({k: v for k, v in averaged.items() if k not in CLIENT_FACTS})
+        self.train_metrics = {k: v for k, v in averaged.items() if k not in CLIENT_FACTS}
+        return MetricRecord(self.train_metrics)
 
     def finish(self, final: ArrayRecord) -> None:
         """Save best and final models, score the best round's model on the test split."""
         self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
         self.history.save_model("best", self.best_state)
-        self.history.test = engine.evaluate(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device)
+        prob, label, loss = engine.predict(self._load(self.best_state), self.test.dataset(), self.cfg.batch_size, self.device)
+        self.history.test = engine.classification_metrics(prob, label, loss)
+        save_test_predictions(self.history.run_dir, prob, label)  # the report's ROC/PR curves and confusion matrix
         self.history.write()
+        write_report_safely(self.history.run_dir)
+        self.trackers.finish(max((r["round"] for r in self.history.rounds), default=0), self.history.test)
         log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
 
     def _load(self, state):

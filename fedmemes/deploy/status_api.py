@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from fedmemes.deploy.auth import require_token
+from fedmemes.deploy.dashboard import mount as mount_dashboard
 from fedmemes.history import METRICS_FILE
 
 ONLINE_PERIODS = 2.5  # a client is online while its last heartbeat is younger than this many periods
@@ -65,6 +66,7 @@ class RunStatus:
 def create_app(status: RunStatus, token: str) -> FastAPI:
     """Return the FastAPI app: GET /health and /status are open (a dashboard polls them), POST /heartbeat needs the token."""
     api = FastAPI(title="fedmemes server status")
+    mount_dashboard(api, status.run_dir)  # the live page at `/` (fedmemes/deploy/dashboard/)
 
     @api.get("/health")
     def health() -> dict[str, str]:
