@@ -52,7 +52,7 @@ def test_curves(runs: list[Run]) -> Figure | None:
     runs = [r for r in runs if r.prob is not None and len(set(r.label.tolist())) == 2]
     if not runs:
         return None
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(9, 4.4))
     for i, run in enumerate(runs):
         fpr, tpr, _ = roc_curve(run.label, run.prob)
         precision, recall, _ = precision_recall_curve(run.label, run.prob)
@@ -102,7 +102,7 @@ def client_bars(run: Run) -> Figure | None:
         return None
     ids = np.arange(len(clients))
     names = [str(c["partition_id"]) for c in clients]
-    fig, (ax_lab, ax_mod) = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(clients) + 5), 3.6))
+    fig, (ax_lab, ax_mod) = plt.subplots(1, 2, figsize=(max(10.0, 0.9 * len(clients) + 5), 3.8))
     benign = np.array([c["label_counts"][0] for c in clients])
     hateful = np.array([c["label_counts"][1] for c in clients])
     ax_lab.bar(ids, benign, color=BENIGN, label="benign")
@@ -118,8 +118,8 @@ def client_bars(run: Run) -> Figure | None:
     ax_mod.set(title="modalities per client", xlabel="client (partition id)", ylabel="memes")
     for ax in (ax_lab, ax_mod):
         ax.set_xticks(ids, names)
-        ax.legend(frameon=False, ncol=3, loc="upper center", fontsize=9)
-    fig.suptitle(run.name, fontsize=10, x=0.01, ha="left")
+        ax.legend(frameon=False, ncol=3, loc="upper center", fontsize=8.5)
+    fig.suptitle(f"clients of run {run.name}", fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return fig
 

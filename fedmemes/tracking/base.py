@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("fedmemes")
@@ -103,8 +103,9 @@ def build_trackers(cfg: DictConfig, run_dir: Path) -> Trackers:
     for name, node in group.items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ValueError(f"config key logger.{name}: expected a mapping with _target_ (see fedmemes/conf/logger/*.yaml)")
-        try:
-            trackers.append(instantiate(node, run_dir=run_dir))
+        kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+        try:  # get_class + call, not instantiate: Hydra would wrap the ImportError this names the fix of
+            trackers.append(get_class(node._target_)(run_dir=run_dir, **kwargs))
         except ImportError as err:
             raise ImportError(f"logger={name} needs an optional package ({err}); install it with: pip install 'fedmemes[tracking]'") from err
     out = Trackers(run_dir, trackers)
