@@ -72,13 +72,22 @@ class SimulationStatus:
         if not port_free(host, port):
             raise SystemExit(f"error: server.status_port={port}: {host}:{port} is in use; pick a free port, "
                              "e.g. server.status_port=8091")
-        from fedmemes.deploy.server import _status_api
-        from fedmemes.deploy.status_api import RunStatus
+        import secrets
+        import warnings
 
+        from fedmemes.deploy.auth import read_token
+        from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
+
+        try:  # a simulation has no managers: the token only guards what a token-holder may see
+            token = read_token(cfg.server.token_file)
+        except ValueError:
+            token = secrets.token_urlsafe()
         self.status = RunStatus(run_dir, float(cfg.server.heartbeat_s))
         self.status.state = "running"
-        self.api = _status_api(cfg, self.status)
-        log.info("dashboard: http://%s:%s/", host, port)
+        # uvicorn imports its websockets protocol, which warns about deprecated websockets APIs we never use.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(websockets|uvicorn)(\.|$)")
+        self.api = serve_in_thread(create_app(self.status, token), host, port)
+        log.info("dashboard: http://%s:%s/ (status: /status)", host, port)
 
     def end(self, completed: bool) -> None:
         """Show the run's final state on the page."""
