@@ -65,6 +65,8 @@ def _summary(run_dir: Path) -> str:
     lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  accuracy {test.get('accuracy', float('nan')):.3f}  "
                  f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}")
     lines.append(f"run directory: {run_dir}")
+    if (run_dir / "report.html").exists():
+        lines.append(f"report: {run_dir / 'report.html'} (curves, test ROC/PR, clients; `fedmemes report` redraws it)")
     return "\n".join(lines)
 
 

@@ -8,12 +8,18 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in Ray workers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import auc, average_precision_score, confusion_matrix, precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_curve,
+    roc_curve,
+)
 
-from fedmemes.report.runs import Run  # noqa: E402
+from fedmemes.report.runs import Run
 
 COLORS = plt.get_cmap("tab10").colors
 BENIGN, HATEFUL = "#4c72b0", "#dd5144"

@@ -152,7 +152,7 @@ def write_report_safely(run_dir: Path) -> Path | None:
     """Write a finished run's report; log, never raise, when that fails (the run itself succeeded)."""
     try:
         html_path, _ = write_report([run_dir])
-    except Exception as err:  # a report bug must not turn a finished federation into a failed one
+    except Exception as err:  # noqa: BLE001  a report bug must not turn a finished federation into a failed one
         log.warning("report not written (%s: %s); retry with: fedmemes report %s", type(err).__name__, err, run_dir)
         return None
     log.info("report: %s (and report.md)", html_path)

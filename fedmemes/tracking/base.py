@@ -55,7 +55,7 @@ class Trackers(Tracker):
         for tracker in list(self.trackers):
             try:
                 getattr(tracker, method)(*args)
-            except Exception as err:  # tracking is a side channel: the federation goes on without it
+            except Exception as err:  # noqa: BLE001  tracking is a side channel: the federation goes on without it
                 log.warning("logger %s failed in %s (%s: %s); it is switched off for this run",
                             type(tracker).__name__, method, type(err).__name__, err)
                 self.trackers.remove(tracker)

@@ -17,7 +17,9 @@ class MlflowLogger(Tracker):
     def __init__(self, run_dir: str | Path, tracking_uri: str | None = None, folder: str = "tracking",
                  experiment: str = "fedmemes") -> None:
         super().__init__(run_dir)
-        from mlflow.tracking import MlflowClient  # ImportError without the `tracking` extra
+        from mlflow.tracking import (
+            MlflowClient,  # ImportError without the `tracking` extra
+        )
 
         local = (self.run_dir / folder).resolve()
         artifacts = None

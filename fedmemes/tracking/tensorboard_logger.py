@@ -16,7 +16,9 @@ class TensorBoardLogger(Tracker):
 
     def __init__(self, run_dir: str | Path, folder: str = "tracking/tensorboard") -> None:
         super().__init__(run_dir)
-        from torch.utils.tensorboard import SummaryWriter  # imports the tensorboard package: ImportError without the extra
+        from torch.utils.tensorboard import (
+            SummaryWriter,  # imports the tensorboard package: ImportError without the extra
+        )
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir / folder))
 

@@ -5,6 +5,7 @@ const POLL_MS = 2000;
 const token = new URLSearchParams(location.hash.slice(1)).get("token");  // #token=...: sent as a header, never in a URL
 const headers = token ? { "X-Fedmemes-Token": token } : {};
 const $ = (id) => document.getElementById(id);
+let numRounds = null;  // from /dashboard/run: the x axis spans the whole run from the start
 const fmt = (v, digits = 3) => (v === null || v === undefined || Number.isNaN(v) ? "n/a" : Number(v).toFixed(digits));
 
 function el(tag, attrs = {}, text = "") {
@@ -19,7 +20,7 @@ function drawChart(rounds) {
   svg.replaceChildren();
   const W = 1000, H = 240, L = 50, R = 20, T = 15, B = 30;
   const pts = rounds.filter((r) => r.auroc !== null && r.auroc !== undefined);
-  const lastRound = Math.max(1, ...rounds.map((r) => r.round));
+  const lastRound = Math.max(1, numRounds || 0, ...rounds.map((r) => r.round));
   const lo = Math.min(0.5, ...pts.map((r) => r.auroc)), hi = 1.0;
   const x = (round) => L + (round / lastRound) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo || 1)) * (H - T - B);
@@ -30,7 +31,7 @@ function drawChart(rounds) {
   const step = Math.max(1, Math.ceil(lastRound / 20));
   for (let r = 0; r <= lastRound; r += step) svg.append(el("text", { svg: 1, x: x(r), y: H - 10, "text-anchor": "middle" }, String(r)));
   if (pts.length === 0) {
-    svg.append(el("text", { svg: 1, x: W / 2, y: H / 2, "text-anchor": "middle" }, "no hold-out score yet"));
+    svg.append(el("text", { svg: 1, x: W / 2, y: H / 2 - 12, "text-anchor": "middle" }, "no hold-out score yet"));
     return;
   }
   const path = pts.map((r, i) => `${i ? "L" : "M"}${x(r.round).toFixed(1)},${y(r.auroc).toFixed(1)}`).join(" ");
@@ -101,11 +102,13 @@ async function poll() {
 async function runInfo() {
   try {
     const info = await (await fetch("dashboard/run", { headers, cache: "no-store" })).json();
-    if (info.num_rounds) $("num-rounds").textContent = ` / ${info.num_rounds}`;
+    if (info.num_rounds) {
+      numRounds = info.num_rounds;
+      $("num-rounds").textContent = ` / ${info.num_rounds}`;
+    }
     $("run-info").textContent = ["model", "strategy", "partition", "num_clients"]
       .filter((k) => info[k] !== undefined && info[k] !== null).map((k) => `${k} ${info[k]}`).join(" · ");
   } catch (err) { /* the page works without it */ }
 }
 
-runInfo();
-poll();
+runInfo().finally(poll);  // the run summary first: it sets the x axis
