@@ -38,6 +38,10 @@ def test_predictions_round_trip_through_the_run_dir(tmp_path):
     run = load_run(tmp_path / "a")
     assert np.allclose(run.prob, prob, atol=1e-5) and (run.label == label).all()
     assert run.threshold == 0.5  # no threshold stored: 0.5
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics["test"]["threshold"] = 0.37  # picked on the hold-out by the server
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
+    assert load_run(tmp_path / "a").threshold == 0.37
 
 
 def test_report_of_two_runs_has_every_figure_inline_and_the_config_difference(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ class MlflowLogger(Tracker):
     def __init__(self, run_dir: str | Path, tracking_uri: str | None = None, folder: str = "tracking",
                  experiment: str = "fedmemes") -> None:
         super().__init__(run_dir)
-        from mlflow.tracking import (
-            MlflowClient,  # ImportError without the `tracking` extra
-        )
+        # ImportError here without the `tracking` extra: build_trackers names the fix.
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # their INFO lines (creating the store's tables) drown our round lines
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         local = (self.run_dir / folder).resolve()
         artifacts = None

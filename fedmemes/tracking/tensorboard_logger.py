@@ -16,9 +16,8 @@ class TensorBoardLogger(Tracker):
 
     def __init__(self, run_dir: str | Path, folder: str = "tracking/tensorboard") -> None:
         super().__init__(run_dir)
-        from torch.utils.tensorboard import (
-            SummaryWriter,  # imports the tensorboard package: ImportError without the extra
-        )
+        # Imports the tensorboard package: ImportError here without the `tracking` extra.
+        from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir / folder))
 
