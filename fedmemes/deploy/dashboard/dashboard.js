@@ -18,7 +18,7 @@ function el(tag, attrs = {}, text = "") {
 function drawChart(rounds) {
   const svg = $("auroc-chart");
   svg.replaceChildren();
-  const W = 1000, H = 240, L = 50, R = 20, T = 15, B = 30;
+  const W = 1000, H = 240, L = 50, R = 20, T = 25, B = 30;  // T: room for the top point's label
   const pts = rounds.filter((r) => r.auroc !== null && r.auroc !== undefined);
   const lastRound = Math.max(1, numRounds || 0, ...rounds.map((r) => r.round));
   const lo = Math.min(0.5, ...pts.map((r) => r.auroc)), hi = 1.0;
