@@ -21,7 +21,7 @@ from sklearn.metrics import (
 
 from fedmemes.report.runs import Run
 
-COLORS = plt.get_cmap("tab10").colors
+COLORS = [plt.get_cmap("tab10")(i) for i in range(10)]
 BENIGN, HATEFUL = "#4c72b0", "#dd5144"
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -53,20 +53,26 @@ def holdout_curves(runs: list[Run]) -> Figure:
     return fig
 
 
+def _scored(runs: list[Run], both_classes: bool) -> list[tuple[Run, np.ndarray, np.ndarray]]:
+    """Return (run, prob, label) of the runs that saved test predictions (with both classes when asked)."""
+    return [(r, r.prob, r.label) for r in runs if r.prob is not None and r.label is not None and len(r.label)
+            and (not both_classes or len(set(r.label.tolist())) == 2)]
+
+
 def test_curves(runs: list[Run]) -> Figure | None:
     """ROC and precision-recall curves of each run's best model on test; None when no run saved test predictions."""
-    runs = [r for r in runs if r.prob is not None and len(set(r.label.tolist())) == 2]
-    if not runs:
+    scored = _scored(runs, both_classes=True)
+    if not scored:
         return None
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(9, 4.4))
-    for i, run in enumerate(runs):
-        fpr, tpr, _ = roc_curve(run.label, run.prob)
-        precision, recall, _ = precision_recall_curve(run.label, run.prob)
+    for i, (run, prob, label) in enumerate(scored):
+        fpr, tpr, _ = roc_curve(label, prob)
+        precision, recall, _ = precision_recall_curve(label, prob)
         color = COLORS[i % 10]
         ax_roc.plot(fpr, tpr, color=color, label=f"{run.name} (AUROC {auc(fpr, tpr):.3f})")
-        ax_pr.plot(recall, precision, color=color, label=f"{run.name} (AP {average_precision_score(run.label, run.prob):.3f})")
+        ax_pr.plot(recall, precision, color=color, label=f"{run.name} (AP {average_precision_score(label, prob):.3f})")
     ax_roc.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="chance")
-    base = float(np.mean(runs[0].label))
+    base = float(np.mean(scored[0][2]))
     ax_pr.axhline(base, color="0.6", lw=0.8, ls="--", label=f"chance ({base:.2f} hateful)")
     ax_roc.set(title="ROC on test (best round's model)", xlabel="false positive rate", ylabel="true positive rate",
                xlim=(0, 1), ylim=(0, 1.02))
@@ -82,12 +88,12 @@ def test_curves(runs: list[Run]) -> Figure | None:
 
 def confusion_matrices(runs: list[Run]) -> Figure | None:
     """One test confusion matrix per run at its stored threshold (0.5 when the run stored none)."""
-    runs = [r for r in runs if r.prob is not None and len(r.label)]
-    if not runs:
+    scored = _scored(runs, both_classes=False)
+    if not scored:
         return None
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs) + 0.4, 3.6), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        matrix = confusion_matrix(run.label, (run.prob > run.threshold).astype(int), labels=[0, 1])
+    fig, axes = plt.subplots(1, len(scored), figsize=(3.6 * len(scored) + 0.4, 3.6), squeeze=False)
+    for ax, (run, prob, label) in zip(axes[0], scored):
+        matrix = confusion_matrix(label, (prob > run.threshold).astype(int), labels=[0, 1])
         ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max()))
         for (row, col), count in np.ndenumerate(matrix):
             share = count / max(1, matrix[row].sum())

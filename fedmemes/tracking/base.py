@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -96,6 +96,10 @@ def round_metrics(holdout: Mapping[str, Any], clients: Mapping[str, Any]) -> dic
     return {**{f"holdout/{k}": v for k, v in holdout.items()}, **{f"clients/{k}": v for k, v in clients.items()}}
 
 
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True))
+
+
 def build_trackers(cfg: DictConfig, run_dir: Path) -> Trackers:
     """Instantiate every tracker under `cfg.logger` (logger=csv, logger=[csv,mlflow]); none when the group is empty."""
     group = cfg.get("logger") or {}
@@ -103,12 +107,12 @@ def build_trackers(cfg: DictConfig, run_dir: Path) -> Trackers:
     for name, node in group.items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ValueError(f"config key logger.{name}: expected a mapping with _target_ (see fedmemes/conf/logger/*.yaml)")
-        kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+        kwargs = {str(k): v for k, v in _plain(node).items() if k != "_target_"}
         try:  # get_class + call, not instantiate: Hydra would wrap the ImportError this names the fix of
             trackers.append(get_class(node._target_)(run_dir=run_dir, **kwargs))
         except ImportError as err:
             raise ImportError(f"logger={name} needs an optional package ({err}); install it with: pip install 'fedmemes[tracking]'") from err
     out = Trackers(run_dir, trackers)
     if trackers:
-        out.log_config(OmegaConf.to_container(cfg, resolve=True))
+        out.log_config(_plain(cfg))
     return out
