@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ class MlflowLogger(Tracker):
 
         for name in ("mlflow", "alembic"):  # their INFO lines (creating the store's tables) drown our round lines
             logging.getLogger(name).setLevel(logging.WARNING)
+        # MLflow's SQLAlchemy store trips SQLAlchemy deprecation warnings that are MLflow's to fix, not the user's.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.")
 
         local = (self.run_dir / folder).resolve()
         artifacts = None
