@@ -24,7 +24,9 @@ def _fake_run(path, lr, aurocs, dropped, seed):
     best = int(np.argmax(aurocs))
     (path / "metrics.json").write_text(json.dumps({"rounds": rounds, "best_round": best, "clients": clients,
                                                    "test": {"auroc": 0.9, "accuracy": 0.8, "f1_macro": 0.79, "n": 200}}))
+    cache = f"/caches/{seed}"  # each run on its own cache: paths under it are no experiment choice
     (path / "config.yaml").write_text(yaml.safe_dump({"lr": lr, "num_rounds": len(aurocs) - 1, "run_dir": str(path),
+                                                      "cache_dir": cache, "dataset": {"root": f"{cache}/data"},
                                                       "model": {"_target_": "fedmemes.models.EarlyFusion"}}))
     rng = np.random.default_rng(seed)
     label = rng.integers(0, 2, 200)
@@ -64,7 +66,7 @@ def test_report_of_two_runs_has_every_figure_inline_and_the_config_difference(tm
     # config differences: lr differs, num_rounds does not, run_dir is no experiment choice
     table = page.split("Keys whose values differ")[1].split("</table>")[0]
     assert "<td class=\"\">lr</td>" in table and "0.001" in table and "0.003" in table
-    assert "num_rounds" not in table and "run_dir" not in table
+    assert "num_rounds" not in table and "run_dir" not in table and "dataset.root" not in table
     # summary: best hold-out AUROC of each run and test AUROC
     assert "0.710" in page and "0.740" in page and "0.900" in page
 

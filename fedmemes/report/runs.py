@@ -90,7 +90,14 @@ def config_differences(runs: list[Run]) -> list[tuple[str, list[Any]]]:
     missing = object()
     diffs = []
     for key in keys:
-        values = [r.flat_config.get(key, missing) for r in runs]
+        values = [_relative_to_cache(r.flat_config.get(key, missing), r.flat_config.get("cache_dir")) for r in runs]
         if any(v != values[0] for v in values[1:]):
             diffs.append((key, ["(absent)" if v is missing else v for v in values]))
     return diffs
+
+
+def _relative_to_cache(value: Any, cache_dir: Any) -> Any:
+    """Write paths under the run's cache_dir as ${cache_dir}/...: two machines' caches are no experiment choice."""
+    if isinstance(value, str) and isinstance(cache_dir, str) and cache_dir and value.startswith(cache_dir):
+        return "${cache_dir}" + value[len(cache_dir):]
+    return value
