@@ -33,6 +33,7 @@ commands:
              or --text "..." --image PATH, or --run-split test (the run's own test split)
   serve      HTTP inference service: fedmemes serve RUN_DIR [--host 127.0.0.1] [--port 8095] (--help for all)
   runs       list runs, their config, scores and status: fedmemes runs [DIR]   (default outputs/)
+  report     curves, test ROC/PR, clients, configs of runs: fedmemes report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed config.
 """
@@ -69,6 +70,8 @@ def _summary(run_dir: Path) -> str:
                  f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}"
                  + (f"  (at threshold {test['threshold']:.3f}, picked on the hold-out)" if "threshold" in test else ""))
     lines.append(f"run directory: {run_dir}")
+    if (run_dir / "report.html").exists():
+        lines.append(f"report: {run_dir / 'report.html'} (curves, test ROC/PR, clients; `fedmemes report` redraws it)")
     return "\n".join(lines)
 
 
@@ -101,12 +104,14 @@ def simulate(cfg: DictConfig) -> None:
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
     log.info("%s", _check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
+    from fedmemes.deploy.dashboard import SimulationStatus
     from flwr.simulation import run_simulation
 
     from fedmemes.cluster import attach, ray_address
 
     if address := ray_address(cfg.simulation.get("ray_address")):  # an existing cluster: Flower then skips its own ray.init
         attach(address, bool(cfg.verbose))
+    live = SimulationStatus(cfg, run_dir, list(HydraConfig.get().overrides.task))  # dashboard: server.status_port=PORT
 
     run_simulation(
         server_app=server_app,
@@ -118,9 +123,12 @@ def simulate(cfg: DictConfig) -> None:
         },
         verbose_logging=bool(cfg.verbose),
     )
-    if not (run_dir / "metrics.json").exists() or json.loads((run_dir / "metrics.json").read_text()).get("test") is None:
+    finished = (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text()).get("test") is not None
+    live.end(finished)
+    if not finished:
         raise SystemExit(f"the run did not finish; see {run_dir}/fedmemes.log (add -v for Flower's logs)")
     print(_summary(run_dir))
+    live.linger()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -169,7 +177,8 @@ def _resume_dir(args: list[str]) -> list[str]:
 COMMANDS = {"simulate": simulate, "data generate": data_generate, "data inspect": data_inspect, "server": server,
             "client": _argparse_command("fedmemes.deploy.supernode"), "manager": _argparse_command("fedmemes.deploy.manager"),
             "certs": _argparse_command("fedmemes.deploy.certs"), "predict": _argparse_command("fedmemes.predict"),
-            "serve": _argparse_command("fedmemes.serve"), "runs": _argparse_command("fedmemes.runs")}
+            "serve": _argparse_command("fedmemes.serve"), "runs": _argparse_command("fedmemes.runs"),
+            "report": _argparse_command("fedmemes.report.command")}
 
 
 def main() -> None:

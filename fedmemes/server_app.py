@@ -18,6 +18,8 @@ from fedmemes.config import build_model, build_strategy, load_config, overrides_
 from fedmemes.history import RunHistory
 from fedmemes.data.report import read_client_facts
 from fedmemes.node_data import data_issues, server_data
+from fedmemes.report import save_test_predictions, write_report_safely
+from fedmemes.tracking import build_trackers, round_metrics
 
 log = logging.getLogger("fedmemes")
 app = ServerApp()
@@ -53,6 +55,8 @@ class ServerRun:
         self.partitions: list[int] = []  # the partitions whose replies were aggregated in the latest round
         self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
+        self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
+        self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
 
     def resume(self, ckpt: checkpoint.Checkpoint) -> dict:
         """Continue after the checkpointed round: history, best model and strategy state come back; return the weights."""
@@ -87,6 +91,7 @@ class ServerRun:
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
+        self.trackers.log_metrics(server_round, round_metrics(scores, self.train_metrics))
         if server_round > 0:
             state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
             checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
@@ -113,7 +118,8 @@ class ServerRun:
         self.trained = len(records)
         self.partitions = sorted(int(m["partition_id"]) for r in records if "partition_id" in (m := next(iter(r.metric_records.values()))))
         averaged = aggregate_metricrecords(records, weighting_key)
-        return MetricRecord({k: v for k, v in averaged.items() if k not in CLIENT_FACTS})
+        self.train_metrics = {k: v for k, v in averaged.items() if k not in CLIENT_FACTS}
+        return MetricRecord(self.train_metrics)
 
     def finish(self, final: ArrayRecord) -> None:
         """Save best and final models, score the best round's model on the test split."""
@@ -124,7 +130,10 @@ class ServerRun:
         threshold = engine.pick_threshold(*engine.predict(best, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)[:2])
         prob, label, loss = engine.predict(best, self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
         self.history.test = engine.threshold_metrics(prob, label, loss, threshold)
+        save_test_predictions(self.history.run_dir, prob, label)  # the report's ROC/PR curves and confusion matrix
         self.history.write()
+        write_report_safely(self.history.run_dir)
+        self.trackers.finish(max((r["round"] for r in self.history.rounds), default=0), self.history.test)
         log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
 
     def _load(self, state):

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from fedmemes.deploy.auth import BodyLimit, has_token, require_token
 from fedmemes.deploy.certs import TlsFiles
+from fedmemes.deploy.auth import require_token
+from fedmemes.deploy.dashboard import mount as mount_dashboard
 from fedmemes.history import METRICS_FILE
 
 ONLINE_PERIODS = 2.5  # a client is online while its last heartbeat is younger than this many periods
@@ -72,6 +74,7 @@ def create_app(status: RunStatus, token: str) -> FastAPI:
     paths only with the token), POST /heartbeat needs the token; no body over 64 KiB is read."""
     api = FastAPI(title="fedmemes server status")
     api.add_middleware(BodyLimit)
+    mount_dashboard(api, status.run_dir)  # the live page at `/` (fedmemes/deploy/dashboard/)
 
     @api.get("/health")
     def health() -> dict[str, str]:

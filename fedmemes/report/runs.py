@@ -1,0 +1,103 @@
+"""Read what a run directory holds (metrics.json, config.yaml, test predictions) for the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fedmemes.history import METRICS_FILE
+from fedmemes.tracking.base import flatten
+
+PREDICTIONS_FILE = "test_predictions.csv"
+# Keys that differ between any two runs without being a choice of the experiment.
+NOT_A_CHOICE = {"run_dir", "resume", "cache_dir", "verbose", "server.flwr_home"}
+
+
+def save_test_predictions(run_dir: Path, prob: np.ndarray, label: np.ndarray) -> Path:
+    """Write the best model's test probabilities as CSV (p_hateful,label): the report's ROC/PR curves come from it."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(("p_hateful", "label"))
+        out.writerows((f"{p:.6g}", int(y)) for p, y in zip(prob.tolist(), label.tolist()))
+    return path
+
+
+@dataclass
+class Run:
+    """One run directory as the report sees it."""
+
+    path: Path
+    name: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    prob: np.ndarray | None = None  # test P(hateful) of the best round's model
+    label: np.ndarray | None = None
+    flat_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self.metrics.get("rounds") or []
+
+    @property
+    def threshold(self) -> float:
+        """Return the decision threshold the run stored (picked on the hold-out), else 0.5."""
+        value = (self.metrics.get("test") or {}).get("threshold", self.metrics.get("threshold"))  # metrics.json test.threshold
+        return float(value) if isinstance(value, (int, float)) else 0.5
+
+
+def load_run(path: Path, name: str | None = None) -> Run:
+    """Read a run directory; fail with the fix when it holds no metrics.json."""
+    path = Path(path).expanduser().resolve()
+    metrics_file = path / METRICS_FILE
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{metrics_file}: no such file; pass a run directory (e.g. outputs/2026-01-31/12-00-00)")
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{metrics_file}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    config_file = path / "config.yaml"
+    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    run = Run(path, name or path.name, metrics, config, flat_config=flatten(config))
+    predictions = path / PREDICTIONS_FILE
+    if predictions.is_file():
+        rows = list(csv.DictReader(predictions.open()))
+        run.prob = np.array([float(r["p_hateful"]) for r in rows])
+        run.label = np.array([int(r["label"]) for r in rows])
+    return run
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Return short distinct labels: the folder name, with its parent when two names clash (outputs/DATE/TIME)."""
+    paths = [Path(p).expanduser().resolve() for p in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}/{p.name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{i + 1}: {n}" for i, n in enumerate(names)]
+    return names
+
+
+def config_differences(runs: list[Run]) -> list[tuple[str, list[Any]]]:
+    """Return (key, values per run) for each config key whose value differs between the runs."""
+    keys = sorted(set().union(*(r.flat_config for r in runs)) - NOT_A_CHOICE)
+    missing = object()
+    diffs = []
+    for key in keys:
+        values = [_relative_to_cache(r.flat_config.get(key, missing), r.flat_config.get("cache_dir")) for r in runs]
+        if any(v != values[0] for v in values[1:]):
+            diffs.append((key, ["(absent)" if v is missing else v for v in values]))
+    return diffs
+
+
+def _relative_to_cache(value: Any, cache_dir: Any) -> Any:
+    """Write paths under the run's cache_dir as ${cache_dir}/...: two machines' caches are no experiment choice."""
+    if isinstance(value, str) and isinstance(cache_dir, str) and cache_dir and value.startswith(cache_dir):
+        return "${cache_dir}" + value[len(cache_dir):]
+    return value

@@ -1,0 +1,40 @@
+"""`logger=csv`: every scalar as a row step,name,value in <run_dir>/tracking/metrics.csv, plus the config and artifact list."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedmemes.tracking.base import Tracker
+
+
+class CsvLogger(Tracker):
+    """Append scalars to a long-format CSV (one row per value: easy to pivot, never needs a header change)."""
+
+    def __init__(self, run_dir: str | Path, folder: str = "tracking") -> None:
+        super().__init__(run_dir)
+        self.folder = self.run_dir / folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.metrics = self.folder / "metrics.csv"
+        if not self.metrics.exists():  # a resumed run appends to its earlier rows
+            self.metrics.write_text("step,name,value\n")
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        (self.folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        with self.metrics.open("a", newline="") as f:
+            csv.writer(f).writerows((step, name, repr(value)) for name, value in metrics.items())
+
+    def log_artifacts(self, paths: Iterable[Path]) -> None:
+        with (self.folder / "artifacts.csv").open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(("path", "bytes", "sha256"))
+            for path in paths:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                out.writerow((Path(path).relative_to(self.run_dir) if Path(path).is_relative_to(self.run_dir) else path,
+                              Path(path).stat().st_size, digest))

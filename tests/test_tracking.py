@@ -1,0 +1,87 @@
+"""Experiment tracking (`logger=` group): csv, tensorboard and mlflow receive config, rounds, test scores and files."""
+
+import csv
+import sys
+
+import pytest
+
+from fedmemes.config import load_config
+from fedmemes.tracking import Tracker, Trackers, build_trackers, round_metrics
+
+ROUNDS = [{"auroc": 0.5, "loss": 0.69}, {"auroc": 0.64, "loss": 0.61}, {"auroc": 0.81, "loss": 0.48}]
+
+
+def _run(run_dir, overrides):
+    """Drive the trackers as the ServerApp does: config, three rounds, test scores and files at the end."""
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / "best.safetensors").write_bytes(b"weights")
+    trackers = build_trackers(load_config(overrides), run_dir)
+    for step, scores in enumerate(ROUNDS):
+        trackers.log_metrics(step, round_metrics(scores, {"train_loss": 1.0 - step / 10} if step else {}))
+    trackers.finish(2, {"auroc": 0.77, "n": 80})
+    return trackers
+
+
+def test_logger_none_builds_no_tracker(tmp_path):
+    assert build_trackers(load_config(""), tmp_path).trackers == []
+    assert build_trackers(load_config("logger=none"), tmp_path).trackers == []
+
+
+def test_csv_logger_writes_every_round_the_test_scores_and_the_artifact_list(tmp_path):
+    _run(tmp_path, "logger=csv")
+    rows = list(csv.DictReader((tmp_path / "tracking" / "metrics.csv").open()))
+    auroc = [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "holdout/auroc"]
+    assert auroc == [(0, 0.5), (1, 0.64), (2, 0.81)]
+    assert [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "clients/train_loss"] == [(1, 0.9), (2, 0.8)]
+    assert [float(r["value"]) for r in rows if r["name"] == "test/auroc"] == [0.77]
+    assert '"num_rounds": 4' in (tmp_path / "tracking" / "config.json").read_text()
+    artifacts = (tmp_path / "tracking" / "artifacts.csv").read_text()
+    assert "best.safetensors,7," in artifacts and "metrics.json" in artifacts
+
+
+@pytest.mark.slow  # importing mlflow and creating its SQLite store takes 10-60 s on the shared CI cores
+def test_tensorboard_and_mlflow_together_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _run(tmp_path, "logger=[tensorboard,mlflow]")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tracking" / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 3)) for e in events.Scalars("holdout/auroc")] == [(0, 0.5), (1, 0.64), (2, 0.81)]
+    assert [round(e.value, 3) for e in events.Scalars("test/auroc")] == [0.77]
+    assert "config/text_summary" in events.Tags()["tensors"]  # add_text lands as a tensor summary
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}")  # the local store under the run dir
+    run = client.search_runs([client.get_experiment_by_name("fedmemes").experiment_id])[0]
+    history = client.get_metric_history(run.info.run_id, "holdout/auroc")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 0.64), (2, 0.81)]
+    assert run.data.params["num_rounds"] == "4" and run.data.params["optimizer._target_"]
+    assert run.data.metrics["test/auroc"] == 0.77 and run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"best.safetensors", "metrics.json", "config.json"}
+    assert (tmp_path / "tracking" / "mlartifacts").is_dir()  # artifacts beside the run, not in the working directory
+
+
+def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, caplog):
+    class Broken(Tracker):
+        def log_metrics(self, step, metrics):
+            raise OSError("disk full")
+
+    class Counting(Tracker):
+        calls = 0
+
+        def log_metrics(self, step, metrics):
+            Counting.calls += 1
+
+    trackers = Trackers(tmp_path, [Broken(tmp_path), Counting(tmp_path)])
+    trackers.log_metrics(0, {"holdout/auroc": 0.5})
+    trackers.log_metrics(1, {"holdout/auroc": 0.6})
+    assert Counting.calls == 2 and [type(t).__name__ for t in trackers.trackers] == ["Counting"]
+    assert "logger Broken failed in log_metrics (OSError: disk full)" in caplog.text
+
+
+def test_a_missing_optional_package_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if `fedmemes[tracking]` were not installed
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
+    with pytest.raises(ImportError, match=r"logger=mlflow needs an optional package .*pip install 'fedmemes\[tracking\]'"):
+        build_trackers(load_config("logger=mlflow"), tmp_path)
