@@ -46,14 +46,14 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
         # Clients started once the SuperLink listens connect at once (no retry back-off): all three are in round 1.
         wait_for_port("127.0.0.1", link, 120, server)
         procs += [_client(i, 3, link, tmp_path, env) for i in range(3)]
-        until(lambda: len(_rounds(run_dir)) >= 2, 180, "round 1 in metrics.json", procs)
+        until(lambda: len(_rounds(run_dir)) >= 2, 480, "round 1 in metrics.json", procs)
         assert _rounds(run_dir)[1]["clients"] == 3, "all three clients should train round 1"
         # Round 2 is under way: the dead node's reply never comes; the SuperLink marks it offline after 2 missed
         # heartbeats (Flower 1.42: 30 s each, not configurable), well inside server.round_timeout.
         kill(procs[3], signal.SIGKILL)
         killed_at = time.monotonic()
         procs.append(_client(2, 3, link, tmp_path, env))  # restarted: it should join a later round as a new node
-        assert server.wait(300) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert server.wait(900) == 0, (tmp_path / "server.log").read_text()[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3, 4] and metrics["test"]["n"] > 0
         assert metrics["rounds"][2]["clients"] == 2, "round 2 completes with the two live clients"
