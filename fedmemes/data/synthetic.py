@@ -3,7 +3,7 @@
 Two generators, chosen by `version` (`dataset.source.version`, default 2):
 
 - version 2 (fedmemes/data/synthetic_v2.py): the caption alone and the picture alone each carry
-  some signal (best unimodal AUROC about 0.66 and 0.58), some captions hold explicit hateful
+  some signal (best unimodal AUROC about 0.66 and 0.59), some captions hold explicit hateful
   phrases, benign confounders flip the label by swapping the picture, labels are noisy
   (`label_noise`, default 0.05), pictures hold several objects with the caption drawn on them.
   Its docstring states the generative rule.

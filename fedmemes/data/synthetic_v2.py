@@ -28,7 +28,7 @@ Kinds of memes and their shares (of all memes):
   same split: the same caption over a picture of the other concept, hence the other label.
 
 With the default shares the best possible scores of a model that sees one modality are about
-0.66 AUROC for the caption (t and cue) and 0.58 for the picture (v), while the pair reaches the
+0.66 AUROC for the caption (t and cue) and 0.59 for the picture (v), while the pair reaches the
 ceiling that label noise leaves (about 1 - label_noise); tests/test_synthetic.py checks these
 on generated data.
 """
