@@ -74,7 +74,7 @@ def _watched(cmd: list[str], env: dict[str, str], tries: int = 3) -> tuple[float
     raise AssertionError("unreachable")
 
 
-def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str) -> None:
+def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str, address: str | None = None) -> None:
     """Run bare Flower (child process): FedAvg sampling per_round of clients, a ClientApp that echoes the arrays."""
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -103,7 +103,8 @@ def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str) ->
 
     run_simulation(server_app=server, client_app=client, num_supernodes=clients,
                    backend_config={"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False,
+                                                 **({"address": address} if address else {})}})
     Path(out).write_text(json.dumps([b - a for a, b in zip(stamps, stamps[1:])]))
 
 
@@ -138,11 +139,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ray-address", help="run both federations on this running Ray cluster (one node start-up "
+                        "instead of several: on a saturated machine Ray's 30 s start window can run out)")
     parser.add_argument("--bare", metavar="OUT", help=argparse.SUPPRESS)  # internal: run bare Flower, write timings to OUT
     args, extra = parser.parse_known_args()
     overrides = " ".join([*extra, f"num_clients={args.clients}", f"clients_per_round={args.per_round}", f"num_rounds={args.rounds}"])
     if args.bare:
-        bare(args.clients, args.per_round, args.rounds, overrides, args.bare)
+        bare(args.clients, args.per_round, args.rounds, overrides, args.bare, args.ray_address)
         return
 
     from flwr.app import ArrayRecord
@@ -153,14 +156,16 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="scale-"))
     env = dict(os.environ)
     fedmemes = str(Path(sys.executable).parent / "fedmemes")
-    ours_s, ours = _watched([fedmemes, "simulate", *overrides.split(), f"hydra.run.dir={run_dir}"], env)
+    cluster = [f"simulation.ray_address={args.ray_address}"] if args.ray_address else []
+    ours_s, ours = _watched([fedmemes, "simulate", *overrides.split(), *cluster, f"hydra.run.dir={run_dir}"], env)
     rows = json.loads((run_dir / "metrics.json").read_text())["rounds"]
     per_round = [b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])]
     trained = [len(r.get("sampled", [])) for r in rows[1:]]
 
     bare_out = run_dir / "bare.json"
     bare_s, bare_watch = _watched([sys.executable, __file__, "--bare", str(bare_out), f"--clients={args.clients}",
-                                   f"--per-round={args.per_round}", f"--rounds={args.rounds}", *extra], env)
+                                   f"--per-round={args.per_round}", f"--rounds={args.rounds}",
+                                   *([f"--ray-address={args.ray_address}"] if args.ray_address else []), *extra], env)
     bare_rounds = json.loads(bare_out.read_text())
 
     cfg = load_config(overrides)
