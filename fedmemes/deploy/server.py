@@ -12,13 +12,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedmemes import checkpoint
 from fedmemes.deploy import processes
 from fedmemes.deploy.auth import read_token
 from fedmemes.deploy.certs import TlsFiles, check_loopback_name
 from fedmemes.deploy.exposure import refuse_plain_text
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
+from fedmemes.run_dir import prepare
 
 log = logging.getLogger("fedmemes")
 
@@ -78,8 +78,7 @@ def server(cfg: DictConfig) -> None:
     # SIGTERM (docker stop, kill) must still run the `finally` below, which stops the SuperLink we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if cfg.resume and not (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
-        raise SystemExit(f"error: resume={cfg.resume}: no {checkpoint.CHECKPOINT_FILE} there; resume a run directory that finished a round")
+    prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     _check_exposure(cfg)
     log.info("%s", _check_data(cfg, run_dir))  # bad data fails here, before any client waits
     tls = TlsFiles.in_dir(cfg.server.certs) if cfg.server.certs else None
