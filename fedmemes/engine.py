@@ -56,11 +56,15 @@ def train(
     proximal_mu: float = 0.0,
     optimizer: OptimizerFactory = torch.optim.Adam,
     max_steps: int | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    grad_hook: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """Train in place; return mean train loss and train accuracy of the last epoch.
 
     `optimizer(params, lr=lr)` is built fresh each call (Adam by default); `proximal_mu` > 0 adds
     FedProx's (mu/2)||w - w_global||^2 term; `max_steps` stops after that many batches in all.
+    `loss_fn(logits, label)` replaces the training loss (FedLC); `grad_hook(model)` runs between
+    backward and step (SCAFFOLD, FedDyn corrections: fedmemes/local_objectives.py).
     """
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
@@ -74,10 +78,14 @@ def train(
         for batch in itertools.islice(loader, None if max_steps is None else max_steps - steps):
             logits, label = _forward(model, batch, device)
             loss, prob = _loss_and_prob(logits, label)
+            if loss_fn is not None:
+                loss = loss_fn(logits, label)
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_hook is not None:
+                grad_hook(model)
             opt.step()
             total_loss += loss.item() * len(label)
             correct += int(((prob > 0.5).long() == label).sum())

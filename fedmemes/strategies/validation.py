@@ -23,20 +23,37 @@ def _reference(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
     return {k: (tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}
 
 
-def reply_problem(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]], weight_key: str) -> str | None:
-    """Return why a train reply cannot be aggregated, or None if it is sound."""
+def reply_problem(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]], weight_key: str,
+                  array_names: tuple[str, ...] | None = None) -> str | None:
+    """Return why a train reply cannot be aggregated, or None if it is sound.
+
+    `array_names`: the ArrayRecords a strategy expects (its `reply_array_records`, e.g. SCAFFOLD's
+    ('arrays', 'cv_delta')), each shaped like the model; None: exactly one ArrayRecord.
+    """
     if msg.has_error():
         return f"client error: {msg.error.reason}"
     content = msg.content
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+    if array_names is not None and (set(content.array_records) != set(array_names) or len(content.metric_records) != 1):
+        return f"expected ArrayRecords {sorted(array_names)} and one MetricRecord, got {sorted(content.array_records)} and {len(content.metric_records)}"
+    if array_names is None and (len(content.array_records) != 1 or len(content.metric_records) != 1):
         return f"expected one ArrayRecord and one MetricRecord, got {len(content.array_records)} and {len(content.metric_records)}"
-    arrays = next(iter(content.array_records.values()))
+    for name, record in content.array_records.items():
+        problem = _arrays_problem(record, expected)
+        if problem:
+            return problem if array_names is None else f"record '{name}': {problem}"
     metrics = next(iter(content.metric_records.values()))
     weight = metrics.get(weight_key)
     if weight is None:
         return f"metric '{weight_key}' is missing"
     if isinstance(weight, list) or not math.isfinite(weight) or weight <= 0:
         return f"metric '{weight_key}' must be a positive number, got {weight!r}"
+    for key, value in metrics.items():
+        if any(not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            return f"metric '{key}' is not finite"
+    return None
+
+
+def _arrays_problem(arrays: ArrayRecord, expected: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
     missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or extra:
         return f"tensor names differ from the global model: missing {missing[:3]}, extra {extra[:3]}"
@@ -47,9 +64,6 @@ def reply_problem(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]]
         values = array.numpy()
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             return f"tensor '{key}' has non-finite values"
-    for key, value in metrics.items():
-        if any(not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
-            return f"metric '{key}' is not finite"
     return None
 
 
@@ -95,9 +109,10 @@ class ReplyChecks:
         """Split replies into sound ones and the reasons the others were dropped."""
         weight_key = str(getattr(_innermost(self), "weighted_by_key", "num-examples"))
         expected = _reference(self._reply_reference) if self._reply_reference is not None else {}
+        names = getattr(_innermost(self), "reply_array_records", None)  # e.g. SCAFFOLD's ("arrays", "cv_delta")
         sound, reasons = [], []
         for msg in replies:
-            problem = reply_problem(msg, expected, weight_key) if expected else None
+            problem = reply_problem(msg, expected, weight_key, names) if expected else None
             if problem:
                 reasons.append(f"node {msg.metadata.src_node_id}: {problem}")
             else:
