@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -68,16 +70,22 @@ def _reach(curves: list[list[float]], target: float) -> str:
     return f"{statistics.mean(got):.0f} ({len(got)}/{len(hits)})" if got else f"- (0/{len(hits)})"
 
 
-def measure(overrides: str, num_clients: int, seeds: list[int]) -> tuple[list[float], list[list[float]], float]:
-    """Run one configuration once per seed; return test AUROCs, hold-out curves and mean seconds."""
-    tests, curves, seconds = [], [], []
-    for seed in seeds:
-        start = time.monotonic()
-        metrics = run(f"{overrides} random_seed={seed}", num_clients)
-        seconds.append(time.monotonic() - start)
-        tests.append(float(metrics["test"]["auroc"]))
-        curves.append(_curve(metrics))
-    return tests, curves, statistics.mean(seconds)
+def _one(overrides: str, num_clients: int) -> tuple[float, list[float], float]:
+    torch.set_num_threads(1)  # clients run one after another; more threads only spin on a shared 2-core box
+    start = time.monotonic()
+    metrics = run(overrides, num_clients)
+    return float(metrics["test"]["auroc"]), _curve(metrics), time.monotonic() - start
+
+
+def measure(overrides: str, num_clients: int, seeds: list[int], jobs: int = 1) -> tuple[list[float], list[list[float]], float]:
+    """Run one configuration once per seed (`jobs` at a time); return test AUROCs, hold-out curves and mean seconds."""
+    args = [(f"{overrides} random_seed={seed}", num_clients) for seed in seeds]
+    if jobs > 1:
+        with ProcessPoolExecutor(min(jobs, len(args)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_one, *zip(*args)))
+    else:
+        results = [_one(*a) for a in args]
+    return [r[0] for r in results], [r[1] for r in results], statistics.mean(r[2] for r in results)
 
 
 def main() -> None:
@@ -89,8 +97,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(STRATEGIES), help=f"strategies, of {list(STRATEGIES)}")
     parser.add_argument("--overrides", default="", help="extra Hydra overrides for every run")
     parser.add_argument("--no-references", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (one torch thread each)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # clients run one after another; more threads only spin on a shared 2-core box
+    torch.set_num_threads(1)
     base = f"num_rounds={args.rounds} {args.overrides}".strip()
     print(f"seeds {args.seeds} | {base}\n"
           "| alpha | strategy | test AUROC (mean ± std) | vs centralized | rounds to 0.9c hold-out | s/run |\n"
@@ -98,7 +107,7 @@ def main() -> None:
     target, central = 0.0, None
     if not args.no_references:
         for name, (extra, clients) in REFERENCES.items():
-            tests, curves, secs = measure(f"{base} {extra}", clients, args.seeds)
+            tests, curves, secs = measure(f"{base} {extra}", clients, args.seeds, args.jobs)
             if name == "centralized":
                 central = statistics.mean(tests)
                 target = 0.9 * statistics.mean(max(c) for c in curves)
@@ -108,7 +117,7 @@ def main() -> None:
         for name in args.only:
             preset = STRATEGIES[name].startswith("experiment=")
             over = f"{'' if preset else base} {args.overrides if preset else ''} {STRATEGIES[name]} num_clients=6 partition.alpha={alpha}"
-            tests, curves, secs = measure(" ".join(over.split()), 6, args.seeds)
+            tests, curves, secs = measure(" ".join(over.split()), 6, args.seeds, args.jobs)
             delta = f"{statistics.mean(tests) - central:+.3f}" if central is not None else ""
             print(f"| {alpha} | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | {secs:.0f} |", flush=True)
 
