@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fedmemes.client_app  # noqa: E402
-from fedmemes import node_data  # noqa: E402
-from strategy_table import run  # noqa: E402
+from strategy_table import run
+
+import fedmemes.client_app
+from fedmemes import node_data
 
 # All 6 clients live in this one process (a Ray actor holds only its own few): keep every client's
 # tensors cached, or the 4-slot cache rebuilds each client's data every round.

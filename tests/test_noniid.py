@@ -6,14 +6,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from test_strategies import GLOBAL, NoGrid, _metadata, _np, reply, server_identity  # noqa: F401 - fixture
 from torch import nn
 
-from fedmemes.client_corrections import CV_DELTA, FEDDYN_ALPHA, FEDDYN_STATE, SCAFFOLD_C, SCAFFOLD_STATE, local_setup
+from fedmemes.client_corrections import (
+    CV_DELTA,
+    FEDDYN_ALPHA,
+    FEDDYN_STATE,
+    SCAFFOLD_C,
+    SCAFFOLD_STATE,
+    local_setup,
+)
 from fedmemes.config import build_strategy, load_config
-from fedmemes.local_objectives import CrossEntropy, FedDynCorrection, FedLCLoss, ScaffoldCorrection
+from fedmemes.local_objectives import (
+    CrossEntropy,
+    FedDynCorrection,
+    FedLCLoss,
+    ScaffoldCorrection,
+)
 from fedmemes.strategies import with_reply_checks
 from fedmemes.strategies.feddyn import FedDyn
 from fedmemes.strategies.scaffold import Scaffold
@@ -74,8 +86,11 @@ def _federate(method: str, rounds: int, steps: int = 20, lr: float = 0.05, alpha
             model = nn.Linear(1, 1, bias=False)
             with torch.no_grad():
                 model.weight.copy_(w)
-            hook = {"scaffold": lambda: ScaffoldCorrection(model, {"weight": c}, state[i]),
-                    "feddyn": lambda: FedDynCorrection(model, alpha, state[i]), "fedavg": lambda: None}[method]()
+            hook: ScaffoldCorrection | FedDynCorrection | None = None
+            if method == "scaffold":
+                hook = ScaffoldCorrection(model, {"weight": c}, state[i])
+            elif method == "feddyn":
+                hook = FedDynCorrection(model, alpha, state[i])
             opt = torch.optim.SGD(model.parameters(), lr=lr)
             for _ in range(steps):
                 opt.zero_grad()
