@@ -9,6 +9,7 @@ from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 
 from fedmemes import engine
+from fedmemes.client_corrections import local_setup
 from fedmemes.config import build_model, load_config, overrides_of
 from fedmemes.node_data import client_data
 
@@ -48,6 +49,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     device = engine.pick_device(cfg.device)
     server_round = int(config.get("server-round", 0)) + int(config.get("round_offset", 0))
+    # SCAFFOLD / FedDyn corrections and the local loss (loss=fedlc); their state lives in context.state
+    local = local_setup(msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss"))
     stats = engine.train(
         model,
         data.train.dataset(),
@@ -60,6 +63,8 @@ def train(msg: Message, context: Context) -> Message:
         optimizer=instantiate(cfg.optimizer),
         max_steps=cfg.local_steps,
         amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
+        loss_fn=local.loss_fn,
+        grad_hook=local.grad_hook,
     )
     # Accuracy on the share this client kept back, never on what it trained on.
     val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}
@@ -80,7 +85,7 @@ def train(msg: Message, context: Context) -> Message:
             "n_both": int(has.all(dim=1).sum()),
         }
     )
-    reply = RecordDict({"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics})
+    reply = RecordDict({"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics, **local.finish(model)})
     return Message(content=reply, reply_to=msg)
 
 

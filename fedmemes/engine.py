@@ -100,12 +100,16 @@ def train(
     optimizer: OptimizerFactory = torch.optim.Adam,
     max_steps: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    grad_hook: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """Train in place; return mean train loss and train accuracy of the last epoch.
 
     `optimizer(params, lr=lr)` is built fresh each call (Adam by default); `proximal_mu` > 0 adds
     FedProx's (mu/2)||w - w_global||^2 term; `max_steps` stops after that many batches in all;
     `amp_dtype` (bf16/fp16) runs the forward pass under autocast, fp16 with loss scaling.
+    `loss_fn(logits, label)` replaces the training loss (FedLC); `grad_hook(model)` runs between
+    backward and step (SCAFFOLD, FedDyn corrections: fedmemes/local_objectives.py).
     """
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
@@ -121,10 +125,15 @@ def train(
         for batch in itertools.islice(loader, None if max_steps is None else max_steps - steps):
             logits, label = _forward(model, batch, device, amp_dtype)
             loss, prob = _loss_and_prob(logits, label)
+            if loss_fn is not None:
+                loss = loss_fn(logits, label)
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if grad_hook is not None:
+                scaler.unscale_(opt)  # the corrections are added to the true gradients
+                grad_hook(model)
             scaler.step(opt)
             scaler.update()
             total_loss += loss.item() * len(label)

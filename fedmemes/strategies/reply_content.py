@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ class Reference:
     weight_key: str  # positive integer: the client's claimed number of training examples
     count_keys: tuple[str, ...] = ()  # non-negative integers a strategy weighs by (modality_aware's n_text, ...)
     unit_keys: tuple[str, ...] = ()  # numbers a strategy weighs by that must lie in [0, 1] (performance_weighted's accuracy)
+    extra_arrays: tuple[str, ...] = ()  # more model-shaped ArrayRecords the strategy expects back (SCAFFOLD's cv_delta)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Reply:
     msg: Message
     arrays: dict[str, np.ndarray]
     metrics: dict[str, int | float]
+    extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # Reference.extra_arrays, decoded
 
     @property
     def node(self) -> int:
@@ -50,9 +52,10 @@ class Reply:
 
 
 def reference_of(arrays: ArrayRecord, arrays_key: str, weight_key: str,
-                 count_keys: tuple[str, ...] = (), unit_keys: tuple[str, ...] = ()) -> Reference:
+                 count_keys: tuple[str, ...] = (), unit_keys: tuple[str, ...] = (),
+                 extra_arrays: tuple[str, ...] = ()) -> Reference:
     """Decode the global model once per round into the reference replies are judged against."""
-    return Reference(arrays_key, {k: a.numpy() for k, a in arrays.items()}, weight_key, count_keys, unit_keys)
+    return Reference(arrays_key, {k: a.numpy() for k, a in arrays.items()}, weight_key, count_keys, unit_keys, extra_arrays)
 
 
 def decode_array(name: str, array: Any, expected: np.ndarray) -> np.ndarray:
@@ -111,7 +114,7 @@ def judge(msg: Message, ref: Reference) -> Reply:
     if msg.has_error():
         raise ReplyError(f"client error: {msg.error.reason}")
     content = msg.content
-    names, wanted = sorted(content.keys()), sorted({ref.arrays_key, METRICS_RECORD})
+    names, wanted = sorted(content.keys()), sorted({ref.arrays_key, METRICS_RECORD, *ref.extra_arrays})
     if names != wanted:
         raise ReplyError(f"records {names}; the server expects exactly {wanted}")
     arrays, metrics = content[ref.arrays_key], content[METRICS_RECORD]
@@ -131,8 +134,15 @@ def judge(msg: Message, ref: Reference) -> Reply:
             raise ReplyError(f"metric '{key}' is missing (the strategy weighs by it)")
         if not 0.0 <= values[key] <= 1.0:
             raise ReplyError(f"metric '{key}' must lie in [0, 1], got {values[key]}")
-    missing, extra = sorted(set(ref.tensors) - set(arrays.keys())), sorted(set(arrays.keys()) - set(ref.tensors))
+    extras = {name: _tensors(content[name], ref.tensors, name) for name in ref.extra_arrays}
+    return Reply(msg, _tensors(arrays, ref.tensors, ref.arrays_key), values, extras)
+
+
+def _tensors(record: Any, reference: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """Decode one ArrayRecord that must hold exactly the global model's tensor names, shapes and dtypes."""
+    if not isinstance(record, ArrayRecord):
+        raise ReplyError(f"'{name}' must be an ArrayRecord, got {type(record).__name__}")
+    missing, extra = sorted(set(reference) - set(record.keys())), sorted(set(record.keys()) - set(reference))
     if missing or extra:
-        raise ReplyError(f"tensor names differ from the global model: missing {missing[:3]}, extra {extra[:3]}")
-    decoded = {key: decode_array(key, arrays[key], expected) for key, expected in ref.tensors.items()}
-    return Reply(msg, decoded, values)
+        raise ReplyError(f"'{name}': tensor names differ from the global model: missing {missing[:3]}, extra {extra[:3]}")
+    return {key: decode_array(key, record[key], expected) for key, expected in reference.items()}

@@ -83,8 +83,10 @@ class ReplyChecks:
             inner = _innermost(self)
             counts = tuple(getattr(inner, "count_keys", {}).values())  # modality_aware weighs blocks by these
             unit = (inner.accuracy_key,) if hasattr(inner, "accuracy_key") else ()  # performance_weighted
-            self._judge_reference = reference_of(self._reply_reference, str(getattr(inner, "arrayrecord_key", "arrays")),
-                                                 str(getattr(inner, "weighted_by_key", "num-examples")), counts, unit)
+            key = str(getattr(inner, "arrayrecord_key", "arrays"))
+            extra = tuple(n for n in getattr(inner, "reply_array_records", ()) if n != key)  # e.g. SCAFFOLD's cv_delta
+            self._judge_reference = reference_of(self._reply_reference, key, str(getattr(inner, "weighted_by_key", "num-examples")),
+                                                 counts, unit, extra)
         return self._judge_reference
 
     def filter_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], list[str]]:
@@ -122,6 +124,14 @@ class ReplyChecks:
                 clipped += 1
                 log.warning("round %d: clipped the update of node %d from L2 norm %.4g to %.4g (server.max_update_norm=%s)",
                             server_round, reply.node, norm, bound, bounds.describe())
+        for name in ref.extra_arrays:  # SCAFFOLD's control-variate deltas: the same rule, around zero
+            zeros = {k: np.zeros_like(v) for k, v in ref.tensors.items()}
+            extra_norms = [update_norm(r.extras[name], zeros) for r in sound]
+            extra_bound = norm_bound(extra_norms, bounds)
+            for reply, norm in zip(sound, extra_norms, strict=True):
+                if extra_bound is not None and not norm <= extra_bound:
+                    reply.extras[name] = clip_update(reply.extras[name], zeros, norm, extra_bound)
+                    log.warning("round %d: clipped node %d's '%s' from L2 norm %.4g to %.4g", server_round, reply.node, name, norm, extra_bound)
         capped: set[int] = set()
         for key in (ref.weight_key, *ref.count_keys):
             claimed = [int(r.metrics[key]) for r in sound]
@@ -135,8 +145,9 @@ class ReplyChecks:
 
     def _rebuilt(self, reply: Reply) -> Message:
         # The strategy gets exactly what was checked: canonical arrays, plain metrics, the sender's metadata.
-        content = RecordDict({self._reference().arrays_key: ArrayRecord({k: Array(v) for k, v in reply.arrays.items()}),
-                              METRICS_RECORD: MetricRecord(reply.metrics)})
+        records = {self._reference().arrays_key: reply.arrays, **reply.extras}
+        content = RecordDict({name: ArrayRecord({k: Array(v) for k, v in tensors.items()}) for name, tensors in records.items()})
+        content[METRICS_RECORD] = MetricRecord(reply.metrics)
         return Message(content=content, metadata=reply.msg.metadata)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
