@@ -28,6 +28,7 @@ from fedmemes.local_objectives import (
 )
 from fedmemes.strategies import with_reply_checks
 from fedmemes.strategies.feddyn import FedDyn
+from fedmemes.strategies.update_bounds import UpdateBounds
 from fedmemes.strategies.scaffold import Scaffold
 from fedmemes.strategies.server_lr import ServerLRFedAvg
 
@@ -187,6 +188,7 @@ def test_server_lr_steps_from_the_global_model_along_the_average():
 
 def test_scaffold_sends_c_and_folds_the_deltas_into_it():
     strategy = with_reply_checks(Scaffold)()
+    strategy.update_bounds = UpdateBounds.parse(None, None)  # the plain SCAFFOLD rule; bounds are tested in test_update_bounds
     messages = list(strategy.configure_train(1, _global(0.0), ConfigRecord(), NoGrid()))
     assert len(messages) == 3 and all(np.allclose(_np(m.content[SCAFFOLD_C])["t.w"], 0.0) for m in messages)
     arrays, _ = strategy.aggregate_train(1, [scaffold_reply(1, 1.0, 0.3, n=10), scaffold_reply(2, 4.0, 0.9, n=30)])
@@ -203,8 +205,8 @@ def test_scaffold_reply_checks_want_exactly_the_named_records():
     no_delta = reply(3, 1.0)
     bad_delta = scaffold_reply(4, 1.0, math.nan)
     sound, reasons = strategy.filter_replies(1, [scaffold_reply(1, 1.0, 0.1), no_delta, bad_delta])
-    assert [m.metadata.src_node_id for m in sound] == [1]
-    assert "cv_delta" in reasons[0] and "record 'cv_delta'" in reasons[1] and "non-finite" in reasons[1]
+    assert [r.node for r in sound] == [1]
+    assert "cv_delta" in reasons[0] and "non-finite" in reasons[1]
     plain = with_reply_checks(FedAvg)()  # a strategy that names no extra records still wants exactly one
     plain.configure_train(1, _global(0.0), ConfigRecord(), NoGrid())
     assert plain.filter_replies(1, [scaffold_reply(1, 1.0, 0.1)])[0] == []
