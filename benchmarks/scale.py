@@ -7,7 +7,9 @@ In one run: (1) `fedmemes simulate num_clients=N clients_per_round=K` in a subpr
 model-sized arrays, the same client_resources) in a subprocess, (3) the clients' own work: K
 sampled clients trained one after another in this process, exactly as the ClientApp does,
 divided by the number of concurrent actors. Peak RSS is read from /proc (VmHWM) of the driver
-and of every Ray ClientAppActor process while they run (Linux only).
+and of every Ray ClientAppActor process while they run (Linux only). Caveat: every ClientAppActor on
+the machine is counted, so run nothing else that uses Ray meanwhile (actor count and sums, and
+the actors the clients' own work is divided by, come from that scan).
 """
 
 from __future__ import annotations
