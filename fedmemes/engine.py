@@ -29,7 +29,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def _forward(model: nn.Module, batch: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)
-    return model(text, image.float().div_(255.0), mask), label
+    # uint8 pixels -> [0, 1]; cached image-encoder outputs (float) go in as they are.
+    image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+    return model(text, image, mask), label
 
 
 def _loss_and_prob(logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

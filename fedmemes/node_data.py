@@ -116,7 +116,9 @@ class ClientData:
 
 def _tensors(cfg: DictConfig, memes: list[Meme]) -> MemeTensors:
     encoder = instantiate(cfg.model.text_encoder)
-    return build_tensors(memes, encoder, cfg.image_size, cfg.cache_dir)
+    # An image encoder with a frozen part (efficientnet_lite0, clip) is run here once and cached.
+    image_encoder = instantiate(cfg.model.image_encoder) if "image_encoder" in cfg.model else None
+    return build_tensors(memes, encoder, cfg.image_size, cfg.cache_dir, image_encoder)
 
 
 @functools.lru_cache(maxsize=4)
