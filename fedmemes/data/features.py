@@ -79,6 +79,9 @@ def _cached(path: Path, build) -> torch.Tensor:
     return x
 
 
+SHARD_ROWS = 512  # rows per store shard
+
+
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
     """Stack rows, zero-padding the first dim to the longest (token states of captions from different batches)."""
     longest = max(r.shape[0] for r in rows) if rows and rows[0].dim() else 0
@@ -103,14 +106,16 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
     for i, k in enumerate(keys):
         if k not in known:
             first.setdefault(k, i)
-    if first:
-        x = compute(list(first.values()))
+    missing = list(first.items())
+    for start in range(0, len(missing), SHARD_ROWS):  # a shard per chunk: an interrupted first encoding keeps its progress
+        chunk = dict(missing[start : start + SHARD_ROWS])
+        x = compute(list(chunk.values()))
         store.mkdir(parents=True, exist_ok=True)
-        path = store / f"{_digest([k.encode() for k in first])}.safetensors"
+        path = store / f"{_digest([k.encode() for k in chunk])}.safetensors"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"x": x.contiguous()}, tmp, metadata={"keys": ",".join(first)})
+        save_file({"x": x.contiguous()}, tmp, metadata={"keys": ",".join(chunk)})
         os.replace(tmp, path)
-        known.update(zip(first, x))
+        known.update(zip(chunk, x))
     return [known[k] for k in keys]
 
 
