@@ -12,7 +12,7 @@ from fedmemes.data.features import build_tensors
 from fedmemes.data.meme import Meme
 from fedmemes.models.clip import ClipImageEncoder, ClipTextEncoder
 
-WORDS = ["<pad>", "<unk>", "<eos>", "a", "cat", "dog", "hate", "love", "meme", "the"]
+WORDS = ["<pad>", "<unk>", "a", "cat", "dog", "hate", "love", "meme", "the", "<eos>"]  # CLIP pools at <eos>
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def clip_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=2, bos_token_id=2,
+                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=9, bos_token_id=9,
                          pad_token_id=0),
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
@@ -36,7 +36,7 @@ def clip_dir(tmp_path_factory) -> Path:
     CLIPModel(config).save_pretrained(folder)
     raw = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     raw.pre_tokenizer = Whitespace()
-    raw.post_processor = TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 2)])  # CLIP pools at <eos>
+    raw.post_processor = TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 9)])  # CLIP pools at <eos>
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>",
                             eos_token="<eos>").save_pretrained(folder)
     return folder

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 POOLINGS = ("mean", "cls")
 OUTPUTS = ("pooled", "tokens")
@@ -98,7 +99,9 @@ class FrozenTextEncoder:
         """Return pooled vectors (N, D) float32, or token states (N, L, D) float16 zero-padded."""
         model, tokenizer = _load(self.name_or_path)
         chunks = []
-        for i in range(0, len(texts), self.batch_size):
+        # disable=None: a progress bar on a terminal, silent in logs and under Ray.
+        for i in tqdm(range(0, len(texts), self.batch_size), desc=f"encoding {len(texts)} captions",
+                      unit="batch", disable=None, leave=False):
             batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt")
             states = model(**batch).last_hidden_state
