@@ -46,7 +46,9 @@ def probe(root: str, dataset: str, sizes: list[int], cache: str) -> dict[int, tu
     from fedmemes.data.harmeme import HarMemeSource
     from fedmemes.data.local_dir import LocalDirSource
 
-    source = HarMemeSource(root, on_error="skip") if dataset == "harmeme" else LocalDirSource(root, on_error="skip")
+    # Rows are validated by the source; images are decoded by the encoding itself, so no separate check pass.
+    kw = {"on_error": "skip", "check_images": False}
+    source = HarMemeSource(root, **kw) if dataset == "harmeme" else LocalDirSource(root, **kw)
     splits = source.load()
     test_split = "test_seen" if "test_seen" in splits else "dev_seen"
     enc = EfficientNetLite0()
