@@ -26,11 +26,11 @@ def clip_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=9, bos_token_id=9,
-                         pad_token_id=0),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config={"vocab_size": len(WORDS), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16, "eos_token_id": 9,
+                     "bos_token_id": 9, "pad_token_id": 0},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         projection_dim=8,
     )
     CLIPModel(config).save_pretrained(folder)

@@ -60,8 +60,8 @@ class HarMemeSource(LocalDirSource):
             problems.append(("missing_key" if "labels" not in row else "bad_label",
                              f"labels must be a list whose first item is the harm level, got {labels!r}"))
         elif labels[0].strip().lower() not in self.label_map:
-            problems.append(("bad_label", f"harm level {labels[0]!r} is not in dataset.label_map "
-                                          f"({sorted(self.label_map)}); add it there"))
+            detail = f"harm level {labels[0]!r} is not in dataset.label_map ({sorted(self.label_map)}); add it there"
+            problems.append(("bad_label", detail))
         else:
             mapped["label"] = self.label_map[labels[0].strip().lower()]
             if len(labels) > 1 and isinstance(labels[1], str):
