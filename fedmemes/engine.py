@@ -51,7 +51,9 @@ def _forward(model: nn.Module, batch: list[torch.Tensor], device: torch.device,
              amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)  # non_blocking: overlaps with pinned memory
     with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        logits = model(text, image.float().div_(255.0), mask)
+        # uint8 pixels -> [0, 1]; cached image-encoder outputs (float) go in as they are.
+        image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        logits = model(text, image, mask)
     return logits.float(), label  # losses and probabilities in fp32 (numpy has no bf16)
 
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from flwr_datasets.partitioner import IidPartitioner
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -184,7 +185,16 @@ class ClientData:
 
 def _tensors(cfg: DictConfig, memes: list[Meme]) -> MemeTensors:
     encoder = instantiate(cfg.model.text_encoder)
-    return build_tensors(memes, encoder, cfg.image_size, cfg.cache_dir)
+    return build_tensors(memes, encoder, cfg.image_size, cfg.cache_dir, _frozen_image_encoder(cfg))
+
+
+def _frozen_image_encoder(cfg: DictConfig) -> Any:
+    """Return the image encoder when it has a frozen part to run here once and cache (efficientnet_lite0, clip)."""
+    spec = cfg.model.get("image_encoder")
+    if spec is None or not hasattr(get_class(spec._target_), "encode_images"):
+        return None  # pixels: the model's own encoder trains on them
+    with torch.random.fork_rng(devices=[]):  # building it must not shift the model's seeded initialisation
+        return instantiate(spec)
 
 
 @functools.lru_cache(maxsize=4)

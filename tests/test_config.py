@@ -62,7 +62,7 @@ def test_every_optimizer_config_builds_an_optimizer_with_the_run_lr(name):
 
 @pytest.mark.parametrize("name", _options("dataset"))
 def test_every_dataset_config_names_a_source(name):
-    extra = " dataset.root=/tmp/none" if name == "hateful_memes" else ""
+    extra = " dataset.root=/tmp/none" if name in ("hateful_memes", "harmeme") else ""
     cfg = load_config(f"dataset={name}{extra}")
     assert get_class(cfg.dataset.source._target_) is not None
 

@@ -2,22 +2,37 @@
 
 Cache files are keyed by the encoder's identity and the inputs' content (caption
 strings, image bytes), so a changed encoder, caption or image never reuses a stale entry.
+An image encoder with a frozen part (`encode_images`, e.g. EfficientNet-Lite0, CLIP) gets its
+outputs cached the same way, keyed by its identity, the image size and the image bytes: rounds
+after the first then cost what the trainable head costs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from fedmemes.data.images import load_image_array
 from fedmemes.data.meme import Meme
+
+
+class ImageEncoder(Protocol):
+    """What the feature cache needs from an image encoder with a frozen, cacheable part."""
+
+    batch_size: int
+
+    def identity(self) -> str: ...
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class TextEncoder(Protocol):
@@ -35,7 +50,7 @@ class MemeTensors:
     # (N, L, D) float16 zero-padded token states (output=tokens) or (N, L) int64 token ids
     # (a trainable encoder). The model's text encoder knows how to read its own inputs.
     text: torch.Tensor
-    image: torch.Tensor  # (N, 3, S, S) uint8
+    image: torch.Tensor  # (N, 3, S, S) uint8 pixels, or the image encoder's cached frozen output (float)
     label: torch.Tensor  # (N,) int64
     mask: torch.Tensor  # (N, 2) float32: [has text, has image]
 
@@ -65,6 +80,46 @@ def _cached(path: Path, build) -> torch.Tensor:
     return x
 
 
+SHARD_ROWS = 512  # rows per store shard
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Stack rows, zero-padding the first dim to the longest (token states of captions from different batches)."""
+    longest = max(r.shape[0] for r in rows) if rows and rows[0].dim() else 0
+    if all(r.shape == rows[0].shape for r in rows):
+        return torch.stack(rows)
+    return torch.stack([torch.nn.functional.pad(r, (0, 0) * (r.dim() - 1) + (0, longest - r.shape[0])) for r in rows])
+
+
+def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], torch.Tensor]) -> list[torch.Tensor]:
+    """Return one row per key from the per-item store, computing and saving the missing ones as a new shard.
+
+    `compute(indices into keys)` returns their rows. Shards are written atomically and never
+    rewritten, so clients that share the folder never see a half-written one.
+    """
+    wanted, known = set(keys), {}
+    for shard in sorted(store.glob("*.safetensors")) if store.is_dir() else []:
+        with safe_open(shard, "pt") as f:
+            shard_keys = (f.metadata() or {}).get("keys", "").split(",")
+            if wanted.intersection(shard_keys):
+                known.update({k: row for k, row in zip(shard_keys, f.get_tensor("x")) if k in wanted})
+    first = {}
+    for i, k in enumerate(keys):
+        if k not in known:
+            first.setdefault(k, i)
+    missing = list(first.items())
+    for start in range(0, len(missing), SHARD_ROWS):  # a shard per chunk: an interrupted first encoding keeps its progress
+        chunk = dict(missing[start : start + SHARD_ROWS])
+        x = compute(list(chunk.values()))
+        store.mkdir(parents=True, exist_ok=True)
+        path = store / f"{_digest([k.encode() for k in chunk])}.safetensors"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"x": x.contiguous()}, tmp, metadata={"keys": ",".join(chunk)})
+        os.replace(tmp, path)
+        known.update(zip(chunk, x))
+    return [known[k] for k in keys]
+
+
 def encode_texts(texts: list[str | None], encoder: TextEncoder, cache_dir: Path) -> torch.Tensor:
     """Encode captions with the frozen encoder, each distinct caption once, cached on disk.
 
@@ -74,11 +129,15 @@ def encode_texts(texts: list[str | None], encoder: TextEncoder, cache_dir: Path)
 
     def build() -> torch.Tensor:
         unique = sorted({t for t in texts if t is not None})
-        vectors = encoder.encode(unique) if unique else None
-        row = {t: i for i, t in enumerate(unique)}
-        if vectors is None:
+        if not unique:
             probe = encoder.encode(["x"])
             return torch.zeros((len(texts), *probe.shape[1:]), dtype=probe.dtype)
+        # Per caption in a store shared by every list (each client's share, the hold-out, another
+        # partition or seed): a caption is encoded once per node, not once per list it is in.
+        store = cache_dir / f"textrows-{_digest([encoder.identity().encode()])}"
+        vectors = _stack(_store_rows(store, [_digest([t.encode()]) for t in unique],
+                                     lambda idx: encoder.encode([unique[i] for i in idx])))
+        row = {t: i for i, t in enumerate(unique)}
         # Any row shape: pooled (D,), token states (L, D) or token ids (L,); zero = padding.
         out = torch.zeros((len(texts), *vectors.shape[1:]), dtype=vectors.dtype)
         present = [i for i, t in enumerate(texts) if t is not None]
@@ -106,12 +165,53 @@ def load_images(paths: list[Path | None], size: int, cache_dir: Path) -> torch.T
     return _cached(cache_dir / f"image-{key}.safetensors", build)
 
 
-def build_tensors(memes: list[Meme], encoder: TextEncoder, image_size: int, cache_dir: str | Path) -> MemeTensors:
-    """Return model-ready tensors for `memes`, reusing the on-disk cache."""
+def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, cache_dir: Path) -> torch.Tensor:
+    """Run the image encoder's frozen part once per distinct image (resized to `size`), cached on disk.
+
+    Images are read batch by batch, never all held as pixels; a None path gets a zero row.
+    """
+    key = _digest([f"{encoder.identity()}|{size}".encode()] + [b"\0missing" if p is None else p.read_bytes() for p in paths])
+
+    def build() -> torch.Tensor:
+        present = [i for i, p in enumerate(paths) if p is not None]
+        step = max(1, int(getattr(encoder, "batch_size", 32)))
+
+        def compute(idx: list[int]) -> torch.Tensor:
+            chunks = []
+            # disable=None: a bar on a terminal, silent in logs and under Ray.
+            for start in tqdm(range(0, len(idx), step), desc=f"encoding {len(idx)} images ({size} px)",
+                              unit="batch", disable=None, leave=False):
+                batch = [torch.from_numpy(load_image_array(paths[present[j]], size)) for j in idx[start : start + step]]
+                chunks.append(encoder.encode_images(torch.stack(batch)))
+            return torch.cat(chunks)
+
+        if not present:
+            probe = encoder.encode_images(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+            return torch.zeros((len(paths), *probe.shape[1:]), dtype=probe.dtype)
+        # Per image in a store shared by every list, as for captions.
+        store = cache_dir / f"imagerows-{_digest([f'{encoder.identity()}|{size}'.encode()])}"
+        rows = _store_rows(store, [_digest([paths[i].read_bytes()]) for i in present], compute)  # type: ignore[union-attr]
+        out = torch.zeros((len(paths), *rows[0].shape), dtype=rows[0].dtype)
+        out[present] = torch.stack(rows)
+        return out
+
+    return _cached(cache_dir / f"imgfeat-{key}.safetensors", build)
+
+
+def build_tensors(memes: list[Meme], encoder: TextEncoder, image_size: int, cache_dir: str | Path,
+                  image_encoder: object | None = None) -> MemeTensors:
+    """Return model-ready tensors for `memes`, reusing the on-disk cache.
+
+    With an `image_encoder` that has a frozen part (`encode_images`), the image column holds its
+    cached outputs instead of pixels.
+    """
     cache = Path(cache_dir) / "features"
+    paths = [m.img if m.has_image else None for m in memes]
+    frozen_images = image_encoder is not None and hasattr(image_encoder, "encode_images")
     return MemeTensors(
         text=encode_texts([m.text if m.has_text else None for m in memes], encoder, cache),
-        image=load_images([m.img if m.has_image else None for m in memes], image_size, cache),
+        image=encode_images(paths, image_size, image_encoder, cache) if frozen_images  # type: ignore[arg-type]
+        else load_images(paths, image_size, cache),
         label=torch.tensor([m.label for m in memes], dtype=torch.long),
         mask=torch.tensor([[m.has_text, m.has_image] for m in memes], dtype=torch.float32).reshape(-1, 2),
     )

@@ -148,6 +148,10 @@ class LocalDirSource:
             found["dev_seen"] = first_release
         return found
 
+    def _check(self, row: object) -> tuple[list[tuple[str, str]], Meme | None]:
+        """Validate one parsed row (a source in another layout maps its rows to this one first)."""
+        return _check_row(row, self.root, self.on_error)
+
     def _read_jsonl(self, path: Path, issues: list[DataIssue]) -> list[tuple[int, Meme]]:
         """Parse one split file; record row-level issues; return (line, Meme) for clean rows."""
         rows: list[tuple[int, Meme]] = []
@@ -177,7 +181,7 @@ class LocalDirSource:
                     issues.append(DataIssue(str(path), n, "bad_json", f"nested deeper than {MAX_JSON_DEPTH} levels; "
                                             'write one flat {"id", "img", "label", "text"} object per line'))
                     continue
-                problems, meme = _check_row(row, self.root, self.on_error)
+                problems, meme = self._check(row)
                 issues.extend(DataIssue(str(path), n, k, d) for k, d in problems)
                 if meme is None:
                     continue

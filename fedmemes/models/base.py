@@ -62,7 +62,8 @@ class MemeClassifier(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load a trainable state; frozen tensors stay as loaded from disk."""
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if k not in self.frozen_keys()]
+        frozen = self.frozen_keys()  # once: a frozen backbone has hundreds of missing keys
+        missing = [k for k in result.missing_keys if k not in frozen]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
                 f"{type(self).__name__}: state does not fit the model (missing {missing[:5]}, unexpected "

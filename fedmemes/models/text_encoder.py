@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 POOLINGS = ("mean", "cls")
 OUTPUTS = ("pooled", "tokens")
@@ -101,7 +102,9 @@ class FrozenTextEncoder:
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
         model.to(device)  # the cached model moves once; outputs come back to the CPU for the cache
         chunks = []
-        for i in range(0, len(texts), self.batch_size):
+        # disable=None: a progress bar on a terminal, silent in logs and under Ray.
+        for i in tqdm(range(0, len(texts), self.batch_size), desc=f"encoding {len(texts)} captions",
+                      unit="batch", disable=None, leave=False):
             batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt").to(device)
             states = model(**batch).last_hidden_state
