@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from fedmemes import checkpoint, engine
 from fedmemes.history import RunHistory
 from fedmemes.server_app import ServerRun
+from fedmemes.tracking import build_trackers
 
 
 def test_fedadam_moments_survive_a_restart(tmp_path):
@@ -42,8 +43,9 @@ def _server_run(tmp_path, monkeypatch) -> ServerRun:
     """A ServerRun without data: the hold-out score is the mean weight, so each round's AUROC is known."""
     monkeypatch.setattr(engine, "evaluate", lambda model, *_: {"auroc": float(model.w.detach().mean()), "accuracy": 0.5, "loss": 1.0, "n": 4})
     run = ServerRun.__new__(ServerRun)
-    run.cfg = OmegaConf.create({"num_rounds": 4, "batch_size": 2})
+    run.cfg = OmegaConf.create({"num_rounds": 4, "batch_size": 2, "server": {}})
     run.device, run.val = torch.device("cpu"), type("Val", (), {"dataset": lambda self: None})()
+    run.amp, run.partitions, run.train_metrics, run.trackers = None, [], {}, build_trackers(run.cfg, tmp_path)
     run.model = torch.nn.Module()
     run.model.w = torch.nn.Parameter(torch.zeros(2))
     run.history, run.best_state = RunHistory(tmp_path), {"w": torch.zeros(2)}
