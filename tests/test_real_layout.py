@@ -72,7 +72,7 @@ def test_every_model_runs_on_an_original_layout_folder(model, folder, cache, tmp
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert metrics["test"]["n"] == 60  # test_seen only: test_unseen is neither trained on nor scored
     assert all(r["n"] == 60 for r in metrics["rounds"])  # dev_seen scored every round
-    assert sum(c["n_train"] for c in metrics["clients"]) + 40 == 400  # 10% of each share kept back
+    assert sum(c["n_train"] for c in metrics["nodes"]) + 40 == 400  # 10% of each share kept back
     assert math.isfinite(metrics["test"]["loss"]) and 0.0 <= metrics["test"]["auroc"] <= 1.0
     assert metrics["rounds"][-1]["loss"] != metrics["rounds"][0]["loss"]  # the global model moved
     assert metrics["data_issues"] == {}
