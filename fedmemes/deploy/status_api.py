@@ -14,7 +14,6 @@ from pydantic import BaseModel, ValidationError
 
 from fedmemes.deploy.auth import BodyLimit, has_token, require_token
 from fedmemes.deploy.certs import TlsFiles
-from fedmemes.deploy.auth import require_token
 from fedmemes.deploy.dashboard import mount as mount_dashboard
 from fedmemes.history import METRICS_FILE
 
