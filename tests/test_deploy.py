@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "test-token-123"
 # What `fedmemes simulate` leaves in a run directory.
 RUN_FILES = {".hydra", "best.safetensors", "checkpoint.pt", "clients.json", "clients.png", "config.yaml",
-             "fedmemes.log", "final.safetensors", "metrics.json"}
+             "fedmemes.log", "final.safetensors", "metrics.json", "test_predictions.csv", "report", "report.html", "report.md"}
 
 
 _ports, _http, _until, _spawn, _kill = ports, http, until, spawn, kill

@@ -37,8 +37,9 @@ def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -
 def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
     link, control = ports(2)
     env, run_dir = _env(tmp_path), tmp_path / "run"
-    # 3 clients, at least 2 per round; fraction_train=1.0 (strategy default) trains every connected node.
-    server = spawn(["server", "debug=tiny", "num_rounds=4", "num_clients=3", "clients_per_round=2", f"run_dir={run_dir}",
+    # 3 clients, no fixed sample (clients_per_round=null): fraction_train=1.0 trains every connected node, at least 2.
+    server = spawn(["server", "debug=tiny", "num_rounds=4", "num_clients=3", "clients_per_round=null",
+                    "server.strategy.min_train_nodes=2", "server.strategy.min_available_nodes=2", f"run_dir={run_dir}",
                     f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}", f"server.control_port={control}",
                     f"server.flwr_home={tmp_path / 'flwr'}", "server.status_port=null"], tmp_path / "server.log", env)
     procs, started = [server], time.monotonic()

@@ -6,12 +6,21 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from fedmemes.data.images import DEFAULT_MAX_PIXELS, ImageError, open_rgb
-from fedmemes.data.meme import HOLDOUT_SPLITS, SPLITS, DataError, DataIssue, Meme, count_kinds
+from fedmemes.data.meme import (
+    HOLDOUT_SPLITS,
+    SPLITS,
+    DataError,
+    DataIssue,
+    Meme,
+    count_kinds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +220,12 @@ class LocalDirSource:
 
         # Pillow decodes without the GIL, so threads speed up checking thousands of files.
         workers = min(8, (os.cpu_count() or 1) + 1)
+        ordered = sorted(paths)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = dict(zip(sorted(paths), pool.map(check, sorted(paths))))
+            # disable=None: a progress bar on a terminal, silent in logs and under Ray.
+            checked = tqdm(pool.map(check, ordered), total=len(ordered), desc=f"checking {len(ordered)} images",
+                           unit="image", disable=None, leave=False)
+            results = dict(zip(ordered, checked, strict=True))
         return {p: e for p, e in results.items() if e is not None}
 
     def load(self) -> dict[str, list[Meme]]:
