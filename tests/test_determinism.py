@@ -17,6 +17,8 @@ from fedmemes.models.early_fusion import HatefulMemesFusionModel
 
 # Wall-clock and bookkeeping fields that may differ between two runs of the same experiment.
 CLOCK_KEYS = {"seconds"}
+# Flower gives every node a random id each run: which nodes were drawn is compared by partition, not by id.
+NODE_ID_KEYS = {"sampled", "sampled_eval"}
 
 
 class _FakeEncoder:
@@ -71,7 +73,7 @@ def _simulate(run_dir: Path, cache: Path) -> list[dict]:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return [{k: v for k, v in r.items() if k not in CLOCK_KEYS} for r in metrics["rounds"]] + [metrics["test"]]
+    return [{k: v for k, v in r.items() if k not in CLOCK_KEYS | NODE_ID_KEYS} for r in metrics["rounds"]] + [metrics["test"]]
 
 
 @pytest.mark.slow
