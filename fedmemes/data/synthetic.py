@@ -45,7 +45,7 @@ from fedmemes.data.synthetic_draw import (
     TEMPLATES,
     THINGS,
     color,
-    star,
+    draw_objects,
     text_layer,
 )
 from fedmemes.data.synthetic_v2 import generate_v2
@@ -80,15 +80,7 @@ def render(rng: np.random.Generator, concept: int, text: tuple[Image.Image, Imag
     """Draw one meme image of the given concept with its caption layer on top or bottom."""
     img = Image.new("RGB", (size, size), color(rng, concept, (0.45, 0.75), (0.8, 1.0)))
     draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(2, 5)):
-        r = size * rng.uniform(0.08, 0.18)
-        cx, cy = rng.uniform(r, size - r, 2)
-        fill = color(rng, concept, (0.75, 1.0), (0.45, 0.7))
-        if concept:
-            draw.polygon(star(cx, cy, r, int(rng.choice([3, 5])), rng.uniform(0, 2 * np.pi)), fill=fill)
-        else:
-            ry = r * rng.uniform(0.6, 1.0)
-            draw.ellipse((cx - r, cy - ry, cx + r, cy + ry), fill=fill)
+    draw_objects(rng, draw, concept, int(rng.integers(2, 5)), size, (0.08, 0.18), (0.75, 1.0), (0.45, 0.7))
     for _ in range(rng.integers(1, 4)):  # neutral grey distractors, neither round nor pointed
         x, y = rng.uniform(0, size * 0.9, 2)
         w, h = size * rng.uniform(0.03, 0.1, 2)

@@ -54,3 +54,17 @@ def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeT
         draw.text(((size - font.getlength(line)) / 2, 1 + i * line_h), line, font=font, fill=255)
     # A 3x3 dilation gives the meme outline at a fraction of the cost of FreeType's stroker.
     return mask, mask.filter(ImageFilter.MaxFilter(3))
+
+
+def draw_objects(rng: np.random.Generator, draw: ImageDraw.ImageDraw, concept: int, count: int, size: int,
+                 scale: tuple[float, float], sat: tuple[float, float], val: tuple[float, float]) -> None:
+    """Draw count objects of a concept: warm pointed shapes (1) or cool round ones (0)."""
+    for _ in range(count):
+        r = size * rng.uniform(*scale)
+        cx, cy = rng.uniform(r, size - r, 2)
+        fill = color(rng, concept, sat, val)
+        if concept:
+            draw.polygon(star(cx, cy, r, int(rng.choice([3, 5])), rng.uniform(0, 2 * np.pi)), fill=fill)
+        else:
+            ry = r * rng.uniform(0.6, 1.0)
+            draw.ellipse((cx - r, cy - ry, cx + r, cy + ry), fill=fill)

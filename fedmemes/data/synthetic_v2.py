@@ -47,8 +47,7 @@ from fedmemes.data.synthetic_draw import (
     PEOPLE,
     TEMPLATES,
     THINGS,
-    color,
-    star,
+    draw_objects,
     text_layer,
 )
 
@@ -115,29 +114,15 @@ def draw_latents(rng: np.random.Generator, n: int, label_noise: float) -> list[d
     return rows
 
 
-def _objects(rng: np.random.Generator, draw: ImageDraw.ImageDraw, concept: int, count: int, size: int,
-             scale: tuple[float, float]) -> None:
-    """Draw count objects of a concept: warm pointed shapes (1) or cool round ones (0)."""
-    for _ in range(count):
-        r = size * rng.uniform(*scale)
-        cx, cy = rng.uniform(r, size - r, 2)
-        fill = color(rng, concept, (0.8, 1.0), (0.5, 0.8))
-        if concept:
-            draw.polygon(star(cx, cy, r, int(rng.choice([3, 5])), rng.uniform(0, 2 * np.pi)), fill=fill)
-        else:
-            ry = r * rng.uniform(0.6, 1.0)
-            draw.ellipse((cx - r, cy - ry, cx + r, cy + ry), fill=fill)
-
-
 def render_v2(rng: np.random.Generator, concept: int, text: tuple[Image.Image, Image.Image], size: int,
               top: bool) -> Image.Image:
     """Draw a version-2 meme picture: pale background, several objects, the caption on top or bottom."""
     r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.05, 0.25), rng.uniform(0.75, 0.95))
     img = Image.new("RGB", (size, size), (int(r * 255), int(g * 255), int(b * 255)))
     draw = ImageDraw.Draw(img)
-    _objects(rng, draw, concept, int(rng.integers(2, 5)), size, (0.08, 0.16))
+    draw_objects(rng, draw, concept, int(rng.integers(2, 5)), size, (0.08, 0.16), (0.8, 1.0), (0.5, 0.8))
     if rng.random() < 0.5:  # a decoy of the other concept: smaller and alone, it never outweighs the rest
-        _objects(rng, draw, 1 - concept, 1, size, (0.05, 0.08))
+        draw_objects(rng, draw, 1 - concept, 1, size, (0.05, 0.08), (0.8, 1.0), (0.5, 0.8))
     for _ in range(rng.integers(1, 4)):  # grey distractors, neither round nor pointed
         x, y = rng.uniform(0, size * 0.9, 2)
         w, h = size * rng.uniform(0.03, 0.1, 2)
