@@ -94,14 +94,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 0.3, 0.1])
     parser.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44])
-    parser.add_argument("--rounds", type=int, default=30, help="rounds per run (the preset keeps its own)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default: experiment=skew_benchmark's 30; "
+                        "the label_skew preset keeps its own)")
     parser.add_argument("--only", nargs="*", default=list(STRATEGIES), help=f"strategies, of {list(STRATEGIES)}")
     parser.add_argument("--overrides", default="", help="extra Hydra overrides for every run")
     parser.add_argument("--no-references", action="store_true")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (one torch thread each)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    base = f"num_rounds={args.rounds} {args.overrides}".strip()
+    rounds = f"num_rounds={args.rounds}" if args.rounds else ""
+    base = " ".join(f"experiment=skew_benchmark {rounds} {args.overrides}".split())  # conf/experiment/skew_benchmark.yaml
     print(f"seeds {args.seeds} | {base}\n"
           "| alpha | strategy | test AUROC (mean ± std) | vs centralized | rounds to 0.9c hold-out | s/run |\n"
           "|---|---|---|---|---|---|", flush=True)

@@ -29,8 +29,7 @@ def one_thread() -> Iterator[None]:
 
 def overrides_for(cache: Path) -> str:
     """Tiny synthetic memes (32 px) in their own cache folder."""
-    return (f"debug=tiny cache_dir={cache} image_size=32 dataset.source.image_size=32 dataset.source.n_train=240 "
-            "dataset.source.n_dev=60 dataset.source.n_test=60 num_rounds=1")
+    return f"experiment=tiny_run cache_dir={cache}"
 
 
 def make_run(base: Path) -> Path:

@@ -25,9 +25,7 @@ from fedmemes.server_app import app as server_app
 
 STRATEGIES = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "strategy").glob("*.yaml"))
 EXTRA = {"bulyan": "num_clients=3"}  # Bulyan needs at least 4f + 3 = 3 clients per round
-# debug=tiny, smaller still: 16 runs in this file; the model only has to move, not to be good.
-SMALL = ("debug=tiny num_rounds=2 num_epochs=1 dataset.source.n_train=160 dataset.source.n_dev=40 dataset.source.n_test=40 "
-         "image_size=32 model.image_encoder.width=8 model.image_output_dim=16 model.text_hidden_dim=32 model.fusion_output_dim=32")
+SMALL = "experiment=strategy_smoke"  # debug=tiny, smaller still (conf/experiment/strategy_smoke.yaml)
 
 
 class LocalGrid(Grid):
