@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import MemeTensors, build_tensors
-from fedmemes.node_data import holdout
+from fedmemes.node_datasets import holdout
 
 
 def features(cfg, memes, cache: Path, reencode: bool) -> MemeTensors:

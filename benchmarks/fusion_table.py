@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
-from fedmemes.node_data import holdout, server_data
+from fedmemes.node_datasets import holdout, server_data
 
 VARIANTS = ("early_fusion", "cross_attention", "feature_interaction", "late_fusion", "text_only", "image_only")
 

@@ -22,7 +22,7 @@ from fedmemes import engine
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
 from fedmemes.data.images import load_image_array
-from fedmemes.node_data import holdout
+from fedmemes.node_datasets import holdout
 
 
 def _rate(n: int, fn: Callable[[], object], device: torch.device, repeats: int) -> float:

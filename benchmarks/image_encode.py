@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from fedmemes.models.efficientnet import EfficientNetLite0
+from fedmemes.models.components.efficientnet import EfficientNetLite0
 
 
 def throughput(sizes: list[int], n: int, batch: int) -> dict[int, float]:

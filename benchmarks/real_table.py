@@ -6,7 +6,7 @@
 
 Federated: 4 clients, Dirichlet(alpha=0.5) label skew, FedAvg weighted by example counts, every
 client every round, the clients' seeds and data exactly as `fedmemes simulate` builds them
-(`node_data.client_data`, `engine.train` with seed random_seed + 1000 * round + partition), run
+(`node_datasets.client_data`, `engine.train` with seed random_seed + 1000 * round + partition), run
 in one process without Ray so a whole table fits on 2 cores. The best round by hold-out (val)
 AUROC is scored on the test split, as the ServerApp does. Centralized: the same loop with one
 client holding every training meme (num_clients=1). Frozen encoders (MiniLM, EfficientNet-Lite0)
@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
-from fedmemes.node_data import client_data, server_data
+from fedmemes.node_datasets import client_data, server_data
 
 VARIANTS = ("early_fusion", "cross_attention", "feature_interaction", "late_fusion", "text_only", "image_only")
 ENCODERS = {"small_cnn": "model/image_encoder=small_cnn image_size=64",

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord
 
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
-from fedmemes.models.text_encoder import _load
+from fedmemes.models.components.text_encoder import _load
 
 
 def main(overrides: list[str]) -> None:

@@ -116,7 +116,7 @@ def clients_work(overrides: str, clients: int, partitions: list[int]) -> list[fl
 
     from fedmemes import engine
     from fedmemes.config import build_model, load_config
-    from fedmemes.node_data import client_data
+    from fedmemes.node_datasets import client_data
 
     cfg = load_config(overrides)
     device = engine.pick_device(cfg.device)

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from strategy_table import run
 
 import fedmemes.client_app
-from fedmemes import node_data
+from fedmemes import node_datasets
 
 # All 6 clients live in this one process (a Ray actor holds only its own few): keep every client's
 # tensors cached, or the 4-slot cache rebuilds each client's data every round.
-fedmemes.client_app.client_data = functools.lru_cache(maxsize=32)(node_data.client_data.__wrapped__)
+fedmemes.client_app.client_data = functools.lru_cache(maxsize=32)(node_datasets.client_data.__wrapped__)
 
 # name -> overrides. Local training: the default is one Adam epoch per round; the FedSGD regime is
 # one SGD step per round. Strategies whose point is local steps (SCAFFOLD, FedDyn) take a few.

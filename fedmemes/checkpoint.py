@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmemes.models.old_targets import current_target
+
 CHECKPOINT_FILE = "checkpoint.pt"
 _NUMPY_TAG = "__numpy__"  # {"__numpy__": tensor}: a NumPy array in a strategy's state
 
@@ -118,11 +120,18 @@ def setup_of(cfg: Any) -> dict[str, Any]:
     return {"model": None if model is None else str(model), "strategy": targets}
 
 
+def _current(saved: Any) -> Any:
+    """Return a saved model target (a string) or strategy targets (a list) with moved paths rewritten."""
+    if isinstance(saved, str):
+        return current_target(saved)
+    return [current_target(t) for t in saved] if isinstance(saved, list) else saved
+
+
 def differences(ckpt: Checkpoint, setup: dict[str, Any], tensors: dict[str, torch.Tensor] | None) -> list[str]:
     """Return how the checkpoint differs from this configuration (model, strategy, tensor names and shapes)."""
     found = []
     for key in ("model", "strategy"):
-        saved = ckpt.setup.get(key)
+        saved = _current(ckpt.setup.get(key))  # checkpoints saved before a module moved name the old path
         if saved is not None and setup.get(key) is not None and saved != setup[key]:
             found.append(f"{key}: the checkpoint has {saved}, this configuration {setup[key]}")
     if tensors is not None:

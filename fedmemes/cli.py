@@ -78,7 +78,7 @@ def _summary(run_dir: Path) -> str:
 def _check_data(cfg: DictConfig, run_dir: Path, max_rows: int | None = None) -> str:
     """Validate the data and every client's split, record them in run_dir; exit with the fix on a problem."""
     from fedmemes.data.report import format_table, write_report
-    from fedmemes.node_data import data_issues, split_facts
+    from fedmemes.node_datasets import data_issues, split_facts
 
     try:
         facts, issues = split_facts(cfg), data_issues(cfg)
@@ -134,7 +134,7 @@ def simulate(cfg: DictConfig) -> None:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def data_generate(cfg: DictConfig) -> None:
     """Generate (or reuse) the configured data source and print its split sizes."""
-    from fedmemes.node_data import load_splits
+    from fedmemes.node_datasets import load_splits
 
     for split, memes in load_splits(cfg).items():
         print(f"{split:<10} {len(memes):>6} memes  {sum(m.label for m in memes):>6} hateful")

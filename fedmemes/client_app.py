@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from fedmemes import engine
 from fedmemes.client_corrections import local_setup
 from fedmemes.config import build_model, load_config, overrides_of
-from fedmemes.node_data import client_data
+from fedmemes.node_datasets import client_data
 
 log = logging.getLogger(__name__)
 app = ClientApp()

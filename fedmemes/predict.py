@@ -24,6 +24,7 @@ from fedmemes.data.features import build_tensors
 from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, _check_row, id_key
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
 from fedmemes.history import METRICS_FILE
+from fedmemes.models.old_targets import upgrade_targets
 
 MODELS = ("best", "final")
 CHUNK = 256  # memes turned into tensors and scored at a time: bounded memory, a progress bar that moves
@@ -78,7 +79,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: the run did not finish (`fedmemes runs` shows its status; "
                                 f"resume it with `fedmemes simulate resume={run_dir}`)")
-    cfg = OmegaConf.load(config)
+    cfg = OmegaConf.create(upgrade_targets(OmegaConf.to_container(OmegaConf.load(config))))  # runs saved before a move
     torch.manual_seed(int(cfg.random_seed))  # the constructor draws weights; every trainable one is then overwritten
     model = build_model(cfg)
     model.load_state_dict(load_file(weights))
@@ -184,7 +185,7 @@ def single(text: str, image: str | Path, meme_id: str | None = None) -> Inputs:
 
 def run_split(cfg: DictConfig, which: str) -> Inputs:
     """The run's own hold-out split (test or dev), exactly as the server held it (same files or the same carve of train)."""
-    from fedmemes.node_data import holdout
+    from fedmemes.node_datasets import holdout
 
     split = holdout(cfg)
     memes = {"test": split.test, "dev": split.val}[which]

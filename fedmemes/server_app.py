@@ -17,7 +17,7 @@ from fedmemes import checkpoint, engine, run_dir as run_dirs
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
 from fedmemes.history import RunHistory
 from fedmemes.data.report import read_client_facts
-from fedmemes.node_data import data_issues, server_data
+from fedmemes.node_datasets import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
 from fedmemes.tracking import build_trackers, round_metrics
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from fedmemes import engine
 from fedmemes.config import load_config
-from fedmemes.node_data import _tensors, holdout
+from fedmemes.node_datasets import _tensors, holdout
 from fedmemes.server_app import ServerRun
 
 

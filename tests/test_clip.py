@@ -10,7 +10,7 @@ from PIL import Image
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
 from fedmemes.data.meme import Meme
-from fedmemes.models.clip import ClipImageEncoder, ClipTextEncoder
+from fedmemes.models.components.clip import ClipImageEncoder, ClipTextEncoder
 
 WORDS = ["<pad>", "<unk>", "a", "cat", "dog", "hate", "love", "meme", "the", "<eos>"]  # CLIP pools at <eos>
 

@@ -23,7 +23,7 @@ def test_defaults_match_the_seed_keys():
     for key in ("random_seed", "lr", "num_epochs", "batch_size", "num_rounds", "clients_per_round", "num_clients"):
         assert key in cfg
     assert cfg.dataset.validation_split == 0.2
-    assert cfg.model._target_.endswith("HatefulMemesFusionModel")
+    assert cfg.model._target_.endswith("EarlyFusion")
     assert cfg.server.strategy._target_ == "flwr.serverapp.strategy.FedAvg"
     assert {"text_hidden_dim", "image_output_dim", "fusion_output_dim", "output_size"} <= set(cfg.model)
 

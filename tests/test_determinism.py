@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedmemes import engine
-from fedmemes.models.early_fusion import HatefulMemesFusionModel
+from fedmemes.models.early_fusion import EarlyFusion
 
 # Wall-clock and bookkeeping fields that may differ between two runs of the same experiment.
 CLOCK_KEYS = {"seconds"}
@@ -37,7 +37,7 @@ def _data(n: int) -> TensorDataset:
 def _trained(seed: int, draws_before: int) -> dict[str, torch.Tensor]:
     """Train a fresh copy of one model with dropout and modality dropout after other draws on the global RNG."""
     torch.manual_seed(123)
-    model = HatefulMemesFusionModel(_FakeEncoder(), text_hidden_dim=8, image_output_dim=8, fusion_output_dim=8,
+    model = EarlyFusion(_FakeEncoder(), text_hidden_dim=8, image_output_dim=8, fusion_output_dim=8,
                                     image_width=8, dropout=0.5, modality_dropout=0.5)
     torch.rand(draws_before)  # what this process happened to run before: another client, another round
     engine.train(model, _data(64), epochs=2, lr=1e-2, batch_size=16, device=torch.device("cpu"), seed=seed)
@@ -54,7 +54,7 @@ def test_training_leaves_the_callers_rng_as_it_was() -> None:
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    model = HatefulMemesFusionModel(_FakeEncoder(), text_hidden_dim=8, image_output_dim=8, fusion_output_dim=8, image_width=8)
+    model = EarlyFusion(_FakeEncoder(), text_hidden_dim=8, image_output_dim=8, fusion_output_dim=8, image_width=8)
     state = torch.random.get_rng_state()
     engine.train(model, _data(16), epochs=1, lr=1e-2, batch_size=8, device=torch.device("cpu"), seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -7,8 +7,8 @@ from PIL import Image
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
 from fedmemes.data.meme import Meme
-from fedmemes.models.efficientnet import EfficientNetLite0, bundled_weights
-from fedmemes.models.image_backbone import load_weights
+from fedmemes.models.components.efficientnet import EfficientNetLite0, bundled_weights
+from fedmemes.models.components.image_backbone import load_weights
 
 
 def test_bundled_imagenet_weights_are_loaded_and_frozen_features_cached():

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedmemes import engine
-from fedmemes.models.early_fusion import HatefulMemesFusionModel
+from fedmemes.models.early_fusion import EarlyFusion
 
 
 class _FakeEncoder:
@@ -32,7 +32,7 @@ def _xor_data(n: int, seed: int) -> TensorDataset:
 
 def test_train_learns_xor_beyond_chance():
     torch.manual_seed(0)
-    model = HatefulMemesFusionModel(_FakeEncoder(), text_hidden_dim=16, image_output_dim=16, fusion_output_dim=16, image_width=8)
+    model = EarlyFusion(_FakeEncoder(), text_hidden_dim=16, image_output_dim=16, fusion_output_dim=16, image_width=8)
     device = torch.device("cpu")
     before = engine.evaluate(model, _xor_data(200, 1), 64, device)
     stats = engine.train(model, _xor_data(400, 0), epochs=8, lr=3e-3, batch_size=32, device=device)
@@ -44,10 +44,10 @@ def test_train_learns_xor_beyond_chance():
 
 def test_proximal_term_keeps_weights_close():
     torch.manual_seed(0)
-    start = HatefulMemesFusionModel(_FakeEncoder(), 16, 16, 16, image_width=8)
+    start = EarlyFusion(_FakeEncoder(), 16, 16, 16, image_width=8)
     drift = {}
     for mu in (0.0, 10.0):
-        model = HatefulMemesFusionModel(_FakeEncoder(), 16, 16, 16, image_width=8)
+        model = EarlyFusion(_FakeEncoder(), 16, 16, 16, image_width=8)
         model.load_state_dict(start.state_dict())
         engine.train(model, _xor_data(200, 0), epochs=3, lr=3e-3, batch_size=32, device=torch.device("cpu"), proximal_mu=mu)
         drift[mu] = sum(((p - q) ** 2).sum().item() for p, q in zip(model.parameters(), start.parameters()))
@@ -79,7 +79,7 @@ def test_max_steps_caps_local_batches_and_the_optimizer_is_pluggable():
             steps.append(1)
             return super().step(closure)
 
-    model = HatefulMemesFusionModel(_FakeEncoder(), 16, 16, 16, image_width=8)
+    model = EarlyFusion(_FakeEncoder(), 16, 16, 16, image_width=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = engine.train(model, _xor_data(200, 0), epochs=3, lr=0.1, batch_size=32, device=torch.device("cpu"),
                          optimizer=CountingSGD, max_steps=4)

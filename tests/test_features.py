@@ -92,7 +92,7 @@ def test_missing_caption_gets_a_zero_row_of_any_shape(tmp_path):
 
 
 def test_real_encoder_identity_follows_settings_and_weight_files(tmp_path):
-    from fedmemes.models.text_encoder import FrozenTextEncoder
+    from fedmemes.models.components.text_encoder import FrozenTextEncoder
 
     folder = tmp_path / "bert"
     folder.mkdir()

@@ -10,7 +10,7 @@ from PIL import Image
 from fedmemes.config import load_config
 from fedmemes.data.harmeme import HarMemeSource
 from fedmemes.data.meme import DataError
-from fedmemes.node_data import load_splits
+from fedmemes.node_datasets import load_splits
 
 LEVELS = ["not harmful", "somewhat harmful", "very harmful"]
 

@@ -14,7 +14,7 @@ from PIL import Image
 from fedmemes.config import load_config
 from fedmemes.data.report import format_table, read_client_facts, write_report
 from fedmemes.history import RunHistory
-from fedmemes.node_data import data_issues, split_facts
+from fedmemes.node_datasets import data_issues, split_facts
 
 
 def _folder(root: Path, n: int = 60, broken: bool = False) -> Path:

@@ -4,9 +4,9 @@ import torch
 
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
-from fedmemes.models.early_fusion import HatefulMemesFusionModel
-from fedmemes.models.image_encoder import SmallCNN
-from fedmemes.models.text_encoder import FrozenTextEncoder
+from fedmemes.models.early_fusion import EarlyFusion
+from fedmemes.models.components.image_encoder import SmallCNN
+from fedmemes.models.components.text_encoder import FrozenTextEncoder
 
 
 def test_minilm_encodes_meaningfully():
@@ -29,7 +29,7 @@ def test_cnn_shape():
 
 def test_fusion_forward_backward_and_export():
     model = build_model(load_config("model.text_hidden_dim=64 model.image_output_dim=32 model.fusion_output_dim=16"))
-    assert isinstance(model, HatefulMemesFusionModel)
+    assert isinstance(model, EarlyFusion)
     mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1], [0, 1], [1, 0]], dtype=torch.float32)
     logits = model(torch.randn(6, 384), torch.rand(6, 3, 32, 32), mask)
     assert logits.shape == (6, 2)
@@ -100,8 +100,8 @@ def test_finetune_encoder_trains_and_exports_only_its_last_layers():
 
 
 def test_resnet18_loads_a_local_state_dict(tmp_path):
-    from fedmemes.models.image_backbone import ResNet18
-    from fedmemes.models.resnet import resnet18_trunk
+    from fedmemes.models.components.image_backbone import ResNet18
+    from fedmemes.models.components.resnet import resnet18_trunk
 
     torch.manual_seed(3)
     trunk = resnet18_trunk()

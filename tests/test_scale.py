@@ -22,7 +22,7 @@ from fedmemes.data.partitioners import partitioner_spec
 from fedmemes.data.report import format_table
 from fedmemes.data.split import client_partition
 from fedmemes.history import RunHistory
-from fedmemes.node_data import _attached, client_split, holdout, split_facts
+from fedmemes.node_datasets import _attached, client_split, holdout, split_facts
 from fedmemes.server_app import ServerRun
 
 

@@ -55,7 +55,7 @@ def test_health_model_and_token(run):
     assert client.get("/model", headers={"X-Fedmemes-Token": "wrong"}).status_code == 401
     info = client.get("/model", headers=AUTH).json()
     assert info["run"] == str(run.run_dir) and info["model"] == "best"
-    assert info["config"]["model"].endswith("HatefulMemesFusionModel") and info["config"]["image_size"] == 32
+    assert info["config"]["model"].endswith("EarlyFusion") and info["config"]["image_size"] == 32
     assert info["test"]["auroc"] == run.metrics["test"]["auroc"] and info["threshold"] == run.threshold
     assert client.post("/predict", data={"text": "x"}, files={"image": ("a.png", _png())}).status_code == 401
 

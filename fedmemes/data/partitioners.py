@@ -103,7 +103,7 @@ class PerClientDirs(Partitioner):
     In a simulation, where nodes have no node config, `dirs` lists one folder per client.
     """
 
-    owns_data = True  # node_data reads the client's memes from its folder, not the shared pool
+    owns_data = True  # node_datasets reads the client's memes from its folder, not the shared pool
 
     def __init__(self, num_partitions: int, dirs: Sequence[str] | None = None) -> None:
         super().__init__()

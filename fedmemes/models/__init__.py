@@ -1,1 +1,1 @@
-"""Encoders and fusion models: plain torch modules with typed constructor args."""
+"""Meme classifiers (fusion and unimodal models) over encoders and backbones from `fedmemes.models.components`."""

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from fedmemes.models.base import MemeClassifier, fill_missing, pooled_text
-from fedmemes.models.image_encoder import SmallCNN
+from fedmemes.models.components.image_encoder import SmallCNN
 
 
-class HatefulMemesFusionModel(MemeClassifier):
+class EarlyFusion(MemeClassifier):
     """Text vector ++ image features -> `fusion_output_dim` -> `output_size` logits.
 
     `text_hidden_dim` is the width of a trainable projection of the text encoder's
@@ -58,3 +58,7 @@ class HatefulMemesFusionModel(MemeClassifier):
         text_feat = fill_missing(self.text_proj(pooled_text(self.text_encoder, text)), mask[:, 0], self.missing_text)
         image_feat = fill_missing(self.image_encoder(image), mask[:, 1], self.missing_image)
         return self.head(torch.cat([text_feat, image_feat], dim=1))
+
+
+# The seed's name: its README, notebooks and run directories saved before the rename use it.
+HatefulMemesFusionModel = EarlyFusion

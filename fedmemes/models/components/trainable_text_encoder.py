@@ -8,7 +8,7 @@ import hashlib
 import torch
 from torch import nn
 
-from fedmemes.models.text_encoder import POOLINGS, _load, bundled_minilm_path, check_choice, pool, weights_stamp
+from fedmemes.models.components.text_encoder import POOLINGS, _load, bundled_minilm_path, check_choice, pool, weights_stamp
 
 
 class TrainableTextEncoder(nn.Module):

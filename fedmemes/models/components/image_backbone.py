@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedmemes.models.resnet import resnet18_trunk
+from fedmemes.models.components.resnet import resnet18_trunk
 
 # ImageNet statistics: pretrained backbones expect inputs normalised this way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

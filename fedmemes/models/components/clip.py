@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedmemes.models.text_encoder import weights_stamp
+from fedmemes.models.components.text_encoder import weights_stamp
 
 # OpenAI CLIP's normalisation, used when the folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

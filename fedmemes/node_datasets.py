@@ -1,4 +1,4 @@
-"""What each node trains or scores on, built from the config: cached per process, on disk per node."""
+"""Each node's datasets, built from the config: a client's partition (train + kept-back val), the server's hold-out."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedmemes.models.image_backbone import IMAGENET_MEAN, IMAGENET_STD, load_weights
+from fedmemes.models.components.image_backbone import IMAGENET_MEAN, IMAGENET_STD, load_weights
 
 NUM_BLOCKS = 16  # MBConv blocks of EfficientNet-Lite0
 FEATURE_DIM = 1280

@@ -1,0 +1,1 @@
+"""Building blocks the classifiers plug in: text encoders and image backbones (conf/model/{text_encoder,image_encoder})."""

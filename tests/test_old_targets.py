@@ -1,0 +1,78 @@
+"""Runs saved before the models/components move and the EarlyFusion rename still load (predict/serve) and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import get_object
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from fedmemes.checkpoint import Checkpoint, differences, setup_of
+from fedmemes.config import build_model, load_config
+from fedmemes.models.early_fusion import EarlyFusion, HatefulMemesFusionModel
+from fedmemes.models.old_targets import MOVED, current_target, upgrade_targets
+from fedmemes.predict import load_run
+
+OLD_MODEL = "fedmemes.models.early_fusion.HatefulMemesFusionModel"
+OLD_TEXT = "fedmemes.models.text_encoder.FrozenTextEncoder"
+OLD_IMAGE = "fedmemes.models.image_encoder.SmallCNN"
+
+
+def test_seed_name_is_the_same_class() -> None:
+    """The seed README's HatefulMemesFusionModel still imports, as EarlyFusion itself."""
+    assert HatefulMemesFusionModel is EarlyFusion
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_every_moved_path_maps_to_an_importable_one(old: str) -> None:
+    """Each old prefix maps to a module (or class) that exists today."""
+    assert get_object(MOVED[old].rstrip(".")) is not None
+    if old.endswith("."):  # a moved module: no shim is left behind at the old place
+        with pytest.raises(ImportError):
+            get_object(old.rstrip("."))
+
+
+def test_old_config_is_rewritten_in_every_nested_target() -> None:
+    """model, its encoders and a wrapped strategy are rewritten; other strings are not."""
+    old = {"model": {"_target_": OLD_MODEL, "text_encoder": {"_target_": OLD_TEXT, "name": "fedmemes.models.clip."},
+                     "image_encoder": {"_target_": OLD_IMAGE}},
+           "server": {"strategy": {"_target_": "x.Wrapper", "strategy": {"_target_": "flwr.serverapp.strategy.FedAvg"}}},
+           "logger": [{"_target_": "fedmemes.models.clip.ClipTextEncoder"}]}
+    new = upgrade_targets(old)
+    assert new["model"]["_target_"] == "fedmemes.models.early_fusion.EarlyFusion"
+    assert new["model"]["text_encoder"] == {"_target_": "fedmemes.models.components.text_encoder.FrozenTextEncoder",
+                                            "name": "fedmemes.models.clip."}
+    assert new["model"]["image_encoder"]["_target_"] == "fedmemes.models.components.image_encoder.SmallCNN"
+    assert new["server"] == old["server"]
+    assert new["logger"][0]["_target_"] == "fedmemes.models.components.clip.ClipTextEncoder"
+    assert current_target("my_pkg.MyModel") == "my_pkg.MyModel"
+
+
+def test_old_run_dir_loads_for_predict(tmp_path: Path) -> None:
+    """A config.yaml with the old paths rebuilds the model and its text encoder."""
+    cfg = load_config("experiment=tiny_run")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "best.safetensors")
+    saved = OmegaConf.to_yaml(cfg).replace("fedmemes.models.early_fusion.EarlyFusion", OLD_MODEL)
+    saved = saved.replace("fedmemes.models.components.", "fedmemes.models.")
+    assert OLD_MODEL in saved and OLD_TEXT in saved and OLD_IMAGE in saved
+    (tmp_path / "config.yaml").write_text(saved)
+    run = load_run(tmp_path)
+    assert type(run.model) is EarlyFusion
+    assert run.cfg.model.text_encoder._target_ == "fedmemes.models.components.text_encoder.FrozenTextEncoder"
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_old_checkpoint_fits_the_same_setup() -> None:
+    """resume= compares the saved targets after rewriting them: an old checkpoint fits, another model does not."""
+    cfg = load_config("")
+    old = Checkpoint(server_round=1, arrays={}, history={}, best_state={}, setup={"model": OLD_MODEL,
+                     "strategy": ["flwr.serverapp.strategy.FedAvg"]})
+    assert differences(old, setup_of(cfg), None) == []
+    other = setup_of(load_config("model=late_fusion"))
+    assert differences(old, other, None) == [f"model: the checkpoint has fedmemes.models.early_fusion.EarlyFusion, "
+                                             f"this configuration {other['model']}"]
