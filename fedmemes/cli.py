@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 
 from fedmemes.config import OVERRIDES_ENV
 
-log = logging.getLogger("fedmemes")
+# Named, not __name__: under `python -m fedmemes.cli` that is "__main__", outside the `fedmemes` logger
+# whose INFO level (conf/hydra/job_logging/fedmemes.yaml) lets the run summary through.
+log = logging.getLogger("fedmemes.cli")
 
 USAGE = """usage: fedmemes COMMAND [hydra overrides]
 

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 # What the ClientApps need from the driver's environment. Actors of a cluster started with
 # `ray start` are children of that cluster's raylet, not of this process: they inherit nothing

@@ -18,6 +18,8 @@ from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.validation import with_reply_checks
 
+log = logging.getLogger(__name__)
+
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes
 # the overrides in this variable (Ray actors inherit the driver's environment).
 OVERRIDES_ENV = "FEDMEMES_OVERRIDES"
@@ -79,7 +81,7 @@ def _accepted(cls: type) -> tuple[set[str], bool]:
 def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: bool = False) -> Any:
     for old, new in SEED_STRATEGY_KEYS.items():
         if old in spec:
-            logging.getLogger(__name__).warning("%s.%s is the seed's name; Flower 1.42 calls it %s", where, old, new)
+            log.warning("%s.%s is the seed's name; Flower 1.42 calls it %s", where, old, new)
             spec[new] = spec.pop(old)
     for old, why in REMOVED_STRATEGY_KEYS.items():
         if old in spec:

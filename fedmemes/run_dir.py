@@ -9,7 +9,7 @@ from typing import Any
 from fedmemes import checkpoint
 from fedmemes.history import METRICS_FILE
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 RESULT_FILES = (METRICS_FILE, checkpoint.CHECKPOINT_FILE)  # what a fresh run would overwrite
 MODEL_FILES = ("best.safetensors", "final.safetensors")  # removed with them on overwrite=true

@@ -21,7 +21,7 @@ from fedmemes.node_datasets import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
 from fedmemes.tracking import build_trackers, round_metrics
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 app = ServerApp()
 
 CLIENT_FACTS = ("partition_id", "label_0", "label_1", "val_n", "n_text", "n_image", "n_both")

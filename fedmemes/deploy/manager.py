@@ -21,7 +21,7 @@ from fedmemes.deploy import processes, supernode
 from fedmemes.deploy.auth import TOKEN_HEADER, BodyLimit, read_token, require_token
 from fedmemes.deploy.exposure import refuse_plain_text
 
-log = logging.getLogger("fedmemes.manager")
+log = logging.getLogger(__name__)
 
 
 class Manager:

@@ -20,7 +20,7 @@ from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
 from fedmemes.run_dir import prepare
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 
 def _status_api(cfg: DictConfig, status: RunStatus, tls: TlsFiles | None):

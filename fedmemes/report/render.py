@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from fedmemes.report import plots
 from fedmemes.report.runs import Run, config_differences, load_run, run_names
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 FIGURE_DIR = "report"
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}

@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedmemes.strategies.performance_weighted import average_arrays, first_arrays, first_metrics
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 # Which count in a client's train metrics says how many of its samples trained each block.
 DEFAULT_COUNT_KEYS = {"text": "n_text", "image": "n_image", "joint": "n_both"}

@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 
 def first_metrics(content: RecordDict) -> MetricRecord:

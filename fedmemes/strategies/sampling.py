@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmemes.strategies.validation import _innermost
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 SampleReportFn = Callable[[int, dict[str, list[int]]], None]
 # Strategy keys whose null means "the round's sample size" (the YAMLs interpolate ${clients_per_round}).

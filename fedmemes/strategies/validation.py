@@ -29,7 +29,7 @@ from fedmemes.strategies.update_bounds import (
     update_norm,
 )
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 ReportFn = Callable[[int, dict[str, int]], None]
 FactsFn = Callable[[int, dict[str, Any]], None]  # (sending node id, its checked metrics)

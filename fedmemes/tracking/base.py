@@ -10,7 +10,7 @@ from typing import Any, cast
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import yaml
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 FILES = resources.files(__name__)
 
 
