@@ -1,4 +1,4 @@
-"""conf/experiment/*.yaml: each preset opens with the command that runs it, and sets what the benchmarks and tests used."""
+"""conf/experiment/*.yaml: each preset opens with its command and sets what the benchmarks and tests used."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "fedsgd": {"num_clients": 6, "num_rounds": 100, "local_steps": 1, "lr": 0.1, "random_seed": 1,
                "optimizer._target_": "torch.optim.SGD", "partition.alpha": 0.1, "partition.text_only_clients": 2},
     "faults": {"num_clients": 4, "num_rounds": 6, "partition._target_": "flwr_datasets.partitioner.IidPartitioner"},
-    "skew_benchmark": {"num_clients": 6, "num_rounds": 30, "partition.alpha": 0.5, "optimizer._target_": "torch.optim.Adam"},
+    "skew_benchmark": {"num_clients": 6, "num_rounds": 30, "partition.alpha": 0.5,
+                       "optimizer._target_": "torch.optim.Adam"},
     "label_skew": {"num_clients": 6, "num_rounds": 60, "local_steps": 1, "lr": 0.1, "partition.alpha": 0.3},
 }
 
