@@ -75,11 +75,12 @@ def _check_groups(args: list[str]) -> dict[str, str]:
     except OverrideParseException as e:
         raise ConfigError(f"cannot read the override {str(e).splitlines()[0]}; write key=value, e.g. lr=0.01") from None
     chosen: dict[str, str] = {}
+    own_search_path = any(o.key_or_group == "hydra.searchpath" for o in parsed)  # groups may have more options there
     for o in parsed:
         group = o.key_or_group
         if not o.is_delete():
             chosen[group] = o.get_value_element_as_str()
-        if group.startswith("hydra") or o.is_delete() or not (CONF_DIR / group).is_dir():
+        if own_search_path or group.startswith("hydra") or o.is_delete() or not (CONF_DIR / group).is_dir():
             continue
         value = o.value()
         for name in value if isinstance(value, list) else [value]:
@@ -105,7 +106,8 @@ def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
         fits = [m for m in group_options(parent)
                 if re.search(rf"^\s*-\s*{child}\s*:", (CONF_DIR / parent / f"{m}.yaml").read_text(), re.M)]
         source = where.replace("/", "=", 1) if where else f"{missing.group(2)}={chosen.get(missing.group(2))}"
-        return ConfigError(f"{source} sets {missing.group(2)}, but {parent}={chosen.get(parent, '?')} has no {child}: "
+        sets = f"{source} sets {missing.group(2)}, but" if where else f"{source}:"
+        return ConfigError(f"{sets} {parent}={chosen.get(parent, '?')} has no {child}: "
                            f"pick a {parent} that has one ({', '.join(fits)}) or leave out {source}")
     lines = str(err).splitlines()
     if len(lines) < 2 and cause is not None:  # Hydra's own line says little alone: add the cause's first line

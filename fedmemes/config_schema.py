@@ -93,7 +93,7 @@ class ConfigError(ValueError):
 
 def bad_value(key: str, value: Any, allowed: str) -> ConfigError:
     """Return the one-line error for `key=value` outside `allowed`."""
-    return ConfigError(f"{key}={_show(value)}: {key} must be {allowed}")
+    return ConfigError(f"{key}={_show(value)} is not allowed: {key} must be {allowed}")
 
 
 def _show(value: Any) -> str:
@@ -134,7 +134,13 @@ def _share_or_count(v: Any) -> bool:
 
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 AMP = ("auto", "bf16", "fp16", "true", "false", "off")
-UPDATE_NORM = re.compile(r"\d+(\.\d+)?\*median")
+UPDATE_NORM = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*\*\s*median\s*")  # the K*median form UpdateBounds.parse reads
+
+
+def _norm_bound(v: Any) -> bool:
+    if isinstance(v, (list, tuple)):  # both forms at once: [3*median, 10.0]
+        return all(x is not None and _norm_bound(x) for x in v)
+    return v is None or (_number(v) and 0 < v < float("inf")) or ((m := UPDATE_NORM.fullmatch(str(v))) is not None and float(m.group(1)) > 0)
 
 
 def allowed_for(key: str) -> str | None:
@@ -168,8 +174,7 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("server.heartbeat_s", *_positive()),
         ("server.round_timeout", *_positive()),
         ("server.eval_every", *_whole(1)),
-        ("server.max_update_norm", lambda v: v is None or (_number(v) and v > 0)
-         or UPDATE_NORM.fullmatch(str(v)) is not None, "null, a number > 0 or K*median (e.g. 3*median)"),
+        ("server.max_update_norm", _norm_bound, "null, K*median (e.g. 3*median), a number > 0 or a list of both"),
         ("server.max_client_weight", lambda v: v is None or (_number(v) and 0 < v <= 1), "null or a share in (0, 1]"),
         ("simulation.client_cpus", *_positive()),
         ("simulation.client_gpus", lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.5"),
