@@ -175,23 +175,33 @@ def _resume_dir(args: list[str]) -> list[str]:
     return [f"hydra.run.dir={Path(resume).expanduser().resolve()}"]
 
 
-# Hydra flags: these take a value; with the ones in HYDRA_OWN, Hydra reads another config or none, so it checks alone.
-HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p"}
-HYDRA_OWN = {"-m", "--multirun", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-h", "--help",
-             "--hydra-help", "-i", "--info", "--shell-completion", "-sc", "--version", "--experimental-rerun"}
+# Hydra's flags that take a value; with one in HYDRA_OWN Hydra runs no job here (or reads configs we cannot
+# locate: -cp is relative to the caller), so Hydra checks alone.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name"}
+HYDRA_OWN = {"-m", "--multirun", "-cp", "--config-path", "-h", "--help", "--hydra-help", "-i", "--info",
+             "--shell-completion", "-sc", "--version", "--experimental-rerun"}
 
 
 def check_overrides(args: list[str]) -> None:
     """Compose and check the overrides among `args` before any job starts; exit 2 with one line on a bad value."""
     if any(a.split("=", 1)[0] in HYDRA_OWN for a in args):
         return
-    overrides, skip = [], False
+    overrides, flags, flag = [], {}, None
     for a in args:
-        if not skip and not a.startswith("-"):
+        if flag:
+            flags[flag], flag = a, None
+        elif a.startswith("-"):
+            name, eq, value = a.partition("=")
+            if eq:
+                flags[name] = value
+            elif name in HYDRA_VALUE_FLAGS:
+                flag = name
+        else:
             overrides.append(a)
-        skip = a in HYDRA_VALUE_FLAGS
+    config_dir = flags.get("-cd") or flags.get("--config-dir")
     try:
-        compose_checked(overrides)
+        compose_checked(overrides, flags.get("-cn") or flags.get("--config-name") or "config",
+                        str(Path(config_dir).expanduser()) if config_dir else None)
     except ConfigError as e:  # Ray, a SuperLink and the run directory are not started yet
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

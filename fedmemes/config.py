@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
-
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.validation import with_reply_checks
@@ -57,6 +56,7 @@ def overrides_of(run_config: dict[str, Any]) -> str:
 
 
 CONF_DIR = Path(__file__).parent / "conf"
+CONF_PACKAGE = "pkg://fedmemes.conf"
 # OmegaConf's type names in "could not be converted to X" -> what a user may type instead.
 TYPE_WORDS = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false", "bool": "true or false",
               "String": "text"}
@@ -94,7 +94,8 @@ def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
     cause = err.__cause__
     if isinstance(cause, ValidationError) and cause.full_key:
         kind = re.search(r"converted to (\w+)|not a valid (\w+)", str(cause.msg))
-        allowed = allowed_for(cause.full_key) or TYPE_WORDS.get(kind.group(kind.lastindex or 0) if kind else "", "another type")
+        type_name = kind.group(kind.lastindex or 0) if kind else ""
+        allowed = allowed_for(cause.full_key) or TYPE_WORDS.get(type_name, "another type")
         value = cause.value if cause.value is not None else re.sub(r".*Value '(.*?)'.*", r"\1", str(cause.msg))
         return bad_value(cause.full_key, value, allowed)
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
@@ -115,15 +116,19 @@ def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
     return ConfigError(" ".join(line.strip() for line in lines if line.strip()))
 
 
-def compose_checked(args: list[str]) -> DictConfig:
-    """Compose config.yaml with `args` and check types and ranges; raise ConfigError with one line on a bad value."""
+def compose_checked(args: list[str], config_name: str = "config", config_dir: str | None = None) -> DictConfig:
+    """Compose config.yaml (or `config_name` in `config_dir`) with `args`, check types and ranges; one-line errors."""
+    if config_dir:  # e.g. the k8s ConfigMap's deployment.yaml, which starts from our packaged config.yaml
+        args = [f"hydra.searchpath=[{CONF_PACKAGE}]", *args]
     chosen = _check_groups(args)  # {override key: value as typed}, groups and plain keys alike
     try:
         if GlobalHydra.instance().is_initialized():  # inside a hydra.main job (fedmemes simulate/server)
-            cfg = compose("config", overrides=args)
+            cfg = compose(config_name, overrides=args)
         else:
-            with initialize_config_module("fedmemes.conf", version_base="1.3"):
-                cfg = compose("config", overrides=args)
+            init = initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3") if config_dir else \
+                initialize_config_module("fedmemes.conf", version_base="1.3")
+            with init:
+                cfg = compose(config_name, overrides=args)
         OmegaConf.resolve(cfg)
     except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as e:
         raise _one_line(e, chosen) from None

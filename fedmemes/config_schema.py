@@ -140,7 +140,8 @@ UPDATE_NORM = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*\*\s*median\s*")  # the K*medi
 def _norm_bound(v: Any) -> bool:
     if isinstance(v, (list, tuple)):  # both forms at once: [3*median, 10.0]
         return all(x is not None and _norm_bound(x) for x in v)
-    return v is None or (_number(v) and 0 < v < float("inf")) or ((m := UPDATE_NORM.fullmatch(str(v))) is not None and float(m.group(1)) > 0)
+    relative = UPDATE_NORM.fullmatch(str(v))
+    return v is None or (_number(v) and 0 < v < float("inf")) or (relative is not None and float(relative.group(1)) > 0)
 
 
 def allowed_for(key: str) -> str | None:
