@@ -70,10 +70,13 @@ def group_options(group: str) -> list[str]:
 
 def _check_groups(args: list[str]) -> dict[str, str]:
     """Raise ConfigError for an override naming a group option that does not exist; return {key: value as typed}."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except OverrideParseException as e:
-        raise ConfigError(f"cannot read the override {str(e).splitlines()[0]}; write key=value, e.g. lr=0.01") from None
+    parser, parsed = OverridesParser.create(), []
+    for arg in args:  # one by one, so the message names the override Hydra cannot read
+        try:
+            parsed += parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            raise ConfigError(f"{arg} is not an override Hydra can read ({str(e).splitlines()[0]}); "
+                              "write key=value, e.g. lr=0.01 or partition.label_noise=[0.0,0.3]") from None
     chosen: dict[str, str] = {}
     own_search_path = any(o.key_or_group == "hydra.searchpath" for o in parsed)  # groups may have more options there
     for o in parsed:
@@ -96,8 +99,7 @@ def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
         kind = re.search(r"converted to (\w+)|not a valid (\w+)", str(cause.msg))
         type_name = kind.group(kind.lastindex or 0) if kind else ""
         allowed = allowed_for(cause.full_key) or TYPE_WORDS.get(type_name, "another type")
-        value = cause.value if cause.value is not None else re.sub(r".*Value '(.*?)'.*", r"\1", str(cause.msg))
-        return bad_value(cause.full_key, value, allowed)
+        return bad_value(cause.full_key, chosen.get(cause.full_key, cause.value), allowed)
     if isinstance(err, MissingConfigException) and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return bad_value(group, name, f"one of {', '.join(err.options or group_options(group))}")
@@ -110,6 +112,11 @@ def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
         sets = f"{source} sets {missing.group(2)}, but" if where else f"{source}:"
         return ConfigError(f"{sets} {parent}={chosen.get(parent, '?')} has no {child}: "
                            f"pick a {parent} that has one ({', '.join(fits)}) or leave out {source}")
+    unknown = re.match(r"Could not override '(.+?)'\.\s+To append to your config use \+", str(err))
+    if unknown:  # a key the config does not have: most often a typo
+        key = unknown.group(1)
+        return ConfigError(f"{key}={chosen.get(key)} is not allowed: there is no key {key} in the config; check the "
+                           f"spelling, or add a new key with +{key}={chosen.get(key)}")
     lines = str(err).splitlines()
     if len(lines) < 2 and cause is not None:  # Hydra's own line says little alone: add the cause's first line
         lines.append(str(cause).splitlines()[0])

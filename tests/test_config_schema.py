@@ -70,7 +70,12 @@ BAD = [
                                         "be a rate in [0, 1) or a list of num_clients rates"),
     ("partition.text_only_clients=1.5", "partition.text_only_clients=1.5 is not allowed: partition.text_only_clients "
                                         "must be a share in [0, 1) or a whole count of clients >= 0"),
-    ("nonsense=1", "Could not override 'nonsense'. To append to your config use +nonsense=1"),
+    ("nonsense=1", "nonsense=1 is not allowed: there is no key nonsense in the config; check the spelling, or add a "
+                   "new key with +nonsense=1"),
+    ("server.staus_port=1", "server.staus_port=1 is not allowed: there is no key server.staus_port in the config; "
+                            "check the spelling, or add a new key with +server.staus_port=1"),
+    ("lr=[1", "lr=[1 is not an override Hydra can read (no viable alternative at input '[1'); write key=value, "
+              "e.g. lr=0.01 or partition.label_noise=[0.0,0.3]"),
 ]
 
 
