@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import fedmemes
 from fedmemes import cli
@@ -157,3 +158,13 @@ def test_an_own_search_path_adds_group_options(tmp_path):
     assert cfg.model._target_ == "torch.nn.Identity"
     with pytest.raises(ConfigError, match=r"^model=foo is not allowed: model must be one of .*\bmine\b"):
         compose_checked([f"hydra.searchpath=[file://{tmp_path}]", "model=foo"])
+
+
+def test_a_config_dir_of_our_own_is_checked_too(tmp_path, capsys):
+    # deploy/k8s mounts deployment.yaml (defaults: [config, _self_]) and runs `fedmemes server --config-dir ...`
+    configmap = yaml.safe_load((Path(fedmemes.__file__).parents[1] / "deploy/k8s/configmap.yaml").read_text())
+    (tmp_path / "deployment.yaml").write_text(configmap["data"]["deployment.yaml"])
+    cfg = compose_checked([], "deployment", str(tmp_path))
+    assert (cfg.num_rounds, cfg.server.address, cfg.lr) == (10, "0.0.0.0:9092", 0.001)
+    code, err = _run_cli(["server", "--config-dir", str(tmp_path), "--config-name=deployment", "num_clients=0"], capsys)
+    assert (code, err) == (2, "error: num_clients=0 is not allowed: num_clients must be a whole number >= 1\n")
