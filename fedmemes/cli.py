@@ -12,7 +12,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fedmemes.config import OVERRIDES_ENV
+from fedmemes.config import OVERRIDES_ENV, compose_checked
+from fedmemes.config_schema import ConfigError
 
 # Named, not __name__: under `python -m fedmemes.cli` that is "__main__", outside the `fedmemes` logger
 # whose INFO level (conf/hydra/job_logging/fedmemes.yaml) lets the run summary through.
@@ -176,22 +177,57 @@ def _resume_dir(args: list[str]) -> list[str]:
     return [f"hydra.run.dir={Path(resume).expanduser().resolve()}"]
 
 
+# Hydra's flags that take a value; with one in HYDRA_OWN Hydra runs no job here (or reads configs we cannot
+# locate: -cp is relative to the caller), so Hydra checks alone.
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name"}
+HYDRA_OWN = {"-m", "--multirun", "-cp", "--config-path", "-h", "--help", "--hydra-help", "-i", "--info",
+             "--shell-completion", "-sc", "--version", "--experimental-rerun"}
+
+
+def check_overrides(args: list[str]) -> None:
+    """Compose and check the overrides among `args` before any job starts; exit 2 with one line on a bad value."""
+    if any(a.split("=", 1)[0] in HYDRA_OWN for a in args):
+        return
+    overrides, flags, flag = [], {}, None
+    for a in args:
+        if flag:
+            flags[flag], flag = a, None
+        elif a.startswith("-"):
+            name, eq, value = a.partition("=")
+            if eq:
+                flags[name] = value
+            elif name in HYDRA_VALUE_FLAGS:
+                flag = name
+        else:
+            overrides.append(a)
+    config_dir = flags.get("-cd") or flags.get("--config-dir")
+    try:
+        compose_checked(overrides, flags.get("-cn") or flags.get("--config-name") or "config",
+                        str(Path(config_dir).expanduser()) if config_dir else None)
+    except ConfigError as e:  # Ray, a SuperLink and the run directory are not started yet
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 COMMANDS = {"simulate": simulate, "data generate": data_generate, "data inspect": data_inspect, "server": server,
             "client": _argparse_command("fedmemes.deploy.supernode"), "manager": _argparse_command("fedmemes.deploy.manager"),
             "certs": _argparse_command("fedmemes.deploy.certs"), "predict": _argparse_command("fedmemes.predict"),
             "serve": _argparse_command("fedmemes.serve"), "runs": _argparse_command("fedmemes.runs"),
             "report": _argparse_command("fedmemes.report.command")}
+HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "server")  # they take overrides: checked first
 
 
-def main() -> None:
-    """Dispatch `fedmemes COMMAND ...` to the matching Hydra job."""
-    args = sys.argv[1:]
+def main(argv: list[str] | None = None) -> None:
+    """Dispatch `fedmemes COMMAND ...` (argv, default sys.argv[1:]) to the matching Hydra job."""
+    args = sys.argv[1:] if argv is None else list(argv)
     verbose = any(a in ("-v", "--verbose") for a in args)
     args = [a for a in args if a not in ("-v", "--verbose")] + (["verbose=true"] if verbose else [])
     args += _resume_dir(args)
     for name, job in COMMANDS.items():
         words = name.split()
         if args[: len(words)] == words:
+            if name in HYDRA_COMMANDS:
+                check_overrides(args[len(words):])
             sys.argv = [f"fedmemes {name}", *args[len(words):]]
             job()
             return

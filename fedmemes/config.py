@@ -6,14 +6,20 @@ import functools
 import inspect
 import logging
 import os
+import re
 import shlex
+from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.validation import with_reply_checks
@@ -51,16 +57,98 @@ def overrides_of(run_config: dict[str, Any]) -> str:
     return str(run_config.get(OVERRIDES_KEY) or os.environ.get(OVERRIDES_ENV, ""))
 
 
+CONF_DIR = Path(__file__).parent / "conf"
+CONF_PACKAGE = "pkg://fedmemes.conf"
+# OmegaConf's type names in "could not be converted to X" -> what a user may type instead.
+TYPE_WORDS = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false", "bool": "true or false",
+              "String": "text"}
+register()  # the schema node that config.yaml names first; also done when fedmemes.conf is imported
+
+
+def group_options(group: str) -> list[str]:
+    """Return the options of config group `group` (e.g. model/image_encoder) in the packaged conf folder."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_groups(args: list[str]) -> dict[str, str]:
+    """Raise ConfigError for an override naming a group option that does not exist; return {key: value as typed}."""
+    parser, parsed = OverridesParser.create(), []
+    for arg in args:  # one by one, so the message names the override Hydra cannot read
+        try:
+            parsed += parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            raise ConfigError(f"{arg} is not an override Hydra can read ({str(e).splitlines()[0]}); "
+                              "write key=value, e.g. lr=0.01 or partition.label_noise=[0.0,0.3]") from None
+    chosen: dict[str, str] = {}
+    own_search_path = any(o.key_or_group == "hydra.searchpath" for o in parsed)  # groups may have more options there
+    for o in parsed:
+        group = o.key_or_group
+        if not o.is_delete():
+            chosen[group] = o.get_value_element_as_str()
+        if own_search_path or group.startswith("hydra") or o.is_delete() or not (CONF_DIR / group).is_dir():
+            continue
+        value = o.value()
+        for name in value if isinstance(value, list) else [value]:
+            if name is not None and str(name) not in group_options(group):
+                raise bad_value(group, name, f"one of {', '.join(group_options(group))}")
+    return chosen
+
+
+def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
+    """Turn Hydra's multi-line composition error into one line: key, value, what is allowed, what to do."""
+    cause = err.__cause__
+    if isinstance(cause, ValidationError) and cause.full_key:
+        kind = re.search(r"converted to (\w+)|not a valid (\w+)", str(cause.msg))
+        type_name = kind.group(kind.lastindex or 0) if kind else ""
+        allowed = allowed_for(cause.full_key) or TYPE_WORDS.get(type_name, "another type")
+        return bad_value(cause.full_key, chosen.get(cause.full_key, cause.value), allowed)
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return bad_value(group, name, f"one of {', '.join(err.options or group_options(group))}")
+    missing = re.search(r"(?:In '(.+?)': )?Could not override '(.+?)'\. No match in the defaults list", str(err))
+    if missing and "/" in missing.group(2):  # e.g. experiment=real_memes model=text_only: no image encoder to swap
+        where, (parent, _, child) = missing.group(1), missing.group(2).rpartition("/")
+        fits = [m for m in group_options(parent)
+                if re.search(rf"^\s*-\s*{child}\s*:", (CONF_DIR / parent / f"{m}.yaml").read_text(), re.M)]
+        source = where.replace("/", "=", 1) if where else f"{missing.group(2)}={chosen.get(missing.group(2))}"
+        sets = f"{source} sets {missing.group(2)}, but" if where else f"{source}:"
+        return ConfigError(f"{sets} {parent}={chosen.get(parent, '?')} has no {child}: "
+                           f"pick a {parent} that has one ({', '.join(fits)}) or leave out {source}")
+    unknown = re.match(r"Could not override '(.+?)'\.\s+To append to your config use \+", str(err))
+    if unknown:  # a key the config does not have: most often a typo
+        key = unknown.group(1)
+        return ConfigError(f"{key}={chosen.get(key)} is not allowed: there is no key {key} in the config; check the "
+                           f"spelling, or add a new key with +{key}={chosen.get(key)}")
+    lines = str(err).splitlines()
+    if len(lines) < 2 and cause is not None:  # Hydra's own line says little alone: add the cause's first line
+        lines.append(str(cause).splitlines()[0])
+    return ConfigError(" ".join(line.strip() for line in lines if line.strip()))
+
+
+def compose_checked(args: list[str], config_name: str = "config", config_dir: str | None = None) -> DictConfig:
+    """Compose config.yaml (or `config_name` in `config_dir`) with `args`, check types and ranges; one-line errors."""
+    if config_dir:  # e.g. the k8s ConfigMap's deployment.yaml, which starts from our packaged config.yaml
+        args = [f"hydra.searchpath=[{CONF_PACKAGE}]", *args]
+    chosen = _check_groups(args)  # {override key: value as typed}, groups and plain keys alike
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a hydra.main job (fedmemes simulate/server)
+            cfg = compose(config_name, overrides=args)
+        else:
+            init = initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3") if config_dir else \
+                initialize_config_module("fedmemes.conf", version_base="1.3")
+            with init:
+                cfg = compose(config_name, overrides=args)
+        OmegaConf.resolve(cfg)
+    except (ConfigCompositionException, MissingConfigException, OmegaConfBaseException) as e:
+        raise _one_line(e, chosen) from None
+    check_ranges(cfg, chosen)
+    return cfg
+
+
 @functools.lru_cache(maxsize=8)
 def load_config(overrides: str = "") -> DictConfig:
-    """Compose `fedmemes/conf/config.yaml` with overrides such as 'num_rounds=3 model=early_fusion'."""
-    args = shlex.split(overrides)
-    if GlobalHydra.instance().is_initialized():  # inside `fedmemes simulate` (hydra.main already ran)
-        cfg = compose("config", overrides=args)
-    else:
-        with initialize_config_module("fedmemes.conf", version_base="1.3"):
-            cfg = compose("config", overrides=args)
-    OmegaConf.resolve(cfg)
+    """Compose `fedmemes/conf/config.yaml` with overrides such as 'num_rounds=3 model=early_fusion', checked."""
+    cfg = compose_checked(shlex.split(overrides))
     OmegaConf.set_readonly(cfg, True)  # cached and shared: nobody may change it
     return cfg
 
