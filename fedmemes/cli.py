@@ -104,10 +104,10 @@ def simulate(cfg: DictConfig) -> None:
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
     log.info("%s", _check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
-    from fedmemes.deploy.dashboard import SimulationStatus
     from flwr.simulation import run_simulation
 
     from fedmemes.cluster import attach, ray_address
+    from fedmemes.deploy.dashboard import SimulationStatus
 
     if address := ray_address(cfg.simulation.get("ray_address")):  # an existing cluster: Flower then skips its own ray.init
         attach(address, bool(cfg.verbose))

@@ -14,8 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
+from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.validation import with_reply_checks
 
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes

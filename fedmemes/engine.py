@@ -130,7 +130,7 @@ def train(
             if loss_fn is not None:
                 loss = loss_fn(logits, label)
             if proximal_mu > 0:
-                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if grad_hook is not None:
@@ -192,7 +192,7 @@ def pick_threshold(prob: np.ndarray, label: np.ndarray) -> float:
     scores = [f1_score(label, (prob > t).astype(int), average="macro", zero_division=0) for t in candidates]
     best = max(scores)
     # Ties: keep the candidate closest to 0.5, the untuned default.
-    return float(min((t for t, s in zip(candidates, scores) if s == best), key=lambda t: abs(t - 0.5)))
+    return float(min((t for t, s in zip(candidates, scores, strict=True) if s == best), key=lambda t: abs(t - 0.5)))
 
 
 def metrics_at(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:

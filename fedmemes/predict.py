@@ -220,7 +220,7 @@ def predict(run: RunModel, inputs: Inputs, threshold: float | None = None, progr
     prob = run.score(inputs.memes, progress=progress)
     rows: list[dict[str, Any]] = []
     several = len(set(inputs.split)) > 1
-    for meme, p, labelled, split in zip(inputs.memes, prob, inputs.labelled, inputs.split):
+    for meme, p, labelled, split in zip(inputs.memes, prob, inputs.labelled, inputs.split, strict=True):
         row: dict[str, Any] = {"id": meme.id, "p_hateful": round(float(p), 6), "pred": int(p > t)}
         if any(inputs.labelled):
             row["label"] = meme.label if labelled else None
@@ -229,7 +229,7 @@ def predict(run: RunModel, inputs: Inputs, threshold: float | None = None, progr
         rows.append(row)
     scores = {}
     for split in dict.fromkeys(inputs.split):
-        keep = np.array([s == split and lab for s, lab in zip(inputs.split, inputs.labelled)], dtype=bool)
+        keep = np.array([s == split and lab for s, lab in zip(inputs.split, inputs.labelled, strict=True)], dtype=bool)
         if keep.any():
             label = np.array([m.label for m in inputs.memes])[keep]
             scores[split] = summarise(prob[keep], label, t)

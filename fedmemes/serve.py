@@ -160,7 +160,7 @@ def create_app(run: RunModel, token: str | None = None, image_root: str | Path |
             kept, issues = check_rows(iter(rows), Path(tmp), "request")
             errors += [{"line": i.line, "kind": i.kind, "detail": i.detail} for i in issues]
             probs = score([m for _, m, _ in kept]) if kept else []
-        results = [{"line": n, "id": m.id, **answer(p)} for (n, m, _), p in zip(kept, probs)]
+        results = [{"line": n, "id": m.id, **answer(p)} for (n, m, _), p in zip(kept, probs, strict=True)]
         return {"results": results, "errors": sorted(errors, key=lambda e: e["line"]), "threshold": run.threshold, "model": model_name}
 
     return api

@@ -13,10 +13,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine, run_dir as run_dirs
+from fedmemes import checkpoint, engine
+from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
-from fedmemes.history import RunHistory
 from fedmemes.data.report import read_client_facts
+from fedmemes.history import RunHistory
 from fedmemes.node_data import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
 from fedmemes.tracking import build_trackers, round_metrics

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -102,7 +101,7 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
         with safe_open(shard, "pt") as f:
             shard_keys = (f.metadata() or {}).get("keys", "").split(",")
             if wanted.intersection(shard_keys):
-                known.update({k: row for k, row in zip(shard_keys, f.get_tensor("x")) if k in wanted})
+                known.update({k: row for k, row in zip(shard_keys, f.get_tensor("x"), strict=True) if k in wanted})
     first = {}
     for i, k in enumerate(keys):
         if k not in known:
@@ -116,7 +115,7 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file({"x": x.contiguous()}, tmp, metadata={"keys": ",".join(chunk)})
         os.replace(tmp, path)
-        known.update(zip(chunk, x))
+        known.update(zip(chunk, x, strict=True))
     return [known[k] for k in keys]
 
 

@@ -122,7 +122,7 @@ def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, im
     for split, n in counts.items():
         cells = rng.permutation(np.arange(n) % 4)  # equal (t, v) cells make each modality alone useless
         rows = []
-        for meme_id, cell in zip(ids[start:start + n], cells):
+        for meme_id, cell in zip(ids[start:start + n], cells, strict=True):
             topic, concept = int(cell // 2), int(cell % 2)
             text = caption(rng, topic)
             if text not in layers:

@@ -153,7 +153,7 @@ def generate_v2(out_dir: Path, counts: dict[str, int], ids: np.ndarray, rng: np.
     start = 0
     for split, n in counts.items():
         rows = []
-        for meme_id, meme in zip(ids[start:start + n], draw_memes(rng, n, label_noise)):
+        for meme_id, meme in zip(ids[start:start + n], draw_memes(rng, n, label_noise), strict=True):
             text = meme["text"]
             if text not in layers:
                 layers[text] = text_layer(text, image_size, font)

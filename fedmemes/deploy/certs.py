@@ -79,7 +79,7 @@ def make_tls(folder: Path, hosts: list[str], days: int = 365, force: bool = Fals
                               "it (then give clients the new ca.crt), or --node-key NAME alone to add a node key")
     hosts = list(dict.fromkeys([*hosts, *LOOPBACK_NAMES]))
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = (
         x509.CertificateBuilder().subject_name(_name("fedmemes CA")).issuer_name(_name("fedmemes CA"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,10 +46,8 @@ def stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
         _kill_group(proc, signal.SIGKILL)  # its children may outlive it
         return
     _kill_group(proc, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
     _kill_group(proc, signal.SIGKILL)
     proc.wait()
 
@@ -56,10 +55,8 @@ def stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
 def _kill_group(proc: subprocess.Popen | None, sig: signal.Signals) -> None:
     if proc is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone, or its pid now belongs to another user
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

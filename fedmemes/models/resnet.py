@@ -37,7 +37,7 @@ class ResNet18Trunk(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         widths = [64, 128, 256, 512]
-        for i, (c_in, c_out) in enumerate(zip([64] + widths[:-1], widths), start=1):
+        for i, (c_in, c_out) in enumerate(zip([64] + widths[:-1], widths, strict=True), start=1):
             stride = 1 if i == 1 else 2
             setattr(self, f"layer{i}", nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out)))
 

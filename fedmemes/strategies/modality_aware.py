@@ -72,5 +72,5 @@ class ModalityAwareAvg(FedAvg):
                 continue
             averaged = average_arrays([records[i] for i in voters], [counts[i] for i in voters], keys)
             merged.update({k: Array(v) for k, v in averaged.items()})
-        arrays = ArrayRecord({k: merged[k] for k in records[0].keys()})
+        arrays = ArrayRecord({k: merged[k] for k in records[0]})
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -178,7 +178,7 @@ class ReplyChecks:
         return arrays, metrics
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def with_reply_checks(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `ReplyChecks` in front (same name, still an instance of `cls`)."""
     if issubclass(cls, ReplyChecks):
