@@ -30,6 +30,11 @@ class BasicBlock(nn.Module):
 class ResNet18Trunk(nn.Module):
     """Stem and four stages of ResNet-18: images (B, 3, H, W) -> (B, 512, H/32, W/32)."""
 
+    layer1: nn.Sequential  # set in a loop below under torchvision's names (its checkpoints load as they are)
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
