@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -156,7 +157,7 @@ def server() -> None:
     job()
 
 
-def _argparse_command(module: str):
+def _argparse_command(module: str) -> Callable[[], None]:
     # client/manager/certs take flags, not Hydra overrides; `-v` became verbose=true above.
     def run() -> None:
         import importlib

@@ -92,7 +92,7 @@ def _seeded(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, floa
 @_seeded
 def train(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[tuple[torch.Tensor, ...]],
     epochs: int,
     lr: float,
     batch_size: int,
@@ -146,7 +146,7 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+def predict(model: nn.Module, dataset: Dataset[tuple[torch.Tensor, ...]], batch_size: int, device: torch.device,
             amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Return P(hateful) per row, the labels, and the mean loss."""
     model.to(device).eval()
@@ -175,7 +175,7 @@ def classification_metrics(prob: np.ndarray, label: np.ndarray, loss: float) -> 
     }
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+def evaluate(model: nn.Module, dataset: Dataset[tuple[torch.Tensor, ...]], batch_size: int, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Score `model` on `dataset`: auroc, accuracy, f1_macro, loss, n."""
     prob, label, loss = predict(model, dataset, batch_size, device, amp_dtype)

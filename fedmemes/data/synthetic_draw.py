@@ -47,7 +47,7 @@ def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeT
     sample = "the quick brown fox jumps over a lazy dog"
     chars = max(8, int((size - 6) * len(sample) / font.getlength(sample)))
     lines = textwrap.wrap(text, width=chars)
-    line_h = font.getbbox("Ag")[3] + 2
+    line_h = int(font.getbbox("Ag")[3]) + 2  # FreeType fonts give ints; the bitmap default may give floats
     mask = Image.new("L", (size, line_h * len(lines) + 2), 0)
     draw = ImageDraw.Draw(mask)
     for i, line in enumerate(lines):

@@ -48,7 +48,7 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _write_key(path: Path, key, fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8) -> None:
+def _write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8) -> None:
     """Write a private key that is owner-only from its first byte (created 0600, never chmod-ed after the fact)."""
     path.unlink(missing_ok=True)  # O_EXCL below: a replaced key never inherits the old file's mode
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -116,7 +116,7 @@ class ClipImageEncoder(nn.Module):
         config = _load(self.name_or_path).config
         # CLIPConfig types these Optional / dict | config; after __init__ both are always set and typed.
         self.embed_dim = int(config.projection_dim)  # type: ignore[arg-type]
-        self.input_size = int(config.vision_config.image_size)  # type: ignore[union-attr]
+        self.input_size = int(config.vision_config.image_size)  # type: ignore[union-attr,arg-type]
         mean, std = self._normalisation()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
