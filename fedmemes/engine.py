@@ -132,7 +132,7 @@ def train(
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # GradScaler.scale loses the Tensor type
             if grad_hook is not None:
                 scaler.unscale_(opt)  # the corrections are added to the true gradients
                 grad_hook(model)

@@ -33,6 +33,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -142,7 +143,7 @@ class SyntheticSource:
     def __init__(self, root: str | Path, n_train: int = 2000, n_dev: int = 300, n_test: int = 600,
                  seed: int = 0, image_size: int = 96, version: int = 2, label_noise: float = 0.05) -> None:
         self.root = Path(root).expanduser().absolute()
-        self.params = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
+        self.params: dict[str, Any] = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
                        "image_size": image_size, "version": version, "label_noise": label_noise}
 
     @property

@@ -40,9 +40,9 @@ def _load(name_or_path: str) -> CLIPModel:
     from transformers import CLIPModel
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
+    hf_logging.disable_progress_bar()
     try:
-        model = CLIPModel.from_pretrained(name_or_path, local_files_only=True).eval()  # type: ignore[no-untyped-call]  # as typed by transformers
+        model = CLIPModel.from_pretrained(name_or_path, local_files_only=True).eval()
     except OSError as err:
         raise FileNotFoundError(f"CLIP checkpoint {name_or_path!r} not found locally ({err}); give a local folder "
                                 "saved with CLIPModel.save_pretrained (nothing is downloaded)") from None

@@ -31,7 +31,7 @@ def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
+    hf_logging.disable_progress_bar()
     # local_files_only: a hub id works only when already in the local HF cache, never downloads.
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
     model = AutoModel.from_pretrained(name_or_path, local_files_only=True).eval()
