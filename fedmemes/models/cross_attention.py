@@ -74,7 +74,7 @@ class CrossAttentionFusion(MemeClassifier):
         mask = self.available(mask)
         states, text_pad = self.text_encoder.tokens(text)
         tokens = self.text_proj(states)  # (B, L, H)
-        regions = self.image_proj(self.image_encoder.regions(image))  # type: ignore[operator]  # (B, R, H); Module.__getattr__ is typed Tensor | Module
+        regions = self.image_proj(self.image_encoder.regions(image))  # type: ignore[operator]  # (B, R, H): one per map position; __getattr__ is typed Tensor | Module
         has_text = mask[:, 0].view(-1, 1, 1) > 0
         has_image = mask[:, 1].view(-1, 1, 1) > 0
         tokens = torch.where(has_text, tokens, self.missing_text.expand_as(tokens))
