@@ -1,10 +1,10 @@
-# The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests).
+# The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests); `make lint` gates style.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)   # everything, slow multi-round runs included
 
+# The lint and type gate (CI runs it before the tests): ruff's rules, ruff's format, mypy --strict on fedmemes/.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache

@@ -52,7 +52,7 @@ def run(overrides: str, num_clients: int, server_lr: float = 1.0) -> dict:
             states.append(engine.trainable_state(model))
             weights.append(len(data.train))
         total = sum(weights)
-        mean = {k: sum(s[k] * (w / total) for s, w in zip(states, weights)) for k in current}
+        mean = {k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)) for k in current}
         current = {k: current[k] + server_lr * (mean[k] - current[k]) for k in current}  # server_lr 1 = FedAvg
         model.load_state_dict(current)
         scores = engine.evaluate(model, val.dataset(), cfg.batch_size, device)
@@ -125,7 +125,7 @@ def main() -> None:
     for variant, encoder, fed, cen in rows:
         fa = [r["test_auroc"] for r in fed]
         central = "n/a" if cen[0] is None else _ms([r["test_auroc"] for r in cen])
-        diff = "n/a" if cen[0] is None else _ms([a - r["test_auroc"] for a, r in zip(fa, cen)])
+        diff = "n/a" if cen[0] is None else _ms([a - r["test_auroc"] for a, r in zip(fa, cen, strict=True)])
         f1s = _ms([r["test_f1"] for r in fed]), _ms([r["test_f1_at_0.5"] for r in fed])
         print(f"| {variant} | {encoder} | {_ms(fa)} | {f1s[0]} | {f1s[1]} | {central} | {diff} |")
 

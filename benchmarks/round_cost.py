@@ -9,6 +9,7 @@ frozen text encoder travelled too.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def main(overrides: list[str]) -> None:
     subprocess.run([fedmemes, "simulate", *overrides, f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     seconds = [r["seconds"] for r in metrics["rounds"]]
-    per_round = [b - a for a, b in zip(seconds, seconds[1:])]
+    per_round = [b - a for a, b in itertools.pairwise(seconds)]
 
     cfg = load_config(" ".join(overrides))
     model = build_model(cfg)

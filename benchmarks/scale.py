@@ -15,6 +15,7 @@ the actors the clients' own work is divided by, come from that scan).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -107,7 +108,7 @@ def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str, ad
                    backend_config={"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": 0.0},
                                    "init_args": {"logging_level": "ERROR", "log_to_driver": False,
                                                  **({"address": address} if address else {})}})
-    Path(out).write_text(json.dumps([b - a for a, b in zip(stamps, stamps[1:])]))
+    Path(out).write_text(json.dumps([b - a for a, b in itertools.pairwise(stamps)]))
 
 
 def clients_work(overrides: str, clients: int, partitions: list[int]) -> list[float]:
@@ -161,7 +162,7 @@ def main() -> None:
     cluster = [f"simulation.ray_address={args.ray_address}"] if args.ray_address else []
     ours_s, ours = _watched([fedmemes, "simulate", *overrides.split(), *cluster, f"hydra.run.dir={run_dir}"], env)
     rows = json.loads((run_dir / "metrics.json").read_text())["rounds"]
-    per_round = [b["seconds"] - a["seconds"] for a, b in zip(rows, rows[1:])]
+    per_round = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(rows)]
     trained = [len(r.get("sampled", [])) for r in rows[1:]]
 
     bare_out = run_dir / "bare.json"

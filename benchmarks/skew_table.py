@@ -83,7 +83,7 @@ def measure(overrides: str, num_clients: int, seeds: list[int], jobs: int = 1) -
     args = [(f"{overrides} random_seed={seed}", num_clients) for seed in seeds]
     if jobs > 1:
         with ProcessPoolExecutor(min(jobs, len(args)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_one, *zip(*args)))
+            results = list(pool.map(_one, *zip(*args, strict=True)))
     else:
         results = [_one(*a) for a in args]
     return [r[0] for r in results], [r[1] for r in results], statistics.mean(r[2] for r in results)

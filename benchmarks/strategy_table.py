@@ -56,7 +56,7 @@ def faulty(bad_partition: int, corrupt: Callable[[np.ndarray, np.ndarray], np.nd
         if int(context.node_config["partition-id"]) != bad_partition or msg.metadata.message_type != "train":
             return out
         sent, local = msg.content["arrays"], out.content["arrays"]
-        out.content["arrays"] = ArrayRecord({k: Array(corrupt(sent[k].numpy(), local[k].numpy())) for k in local.keys()})
+        out.content["arrays"] = ArrayRecord({k: Array(corrupt(sent[k].numpy(), local[k].numpy())) for k in local})
         return out
 
     return call

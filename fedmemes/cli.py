@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -107,10 +108,10 @@ def simulate(cfg: DictConfig) -> None:
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
     log.info("%s", _check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
     os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
-    from fedmemes.deploy.dashboard import SimulationStatus
     from flwr.simulation import run_simulation
 
     from fedmemes.cluster import attach, ray_address
+    from fedmemes.deploy.dashboard import SimulationStatus
 
     if address := ray_address(cfg.simulation.get("ray_address")):  # an existing cluster: Flower then skips its own ray.init
         attach(address, bool(cfg.verbose))
@@ -159,7 +160,7 @@ def server() -> None:
     job()
 
 
-def _argparse_command(module: str):
+def _argparse_command(module: str) -> Callable[[], None]:
     # client/manager/certs take flags, not Hydra overrides; `-v` became verbose=true above.
     def run() -> None:
         import importlib

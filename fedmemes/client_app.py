@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
 
 from fedmemes import engine
 from fedmemes.client_corrections import local_setup
@@ -32,9 +35,9 @@ def _data_dir(context: Context) -> str | None:
     return str(context.node_config.get("data-dir") or "") or None
 
 
-def _model(cfg, msg: Message):
+def _model(cfg: DictConfig, msg: Message) -> nn.Module:
     model = build_model(cfg)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return model
 
 
@@ -48,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(cfg, msg)
     config = msg.content["config"]
     device = engine.pick_device(cfg.device)
-    server_round = int(config.get("server-round", 0)) + int(config.get("round_offset", 0))
+    server_round = int(cast(int, config.get("server-round", 0))) + int(cast(int, config.get("round_offset", 0)))
     # SCAFFOLD / FedDyn corrections and the local loss (loss=fedlc); their state lives in context.state
     local = local_setup(msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss"))
     stats = engine.train(
@@ -59,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=cfg.batch_size,
         device=device,
         seed=cfg.random_seed + 1000 * server_round + pid,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
         optimizer=instantiate(cfg.optimizer),
         max_steps=cfg.local_steps,
         amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
@@ -99,4 +102,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     scores = engine.evaluate(_model(cfg, msg), data.val.dataset(), cfg.batch_size, engine.pick_device(cfg.device))
     metrics = {k: (0.0 if v != v else float(v)) for k, v in scores.items() if k != "n"}  # NaN -> 0: keys must match
     metrics["num-examples"] = len(data.val)
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)  # type: ignore[arg-type]  # flwr types it as an invariant dict; float values fit

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from hydra.utils import instantiate
 from torch import nn
 
@@ -42,7 +42,7 @@ class LocalSetup:
 
 
 def _state_tensors(state: RecordDict, key: str) -> dict[str, torch.Tensor] | None:
-    return state[key].to_torch_state_dict() if key in state.array_records else None
+    return state.array_records[key].to_torch_state_dict() if key in state.array_records else None
 
 
 def local_setup(content: RecordDict, state: RecordDict, model: nn.Module, label_counts: list[int], loss_cfg: Any = None) -> LocalSetup:
@@ -50,9 +50,9 @@ def local_setup(content: RecordDict, state: RecordDict, model: nn.Module, label_
     loss = instantiate(loss_cfg, label_counts=label_counts) if loss_cfg is not None else CrossEntropy()
     setup = LocalSetup(loss_fn=None if type(loss) is CrossEntropy else loss)  # None: the engine's own loss
     hooks: list[Callable[[nn.Module], None]] = []
-    config = content["config"] if "config" in content.config_records else {}
+    config = content.config_records["config"] if "config" in content.config_records else ConfigRecord()
     if SCAFFOLD_C in content.array_records:
-        scaffold = ScaffoldCorrection(model, content[SCAFFOLD_C].to_torch_state_dict(), _state_tensors(state, SCAFFOLD_STATE))
+        scaffold = ScaffoldCorrection(model, content.array_records[SCAFFOLD_C].to_torch_state_dict(), _state_tensors(state, SCAFFOLD_STATE))
         hooks.append(scaffold)
 
         def scaffold_after(_: nn.Module) -> dict[str, ArrayRecord]:
@@ -61,7 +61,7 @@ def local_setup(content: RecordDict, state: RecordDict, model: nn.Module, label_
             return {CV_DELTA: ArrayRecord(delta)}
 
         setup._after.append(scaffold_after)
-    alpha = float(config.get(FEDDYN_ALPHA, 0.0))
+    alpha = float(cast(float, config.get(FEDDYN_ALPHA, 0.0)))  # the strategy sends a float
     if alpha > 0:
         dyn = FedDynCorrection(model, alpha, _state_tensors(state, FEDDYN_STATE))
         hooks.append(dyn)
@@ -72,5 +72,10 @@ def local_setup(content: RecordDict, state: RecordDict, model: nn.Module, label_
 
         setup._after.append(feddyn_after)
     if hooks:
-        setup.grad_hook = lambda m: [hook(m) for hook in hooks] and None
+
+        def grad_hook(model: nn.Module) -> None:
+            for hook in hooks:
+                hook(model)
+
+        setup.grad_hook = grad_hook
     return setup

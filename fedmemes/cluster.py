@@ -31,7 +31,7 @@ def attach(address: str, verbose: bool = False) -> None:
     env = {"PYTHONPATH": pythonpath, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     try:
         ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False,
-                 logging_level="INFO" if verbose else "ERROR", log_to_driver=verbose)
+                 logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
     except ConnectionError as e:
         raise SystemExit(f"error: no Ray cluster at simulation.ray_address={address} ({e}); start one with "
                          "`ray start --head --port=6379` and pass its address, or set simulation.ray_address=null") from None

@@ -9,7 +9,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -20,11 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
-from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
+from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.validation import with_reply_checks
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the models (and torch) are imported where a model is built, not here
+    from fedmemes.models.base import MemeClassifier
 
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes
 # the overrides in this variable (Ray actors inherit the driver's environment).
@@ -159,7 +162,7 @@ def _accepted(cls: type) -> tuple[set[str], bool]:
     for klass in cls.__mro__:
         if klass is object:
             return names, True
-        params = inspect.signature(klass.__init__).parameters
+        params = inspect.signature(klass.__init__).parameters  # type: ignore[misc]  # read, never called
         names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return names, False
@@ -187,7 +190,7 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
         return instantiate(spec, **extra)
     # The outermost strategy gets the reply checks: same class, filtering replies before it aggregates.
     args = instantiate(spec, _partial_=True, **extra)
-    strategy = with_sampling(with_reply_checks(target))(*args.args, **args.keywords)
+    strategy: Any = with_sampling(with_reply_checks(target))(*args.args, **args.keywords)  # a class built at run time
     strategy.reply_report_fn = hooks.get("reply_report_fn")
     strategy.min_valid_replies = min_valid
     return strategy
@@ -195,9 +198,9 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
 
 def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
-    spec = OmegaConf.to_container(cfg.server.strategy, resolve=True)
+    spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
     for old, new in SEED_STRATEGY_KEYS.items():  # the plan reads Flower 1.42's names (_build_one warns about the old ones)
-        level = spec
+        level: Any = spec
         while isinstance(level, dict):
             if old in level:
                 level[new] = level[old]
@@ -211,6 +214,7 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     return strategy
 
 
-def build_model(cfg: DictConfig) -> Any:
+def build_model(cfg: DictConfig) -> MemeClassifier:
     """Instantiate the configured model (`model._target_`)."""
-    return instantiate(cfg.model)
+    model: MemeClassifier = instantiate(cfg.model)
+    return model

@@ -92,7 +92,7 @@ def _seeded(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, floa
 @_seeded
 def train(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[tuple[torch.Tensor, ...]],
     epochs: int,
     lr: float,
     batch_size: int,
@@ -130,9 +130,9 @@ def train(
             if loss_fn is not None:
                 loss = loss_fn(logits, label)
             if proximal_mu > 0:
-                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # GradScaler.scale loses the Tensor type
             if grad_hook is not None:
                 scaler.unscale_(opt)  # the corrections are added to the true gradients
                 grad_hook(model)
@@ -146,7 +146,7 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+def predict(model: nn.Module, dataset: Dataset[tuple[torch.Tensor, ...]], batch_size: int, device: torch.device,
             amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Return P(hateful) per row, the labels, and the mean loss."""
     model.to(device).eval()
@@ -175,7 +175,7 @@ def classification_metrics(prob: np.ndarray, label: np.ndarray, loss: float) -> 
     }
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+def evaluate(model: nn.Module, dataset: Dataset[tuple[torch.Tensor, ...]], batch_size: int, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Score `model` on `dataset`: auroc, accuracy, f1_macro, loss, n."""
     prob, label, loss = predict(model, dataset, batch_size, device, amp_dtype)
@@ -192,7 +192,7 @@ def pick_threshold(prob: np.ndarray, label: np.ndarray) -> float:
     scores = [f1_score(label, (prob > t).astype(int), average="macro", zero_division=0) for t in candidates]
     best = max(scores)
     # Ties: keep the candidate closest to 0.5, the untuned default.
-    return float(min((t for t, s in zip(candidates, scores) if s == best), key=lambda t: abs(t - 0.5)))
+    return float(min((t for t, s in zip(candidates, scores, strict=True) if s == best), key=lambda t: abs(t - 0.5)))
 
 
 def metrics_at(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:

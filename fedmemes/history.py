@@ -70,7 +70,7 @@ class RunHistory:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the metrics.json content."""
-        return _clean(
+        clean: dict[str, Any] = _clean(
             {
                 "rounds": self.rounds,
                 "best_round": self.best_round,
@@ -80,6 +80,7 @@ class RunHistory:
                 "data_issues": self.data_issues,
             }
         )
+        return clean
 
     def write(self) -> Path:
         """Write metrics.json atomically and return its path."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr_datasets.partitioner import IidPartitioner
@@ -88,7 +88,7 @@ def _attached(split: _SplitKey, num_partitions: int) -> tuple[list[Meme], Any, l
     # fresh partition of the whole pool per client (which made N clients cost O(N * pool)).
     cfg = split.cfg
     pool = holdout(cfg).pool
-    partitioner = instantiate(partitioner_spec(OmegaConf.to_container(cfg.partition, resolve=True)), num_partitions=num_partitions)
+    partitioner = instantiate(partitioner_spec(cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))), num_partitions=num_partitions)
     client_partition(pool, partitioner, 0, cfg.random_seed)  # attaches the pool; raises the fix if client 0 gets none
     return pool, partitioner, _all_rows(partitioner, num_partitions, list(partitioner.load_partition(0)["row"]))
 
@@ -117,7 +117,7 @@ def _rows(split: _SplitKey, num_partitions: int, partition_id: int) -> tuple[int
         return tuple(partitioner.load_partition(partition_id)["row"])
     except (ValueError, IndexError):  # let client_partition phrase the fix for this client
         cfg = split.cfg
-        fresh = instantiate(partitioner_spec(OmegaConf.to_container(cfg.partition, resolve=True)), num_partitions=num_partitions)
+        fresh = instantiate(partitioner_spec(cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))), num_partitions=num_partitions)
         client_partition(pool, fresh, partition_id, cfg.random_seed)
         raise
 
@@ -138,7 +138,7 @@ def _own_folder(folder: str, on_error: str) -> list[Meme]:
 
 def client_split(cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None) -> ClientSplit:
     """Partition, skew and split one client's memes; stop with the fix if it gets none."""
-    partition = OmegaConf.to_container(cfg.partition, resolve=True)
+    partition = cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))  # a mapping node
     if getattr(get_class(partition["_target_"]), "owns_data", False):  # per_client_dirs: the node's own folder
         partitioner = instantiate(partitioner_spec(partition), num_partitions=num_partitions)
         folder = partitioner.data_dir(partition_id, data_dir)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from fedmemes import engine
 from fedmemes.config import build_model
 from fedmemes.data.features import build_tensors
+from fedmemes.data.images import DEFAULT_MAX_PIXELS
 from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, _check_row, id_key
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
 from fedmemes.history import METRICS_FILE
@@ -80,6 +81,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
         raise FileNotFoundError(f"{weights} not found: the run did not finish (`fedmemes runs` shows its status; "
                                 f"resume it with `fedmemes simulate resume={run_dir}`)")
     cfg = OmegaConf.create(upgrade_targets(OmegaConf.to_container(OmegaConf.load(config))))  # runs saved before a move
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{config}: not a run's config (a YAML mapping); was the file replaced?")
     torch.manual_seed(int(cfg.random_seed))  # the constructor draws weights; every trainable one is then overwritten
     model = build_model(cfg)
     model.load_state_dict(load_file(weights))
@@ -113,10 +116,12 @@ def _parse(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None]:
 
 def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_error: str = "skip") -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
     """Validate parsed rows with training's checks; `label` may be absent (unlabelled memes). Return (line, meme, labelled)."""
-    kept, issues, first_line = [], [], {}
+    kept: list[tuple[int, Meme, bool]] = []
+    issues: list[DataIssue] = []
+    first_line: dict[str, int] = {}
     for n, row in rows:
         labelled = not isinstance(row, dict) or "label" in row
-        problems, meme = _check_row(row if labelled else {**row, "label": 0}, root, on_error)
+        problems, meme = _check_row(row if labelled else {**cast(dict[str, Any], row), "label": 0}, root, on_error)
         issues.extend(DataIssue(where, n, k, d) for k, d in problems)
         if meme is None:
             continue
@@ -131,7 +136,7 @@ def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_er
 
 def _image_checked(kept: list[tuple[int, Meme, bool]], where: str, on_error: str, max_pixels: int | None = None) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
     """Decode-check every image with training's checks; a bad one skips its row (keep_text keeps the caption)."""
-    source = LocalDirSource(Path.cwd(), on_error=on_error, **({"max_image_pixels": max_pixels} if max_pixels else {}))
+    source = LocalDirSource(Path.cwd(), on_error=on_error, max_image_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     bad = source._image_problems({m.img for _, m, _ in kept if m.has_image})
     out, issues = [], []
     for n, meme, labelled in kept:
@@ -221,7 +226,7 @@ def predict(run: RunModel, inputs: Inputs, threshold: float | None = None, progr
     prob = run.score(inputs.memes, progress=progress)
     rows: list[dict[str, Any]] = []
     several = len(set(inputs.split)) > 1
-    for meme, p, labelled, split in zip(inputs.memes, prob, inputs.labelled, inputs.split):
+    for meme, p, labelled, split in zip(inputs.memes, prob, inputs.labelled, inputs.split, strict=True):
         row: dict[str, Any] = {"id": meme.id, "p_hateful": round(float(p), 6), "pred": int(p > t)}
         if any(inputs.labelled):
             row["label"] = meme.label if labelled else None
@@ -230,7 +235,7 @@ def predict(run: RunModel, inputs: Inputs, threshold: float | None = None, progr
         rows.append(row)
     scores = {}
     for split in dict.fromkeys(inputs.split):
-        keep = np.array([s == split and lab for s, lab in zip(inputs.split, inputs.labelled)], dtype=bool)
+        keep = np.array([s == split and lab for s, lab in zip(inputs.split, inputs.labelled, strict=True)], dtype=bool)
         if keep.any():
             label = np.array([m.label for m in inputs.memes])[keep]
             scores[split] = summarise(prob[keep], label, t)

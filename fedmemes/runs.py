@@ -104,8 +104,8 @@ def format_table(runs: list[RunInfo], root: Path) -> str:
     head = ("date", "model", "strategy", "partition", "clients", "rounds", "best hold-out", "test AUROC", "status", "run")
     rows = [(r.date, r.model, r.strategy, r.partition, str(r.clients if r.clients is not None else "?"), r.rounds,
              num(r.best_holdout_auroc), num(r.test_auroc), r.status, _relative(r.path, root)) for r in runs]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (head, *rows))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in (head, *rows))
 
 
 def _relative(path: str, root: Path) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 from fedmemes.data.images import ImageError, open_rgb
 from fedmemes.data.meme import Meme
 from fedmemes.deploy.auth import TOKEN_HEADER, read_token, require_token
+from fedmemes.deploy.gate import Receive, Scope, Send
 from fedmemes.predict import RunModel, _parse, check_rows, load_run
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")  # what Pillow may decode here; everything else is refused
@@ -51,9 +52,10 @@ class BodyLimit:
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             body = json.dumps({"detail": f"request body is over the limit of {self.max_bytes:,} bytes"}).encode()
@@ -62,7 +64,7 @@ class BodyLimit:
             return None
         seen = 0
 
-        async def limited() -> dict:
+        async def limited() -> Any:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
@@ -70,7 +72,7 @@ class BodyLimit:
                 raise _TooLarge(self.max_bytes)  # an HTTPException: FastAPI answers 413, even mid-form-parse
             return message
 
-        return await self.app(scope, limited, send)
+        await self.app(scope, limited, send)
 
 
 def check_image(path: Path, limits: Limits) -> None:
@@ -160,7 +162,7 @@ def create_app(run: RunModel, token: str | None = None, image_root: str | Path |
             kept, issues = check_rows(iter(rows), Path(tmp), "request")
             errors += [{"line": i.line, "kind": i.kind, "detail": i.detail} for i in issues]
             probs = score([m for _, m, _ in kept]) if kept else []
-        results = [{"line": n, "id": m.id, **answer(p)} for (n, m, _), p in zip(kept, probs)]
+        results = [{"line": n, "id": m.id, **answer(p)} for (n, m, _), p in zip(kept, probs, strict=True)]
         return {"results": results, "errors": sorted(errors, key=lambda e: e["line"]), "threshold": run.threshold, "model": model_name}
 
     return api

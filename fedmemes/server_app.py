@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from fedmemes import checkpoint, engine, run_dir as run_dirs
+from fedmemes import checkpoint, engine
+from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
-from fedmemes.history import RunHistory
 from fedmemes.data.report import read_client_facts
+from fedmemes.history import RunHistory
 from fedmemes.node_datasets import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
 from fedmemes.tracking import build_trackers, round_metrics
@@ -51,14 +55,14 @@ class ServerRun:
         self.best_state = engine.trainable_state(self.model)
         self.started = time.monotonic()
         self.trained = 0
-        self.replies: dict[int, dict] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
+        self.replies: dict[int, dict[str, Any]] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
         self.partitions: list[int] = []  # the partitions whose replies were aggregated in the latest round
         self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
         self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
         self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
 
-    def resume(self, ckpt: checkpoint.Checkpoint) -> dict:
+    def resume(self, ckpt: checkpoint.Checkpoint) -> dict[str, Any]:
         """Continue after the checkpointed round: history, best model and strategy state come back; return the weights."""
         self.history.restore(ckpt.history)
         self.best_state, self.offset = ckpt.best_state, ckpt.server_round
@@ -66,7 +70,7 @@ class ServerRun:
         log.info("resuming after round %d of %d", self.offset, self.cfg.num_rounds)
         return ckpt.arrays
 
-    def record(self, server_round: int, facts: dict) -> None:
+    def record(self, server_round: int, facts: dict[str, Any]) -> None:
         """Add facts (reply counts, sampled node ids) to a round's metrics.json row."""
         self.replies.setdefault(server_round, {}).update(facts)
 
@@ -83,7 +87,8 @@ class ServerRun:
             return None  # a resumed run's round 0 is the checkpointed round: scored before the restart
         self.model.load_state_dict(arrays.to_torch_state_dict())
         scored = self.scored(server_round)
-        scores = engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device, self.amp) if scored else {}
+        scores: dict[str, Any] = (
+            engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device, self.amp) if scored else {})
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
         scores.update(replies)
         if server_round > 0:
@@ -107,19 +112,20 @@ class ServerRun:
         )
         return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
 
-    def record_node(self, node_id: int, metrics: dict) -> None:
+    def record_node(self, node_id: int, metrics: dict[str, Any]) -> None:
         """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its claim)."""
-        facts = {k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics}
+        facts: dict[str, Any] = {k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics}
         facts.update(n_train=metrics.get("num-examples"), label_counts=[metrics.get("label_0", 0), metrics.get("label_1", 0)])
         self.history.add_node(node_id, facts)
 
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Average the clients' train metrics (their data facts arrive per node through record_node)."""
         self.trained = len(records)
-        self.partitions = sorted(int(m["partition_id"]) for r in records if "partition_id" in (m := next(iter(r.metric_records.values()))))
+        self.partitions = sorted(int(cast(int, m["partition_id"])) for r in records if "partition_id" in (m := next(iter(r.metric_records.values()))))
         averaged = aggregate_metricrecords(records, weighting_key)
-        self.train_metrics = {k: v for k, v in averaged.items() if k not in CLIENT_FACTS}
-        return MetricRecord(self.train_metrics)
+        # Clients send scalar metrics only (the reply checks require it), so every average is a float.
+        self.train_metrics = {k: cast(float, v) for k, v in averaged.items() if k not in CLIENT_FACTS}
+        return MetricRecord(self.train_metrics)  # type: ignore[arg-type]  # flwr types it as an invariant dict; float values fit
 
     def finish(self, final: ArrayRecord) -> None:
         """Save best and final models, score the best round's model on the test split."""
@@ -136,7 +142,7 @@ class ServerRun:
         self.trackers.finish(max((r["round"] for r in self.history.rounds), default=0), self.history.test)
         log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
 
-    def _load(self, state):
+    def _load(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         self.model.load_state_dict(state)
         return self.model
 

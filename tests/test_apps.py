@@ -4,7 +4,6 @@ import math
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes import client_app, engine

@@ -6,10 +6,11 @@ import pytest
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
 import fedmemes
-from fedmemes.data.partitioners import partitioner_spec
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
+from fedmemes.data.partitioners import partitioner_spec
 
 CONF = Path(fedmemes.__file__).parent / "conf"
 
@@ -100,7 +101,7 @@ def test_overrides_travel_in_run_config_or_environment(monkeypatch):
 def test_config_is_resolved_and_read_only():
     cfg = load_config("")
     assert "${" not in OmegaConf.to_yaml(cfg)
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         cfg.lr = 1.0
     spec = partitioner_spec(OmegaConf.to_container(cfg.partition))
     assert type(instantiate(spec, num_partitions=2)).__name__ == "DirichletPartitioner"

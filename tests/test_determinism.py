@@ -82,7 +82,7 @@ def test_two_simulate_runs_with_one_seed_give_the_same_metrics(tmp_path: Path) -
     first = _simulate(tmp_path / "a", cache)
     second = _simulate(tmp_path / "b", cache)
     assert len(first) == len(second) == 5  # rounds 0-3 and the test split
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert a.keys() == b.keys()
         for key, value in a.items():
             if isinstance(value, float):

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from fedmemes.data.local_dir import LocalDirSource
@@ -256,8 +257,7 @@ def test_keep_text_never_loads_the_bad_image(data_messy: Path, tmp_path: Path) -
         def identity(self) -> str:
             return "fake"
 
-        def encode(self, texts: list[str]) -> "torch.Tensor":
-            import torch
+        def encode(self, texts: list[str]) -> torch.Tensor:
             return torch.ones(len(texts), 4)
 
     train = [m for m in LocalDirSource(data_messy, on_error="keep_text", max_image_pixels=200 * 200).load()["train"]

@@ -28,9 +28,9 @@ from fedmemes.local_objectives import (
 )
 from fedmemes.strategies import with_reply_checks
 from fedmemes.strategies.feddyn import FedDyn
-from fedmemes.strategies.update_bounds import UpdateBounds
 from fedmemes.strategies.scaffold import Scaffold
 from fedmemes.strategies.server_lr import ServerLRFedAvg
+from fedmemes.strategies.update_bounds import UpdateBounds
 
 
 def _global(value: float = 0.0) -> ArrayRecord:
@@ -52,7 +52,7 @@ def test_fedlc_loss_equals_the_formula():
     loss = FedLCLoss(counts, tau=tau)(logits, label)
     # by hand: z_y - tau * n_y^(-1/4) with n = (16, 1): offsets (1.0, 2.0)
     expected = 0.0
-    for z, y in zip(logits.tolist(), label.tolist()):
+    for z, y in zip(logits.tolist(), label.tolist(), strict=True):
         adj = [z[0] - 2.0 * 16 ** -0.25, z[1] - 2.0 * 1 ** -0.25]
         expected += -(adj[y] - math.log(math.exp(adj[0]) + math.exp(adj[1])))
     assert loss.item() == pytest.approx(expected / 3, rel=1e-6)
@@ -74,7 +74,7 @@ def test_fedlc_with_tau_zero_is_cross_entropy_and_an_absent_label_gets_the_large
 # --- client side: SCAFFOLD and FedDyn on a quadratic ----------------------------------------
 
 A, B = (1.0, 10.0), (5.0, -1.0)  # client i minimises a_i/2 (w - b_i)^2; the mean's optimum is below
-OPTIMUM = sum(a * b for a, b in zip(A, B)) / sum(A)
+OPTIMUM = sum(a * b for a, b in zip(A, B, strict=True)) / sum(A)
 
 
 def _federate(method: str, rounds: int, steps: int = 20, lr: float = 0.05, alpha: float = 0.5) -> float:

@@ -15,12 +15,14 @@ import math
 from pathlib import Path
 
 import pytest
+import test_strategies_run
 from PIL import Image
-from test_strategies_run import cache, run_locally  # noqa: F401 - cache is a fixture
+from test_strategies_run import run_locally
 
 import fedmemes
 from fedmemes.data.synthetic import generate
 
+cache = test_strategies_run.cache  # share that module's fixture: pytest registers it here under this name
 MODELS = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "model").glob("*.yaml"))
 
 

@@ -18,7 +18,7 @@ def _fake_run(path, lr, aurocs, dropped, seed):
     path.mkdir(parents=True)
     rounds = [{"round": i, "auroc": a, "accuracy": 0.5 + a / 4, "loss": 1 - a / 2, "n": 80, "clients": 2 if i else 0,
                **({"replies": 3, "dropped_replies": d, "kept_previous_model": 0} if i else {})}
-              for i, (a, d) in enumerate(zip(aurocs, dropped))]
+              for i, (a, d) in enumerate(zip(aurocs, dropped, strict=True))]
     clients = [{"partition_id": 0, "n_train": 300, "label_counts": [200, 100], "n_text": 300, "n_image": 150, "n_both": 150},
                {"partition_id": 1, "n_train": 240, "label_counts": [60, 180], "n_text": 100, "n_image": 240, "n_both": 100}]
     best = int(np.argmax(aurocs))

@@ -35,7 +35,7 @@ def expected(run, data) -> dict[str, float]:
     """P(hateful) of the first test memes, scored the `fedmemes predict` way."""
     inputs = read_jsonl(data / "test_seen.jsonl")
     memes = inputs.memes[:6]
-    return {m.id: float(p) for m, p in zip(memes, run.score(memes))}
+    return {m.id: float(p) for m, p in zip(memes, run.score(memes), strict=True)}
 
 
 def _rows(data: Path, n: int = 6) -> list[dict]:

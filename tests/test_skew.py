@@ -51,7 +51,7 @@ def test_missing_rates_per_sample_never_both() -> None:
 def test_label_noise_one_rate_or_a_list_seeded() -> None:
     clean = _memes()
     noisy, facts = apply_skew(clean, Skew(label_noise=0.2, seed=5), 1, 2)
-    flipped = sum(a.label != b.label for a, b in zip(clean, noisy))
+    flipped = sum(a.label != b.label for a, b in zip(clean, noisy, strict=True))
     assert flipped == facts.n_flipped and 0.17 < flipped / len(clean) < 0.23
     assert apply_skew(clean, Skew(label_noise=0.2, seed=5), 1, 2)[0] == noisy  # seeded
     assert apply_skew(clean, Skew(label_noise=0.2, seed=6), 1, 2)[0] != noisy

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
-
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes.config import build_strategy, load_config

@@ -15,8 +15,7 @@ from sklearn.metrics import roc_auc_score
 import fedmemes.data.synthetic as synthetic
 from fedmemes.data.synthetic import SyntheticSource, caption_topic, generate, image_concept
 from fedmemes.data.synthetic_draw import text_layer
-from fedmemes.data.synthetic_v2 import (caption_cue, draw_latents, draw_memes, image_concept_v2, render_v2,
-                                        true_label)
+from fedmemes.data.synthetic_v2 import caption_cue, draw_latents, draw_memes, image_concept_v2, render_v2, true_label
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -25,7 +25,7 @@ def test_capped_counts_water_filling():
     assert capped_counts([50, 0, 10], 0.5) == [10, 0, 10]  # a client with no text does not vote on the text block
     for counts, cap in (([1000, 3, 7, 90], 0.4), ([9, 9, 9, 1000, 1000], 0.25)):
         new = capped_counts(counts, cap)
-        assert max(new) / sum(new) <= cap + 1e-12 and all(n <= c for n, c in zip(new, counts))
+        assert max(new) / sum(new) <= cap + 1e-12 and all(n <= c for n, c in zip(new, counts, strict=True))
 
 
 def test_norm_rule_uses_the_lower_median_and_clips_onto_the_bound():

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -69,9 +68,10 @@ def _digest(parts: list[bytes]) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached(path: Path, build) -> torch.Tensor:
+def _cached(path: Path, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     if path.exists():
-        return load_file(path)["x"]
+        x: torch.Tensor = load_file(path)["x"]
+        return x
     x = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -102,8 +102,8 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
         with safe_open(shard, "pt") as f:
             shard_keys = (f.metadata() or {}).get("keys", "").split(",")
             if wanted.intersection(shard_keys):
-                known.update({k: row for k, row in zip(shard_keys, f.get_tensor("x")) if k in wanted})
-    first = {}
+                known.update({k: row for k, row in zip(shard_keys, f.get_tensor("x"), strict=True) if k in wanted})
+    first: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k not in known:
             first.setdefault(k, i)
@@ -116,7 +116,7 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         save_file({"x": x.contiguous()}, tmp, metadata={"keys": ",".join(chunk)})
         os.replace(tmp, path)
-        known.update(zip(chunk, x))
+        known.update(zip(chunk, x, strict=True))
     return [known[k] for k in keys]
 
 
@@ -141,7 +141,7 @@ def encode_texts(texts: list[str | None], encoder: TextEncoder, cache_dir: Path)
         # Any row shape: pooled (D,), token states (L, D) or token ids (L,); zero = padding.
         out = torch.zeros((len(texts), *vectors.shape[1:]), dtype=vectors.dtype)
         present = [i for i, t in enumerate(texts) if t is not None]
-        out[present] = vectors[[row[texts[i]] for i in present]]
+        out[present] = vectors[[row[t] for t in texts if t is not None]]  # the rows of `present`, in order
         return out
 
     return _cached(cache_dir / f"text-{key}.safetensors", build)
@@ -174,6 +174,7 @@ def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, ca
 
     def build() -> torch.Tensor:
         present = [i for i, p in enumerate(paths) if p is not None]
+        kept = [p for p in paths if p is not None]  # kept[j] is paths[present[j]]
         step = max(1, int(getattr(encoder, "batch_size", 32)))
 
         def compute(idx: list[int]) -> torch.Tensor:
@@ -181,7 +182,7 @@ def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, ca
             # disable=None: a bar on a terminal, silent in logs and under Ray.
             for start in tqdm(range(0, len(idx), step), desc=f"encoding {len(idx)} images ({size} px)",
                               unit="batch", disable=None, leave=False):
-                batch = [torch.from_numpy(load_image_array(paths[present[j]], size)) for j in idx[start : start + step]]
+                batch = [torch.from_numpy(load_image_array(kept[j], size)) for j in idx[start : start + step]]
                 chunks.append(encoder.encode_images(torch.stack(batch)))
             return torch.cat(chunks)
 

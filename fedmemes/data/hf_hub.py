@@ -43,7 +43,7 @@ class HFHubSource:
         try:
             # Explicit per-split files: the dataset's automatic config merges dev_seen+dev_unseen
             # and test_seen+test_unseen, which mixes evaluation sets.
-            folder = huggingface_hub.snapshot_download(
+            downloaded = huggingface_hub.snapshot_download(
                 repo_id=self.repo_id,
                 repo_type="dataset",
                 revision=self.revision,
@@ -57,7 +57,7 @@ class HFHubSource:
                 f"({type(e).__name__}: {e}). With a local copy in the original layout, use "
                 f"dataset=hateful_memes dataset.root=DIR instead"
             ) from e
-        folder = Path(folder)
+        folder = Path(downloaded)
         for split in self.splits:
             if not (folder / f"{split}.jsonl").is_file():
                 raise FileNotFoundError(

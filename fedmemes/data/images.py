@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 # The only formats Pillow may try: others (EPS runs Ghostscript, exotic codecs) are never parsed.
@@ -66,14 +66,13 @@ def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
                 raise _too_large(path, width, height, max_pixels)
             img.load()
             # Phone photos store their rotation in EXIF; apply it so the meme is upright.
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
         # Pillow's own guard fires in Image.open for sizes far above its MAX_IMAGE_PIXELS.
         raise ImageError(path, "image_too_large", f"{e}; shrink the image") from e
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as e:
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
         # Pillow signals unknown formats, truncated data and broken codecs with these types.
         raise ImageError(
             path, "unreadable_image",

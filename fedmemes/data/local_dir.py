@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
 from tqdm import tqdm
 
@@ -53,7 +54,7 @@ def id_key(meme_id: str) -> str:
     return (meme_id.lstrip("0") or "0") if meme_id.isdigit() else meme_id
 
 
-def _meta(row: dict) -> tuple[tuple[str, str], ...]:
+def _meta(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """Return the row's extra scalar keys (e.g. a 'client' column) as sorted (key, value) pairs."""
     return tuple(sorted((k, str(v)) for k, v in row.items() if k not in REQUIRED_KEYS
                         and isinstance(v, (str, int, float)) and not isinstance(v, bool)))
@@ -90,7 +91,7 @@ def _check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[t
         problems.append(("bad_id", f"id must be an integer or a non-empty string, got {meme_id!r}"))
     if "img" in row:
         rel = PurePosixPath(img) if isinstance(img, str) else None
-        if rel is None or not img.strip() or rel.is_absolute() or ".." in rel.parts:
+        if rel is None or not str(img).strip() or rel.is_absolute() or ".." in rel.parts:
             problems.append(("bad_img", f"img must be a path relative to the dataset root "
                                         f"(like 'img/01235.png'), got {img!r}"))
     # bool is an int subclass; true/false in the file is a mistake, not a label.
@@ -100,15 +101,16 @@ def _check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[t
                                       f"booleans are rejected), got {label!r}"))
     if "text" in row and (not isinstance(text, str) or not text.strip()):
         problems.append(("bad_text", f"text must be a non-empty string, got {text!r}"))
-    if not problems:
-        return [], Meme(id=str(meme_id).strip(), img=root / img, text=text, label=label, meta=_meta(row))
+    if not problems:  # the checks above passed: img and text are strings, label an int
+        return [], Meme(id=str(meme_id).strip(), img=root / cast(str, img), text=cast(str, text), label=cast(int, label),
+                        meta=_meta(row))
     hit = _modality_kinds(problems)
     if on_error == "keep_text" and hit == {"image"}:
         img_path = root / img if isinstance(img, str) and img.strip() else root
-        return problems, Meme(id=str(meme_id).strip(), img=img_path, text=text, label=label,
+        return problems, Meme(id=str(meme_id).strip(), img=img_path, text=cast(str, text), label=cast(int, label),
                               has_image=False, meta=_meta(row))
     if on_error == "keep_image" and hit == {"text"}:
-        return problems, Meme(id=str(meme_id).strip(), img=root / img, text="", label=label,
+        return problems, Meme(id=str(meme_id).strip(), img=root / cast(str, img), text="", label=cast(int, label),
                               has_text=False, meta=_meta(row))
     return problems, None
 

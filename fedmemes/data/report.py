@@ -75,11 +75,11 @@ def plot_label_counts(facts: list[dict[str, Any]], path: Path) -> Path:
     ax.bar(ids, hateful, bottom=benign, color="#dd5144", label="hateful (1)")
     short = {"both": "", "text_only": "\ntext only", "image_only": "\nimage only"}
     if len(facts) <= 40:  # beyond that the labels overlap: matplotlib's default ticks
-        ax.set_xticks(ids, [f"{i}{short.get(f['modality'], '')}" for i, f in zip(ids, facts)])
+        ax.set_xticks(ids, [f"{i}{short.get(f['modality'], '')}" for i, f in zip(ids, facts, strict=True)])
     ax.set_xlabel("client (partition id)")
     ax.set_ylabel("training memes")
     ax.set_title("label counts per client")
-    ax.set_ylim(0, 1.2 * max([b + h for b, h in zip(benign, hateful)] + [1]))  # room for the legend
+    ax.set_ylim(0, 1.2 * max([b + h for b, h in zip(benign, hateful, strict=True)] + [1]))  # room for the legend
     ax.legend(frameon=False, ncol=2, loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

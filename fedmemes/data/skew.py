@@ -104,7 +104,7 @@ def apply_skew(memes: list[Meme], skew: Skew, partition_id: int, num_clients: in
     # does not reshuffle which memes the others hit.
     draws = np.random.default_rng([skew.seed, partition_id, 7002]).random((len(memes), 4))
     out: list[Meme] = []
-    for meme, (u_text, u_image, coin, u_flip) in zip(memes, draws):
+    for meme, (u_text, u_image, coin, u_flip) in zip(memes, draws, strict=True):
         has_text = meme.has_text and role != "image_only"
         has_image = meme.has_image and role != "text_only"
         drop_text, drop_image = u_text < miss_text, u_image < miss_image

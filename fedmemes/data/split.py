@@ -52,6 +52,7 @@ def server_splits(splits: dict[str, list[Meme]], validation_split: float, seed: 
             val = held
         else:
             test = held
+    assert val is not None and test is not None  # each branch above filled the missing one(s)
     held_ids = {m.id for m in val} | {m.id for m in test}
     return ServerSplits(pool=[m for m in pool if m.id not in held_ids], val=val, test=test)
 
@@ -64,7 +65,7 @@ def client_partition(pool: list[Meme], partitioner: Partitioner, partition_id: i
     """
     # Shuffle first: IidPartitioner cuts contiguous shards, and files are often sorted.
     rows = np.random.default_rng(seed).permutation(len(pool)).tolist()
-    columns: dict[str, list] = {"row": rows, "label": [pool[i].label for i in rows]}
+    columns: dict[str, list[int]] = {"row": rows, "label": [pool[i].label for i in rows]}
     for key in sorted({k for m in pool for k, _ in m.meta} - set(columns)):
         columns[key] = [dict(pool[i].meta).get(key, "") for i in rows]
     partitioner.dataset = Dataset.from_dict(columns)

@@ -33,6 +33,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -122,7 +123,7 @@ def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, im
     for split, n in counts.items():
         cells = rng.permutation(np.arange(n) % 4)  # equal (t, v) cells make each modality alone useless
         rows = []
-        for meme_id, cell in zip(ids[start:start + n], cells):
+        for meme_id, cell in zip(ids[start:start + n], cells, strict=True):
             topic, concept = int(cell // 2), int(cell % 2)
             text = caption(rng, topic)
             if text not in layers:
@@ -142,7 +143,7 @@ class SyntheticSource:
     def __init__(self, root: str | Path, n_train: int = 2000, n_dev: int = 300, n_test: int = 600,
                  seed: int = 0, image_size: int = 96, version: int = 2, label_noise: float = 0.05) -> None:
         self.root = Path(root).expanduser().absolute()
-        self.params = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
+        self.params: dict[str, Any] = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
                        "image_size": image_size, "version": version, "label_noise": label_noise}
 
     @property

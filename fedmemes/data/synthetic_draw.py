@@ -39,7 +39,7 @@ def star(cx: float, cy: float, r: float, points: int, turn: float) -> list[tuple
         return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in angles]
     angles = turn + np.arange(2 * points) * np.pi / points
     radii = np.where(np.arange(2 * points) % 2 == 0, r, r * 0.45)
-    return [(cx + q * np.cos(a), cy + q * np.sin(a)) for q, a in zip(radii, angles)]
+    return [(cx + q * np.cos(a), cy + q * np.sin(a)) for q, a in zip(radii, angles, strict=True)]
 
 
 def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[Image.Image, Image.Image]:
@@ -47,7 +47,7 @@ def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeT
     sample = "the quick brown fox jumps over a lazy dog"
     chars = max(8, int((size - 6) * len(sample) / font.getlength(sample)))
     lines = textwrap.wrap(text, width=chars)
-    line_h = font.getbbox("Ag")[3] + 2
+    line_h = int(font.getbbox("Ag")[3]) + 2  # FreeType fonts give ints; the bitmap default may give floats
     mask = Image.new("L", (size, line_h * len(lines) + 2), 0)
     draw = ImageDraw.Draw(mask)
     for i, line in enumerate(lines):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import colorsys
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -136,9 +137,9 @@ def render_v2(rng: np.random.Generator, concept: int, text: tuple[Image.Image, I
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
-def draw_memes(rng: np.random.Generator, n: int, label_noise: float) -> list[dict]:
+def draw_memes(rng: np.random.Generator, n: int, label_noise: float) -> list[dict[str, Any]]:
     """Draw n memes' hidden facts (see draw_latents) and their captions ("text"); a twin keeps its original's."""
-    memes: list[dict] = []
+    memes: list[dict[str, Any]] = []
     for latent in draw_latents(rng, n, label_noise):
         text = memes[-1]["text"] if latent["twin"] else caption_v2(rng, latent["topic"], bool(latent["cue"]))
         memes.append({**latent, "text": text})
@@ -153,7 +154,7 @@ def generate_v2(out_dir: Path, counts: dict[str, int], ids: np.ndarray, rng: np.
     start = 0
     for split, n in counts.items():
         rows = []
-        for meme_id, meme in zip(ids[start:start + n], draw_memes(rng, n, label_noise)):
+        for meme_id, meme in zip(ids[start:start + n], draw_memes(rng, n, label_noise), strict=True):
             text = meme["text"]
             if text not in layers:
                 layers[text] = text_layer(text, image_size, font)

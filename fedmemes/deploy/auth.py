@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from fastapi import Header, HTTPException
+
+from fedmemes.deploy.gate import ASGIApp, Receive, Scope, Send
 
 TOKEN_ENV = "FEDMEMES_TOKEN"
 TOKEN_HEADER = "X-Fedmemes-Token"
@@ -22,7 +26,7 @@ def read_token(token_file: str | Path | None = None) -> str:
     return token
 
 
-def require_token(token: str):
+def require_token(token: str) -> Callable[..., None]:
     """Return a FastAPI dependency that refuses requests whose token header differs (constant-time compare)."""
 
     def check(x_fedmemes_token: str | None = Header(default=None)) -> None:
@@ -32,7 +36,7 @@ def require_token(token: str):
     return check
 
 
-def has_token(headers, token: str) -> bool:
+def has_token(headers: Mapping[str, str], token: str) -> bool:
     """Return whether `headers` carry the right token (constant-time compare)."""
     given = headers.get(TOKEN_HEADER)
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
@@ -41,10 +45,10 @@ def has_token(headers, token: str) -> bool:
 class BodyLimit:
     """ASGI guard: answer 413 to a request body over `limit` bytes before any route reads or parses it."""
 
-    def __init__(self, app, limit: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -52,7 +56,8 @@ class BodyLimit:
         if not declared.isdigit() or int(declared) > self.limit:
             await self._refuse(send)
             return
-        chunks, size, more = [], 0, True
+        chunks: list[bytes] = []
+        size, more = 0, True
         while more:  # chunked bodies have no length: read at most `limit` bytes, then stop
             message = await receive()
             if message["type"] != "http.request":
@@ -65,7 +70,7 @@ class BodyLimit:
             more = message.get("more_body", False)
         replayed = False
 
-        async def replay():
+        async def replay() -> Any:
             nonlocal replayed
             if replayed:
                 return await receive()
@@ -74,7 +79,7 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send) -> None:
+    async def _refuse(self, send: Send) -> None:
         body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

@@ -48,7 +48,7 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _write_key(path: Path, key, fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8) -> None:
+def _write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8) -> None:
     """Write a private key that is owner-only from its first byte (created 0600, never chmod-ed after the fact)."""
     path.unlink(missing_ok=True)  # O_EXCL below: a replaced key never inherits the old file's mode
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -79,7 +79,7 @@ def make_tls(folder: Path, hosts: list[str], days: int = 365, force: bool = Fals
                               "it (then give clients the new ca.crt), or --node-key NAME alone to add a node key")
     hosts = list(dict.fromkeys([*hosts, *LOOPBACK_NAMES]))
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = (
         x509.CertificateBuilder().subject_name(_name("fedmemes CA")).issuer_name(_name("fedmemes CA"))

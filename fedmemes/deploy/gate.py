@@ -21,7 +21,9 @@ from fedmemes.deploy.exposure import is_loopback
 from fedmemes.deploy.processes import split_address
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 REFUSAL = {"detail": "not served on this address: the SuperLink's Control and runtime APIs answer only on the server's "
                      "loopback control port (server.control_port)"}
 
@@ -45,7 +47,7 @@ class PublicFilter:
         server = scope.get("server") or ("", None)
         return server[1] == self.control_port and is_loopback(str(server[0]))
 
-    async def __call__(self, scope: Scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or self.inside(scope) or (scope["type"] == "http" and scope["path"] in self.allowed):
             await self.app(scope, receive, send)
         elif scope["type"] == "http":

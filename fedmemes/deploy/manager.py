@@ -12,6 +12,7 @@ import subprocess
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ class Manager:
         self.name = name
         self.client_args = client_args
         self.flwr_home = flwr_home
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.last_round_seen: int | None = None  # the server's latest scored round while our SuperNode ran
         self.device: str | None = None  # found once: importing torch must not stall a request
         self.lock = threading.Lock()
@@ -125,7 +126,7 @@ def heartbeat_loop(manager: Manager, status_url: str, token: str, period_s: floa
 def create_app(manager: Manager, token: str) -> FastAPI:
     """Return the manager's API: GET /health is open (liveness probes); /info, /start, /stop need the token."""
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         manager.stop()  # here, not after uvicorn.run: uvicorn re-raises SIGTERM once it has shut down
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 SECRET_ENV = ("FEDMEMES_TOKEN",)  # auth.TOKEN_ENV: Flower's processes (and the apps they run) never need it
 
@@ -33,33 +34,29 @@ def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def spawn(cmd: list[str], env: dict[str, str], log: Path | IO[bytes] | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], env: dict[str, str], log: Path | IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     """Start `cmd` in its own process group (so `stop` also ends the ServerApp/ClientApp it spawns)."""
     out = open(log, "ab") if isinstance(log, Path) else log  # noqa: SIM115 - the child owns it
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+def stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
     """Terminate a process group started by `spawn`: SIGTERM, then SIGKILL after `grace_s`."""
     if proc is None or proc.poll() is not None:
         _kill_group(proc, signal.SIGKILL)  # its children may outlive it
         return
     _kill_group(proc, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
     _kill_group(proc, signal.SIGKILL)
     proc.wait()
 
 
-def _kill_group(proc: subprocess.Popen | None, sig: signal.Signals) -> None:
+def _kill_group(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
     if proc is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone, or its pid now belongs to another user
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -69,12 +66,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Block until something listens on host:port; fail early if `proc` exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {host}:{port}")
+            raise RuntimeError(f"{cast(list[str], proc.args)[0]} exited with code {proc.returncode} before listening on {host}:{port}")  # spawn() passes a list of str
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex((host, port)) == 0:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import uvicorn
 from omegaconf import DictConfig
 
 from fedmemes.deploy import processes
@@ -23,7 +24,7 @@ from fedmemes.run_dir import prepare
 log = logging.getLogger(__name__)
 
 
-def _status_api(cfg: DictConfig, status: RunStatus, tls: TlsFiles | None):
+def _status_api(cfg: DictConfig, status: RunStatus, tls: TlsFiles | None) -> uvicorn.Server | None:
     if cfg.server.status_port is None:
         return None
     try:
@@ -52,7 +53,7 @@ def _check_exposure(cfg: DictConfig) -> None:
 class RoundPrinter:
     """Print each hold-out round once as metrics.json grows, and keep the status API's run state current."""
 
-    def __init__(self, status: RunStatus, num_rounds: int, superlink: subprocess.Popen | None) -> None:
+    def __init__(self, status: RunStatus, num_rounds: int, superlink: subprocess.Popen[bytes] | None) -> None:
         self.status, self.num_rounds, self.superlink = status, num_rounds, superlink
         self.printed = {r["round"] for r in status.rounds()}  # a resumed run's earlier rounds were printed before
 

@@ -46,7 +46,8 @@ class RunStatus:
     def rounds(self) -> list[dict[str, Any]]:
         """Return the hold-out scores so far (metrics.json, written by the ServerApp after every round)."""
         try:
-            return json.loads((self.run_dir / METRICS_FILE).read_text())["rounds"]
+            rounds: list[dict[str, Any]] = json.loads((self.run_dir / METRICS_FILE).read_text())["rounds"]
+            return rounds
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return []
 

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedmemes.deploy.certs import TlsFiles
 from fedmemes.deploy.processes import bin_path, flower_env, spawn, split_address, wait_for_port
@@ -55,7 +57,7 @@ class SuperLink:
         """Return the environment every Flower program of this server runs with."""
         return flower_env(self.flwr_home)
 
-    def start(self, node_auth: bool = False, timeout_s: float = 60.0) -> subprocess.Popen:
+    def start(self, node_auth: bool = False, timeout_s: float = 60.0) -> subprocess.Popen[bytes]:
         """Start Flower's SuperLink app behind our gate in its own process group and wait until both ports answer."""
         if self.control_port is None:
             raise ValueError("SuperLink.start needs control_port (server.control_port): the loopback port for Control/runtime")
@@ -97,7 +99,7 @@ class SuperLink:
         (app / "pyproject.toml").write_text(APP_PYPROJECT)
         return app
 
-    def flwr(self, *args: str, timeout_s: float = 120.0) -> dict:
+    def flwr(self, *args: str, timeout_s: float = 120.0) -> dict[str, Any]:
         """Run a `flwr` CLI command against this SuperLink with JSON output and return the parsed reply."""
         proc = subprocess.run([bin_path("flwr"), *args, "--format", "json"], env=self.env(), capture_output=True, text=True,
                               timeout=timeout_s, cwd=self.flwr_home)
@@ -121,7 +123,7 @@ class SuperLink:
         self.write_connection()
         self.flwr("supernode", "register", str(public_key), CONNECTION)
 
-    def wait(self, run_id: str, on_tick=None, poll_s: float = 2.0, timeout_s: float | None = None) -> str:
+    def wait(self, run_id: str, on_tick: Callable[[str], None] | None = None, poll_s: float = 2.0, timeout_s: float | None = None) -> str:
         """Poll the run's status until it finishes, calling `on_tick(status)` each time; return e.g. 'finished:completed'."""
         # In-process Control API client: a `flwr ls` process per poll costs a CPU-second of imports.
         from flwr.cli.flower_config import read_superlink_connection

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
+
+
+class TextEncoder(Protocol):
+    """What a model reads of its text encoder: the width of its vectors (`pooled` is looked up at run time)."""
+
+    dim: int
+
+
+class TokenTextEncoder(TextEncoder, Protocol):
+    """A text encoder that also hands over caption token states (B, L, D) and their padding mask (B, L)."""
+
+    def tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return token states and the padding mask for the encoder's inputs."""
+        ...
+
+
+def out_dim(encoder: nn.Module) -> int:
+    """Return an image encoder's feature width (the plain int `out_dim` every image encoder sets)."""
+    return cast(int, encoder.out_dim)  # nn.Module.__getattr__ is typed Tensor | Module, whatever was set
 
 
 class MemeClassifier(nn.Module):
@@ -51,15 +71,18 @@ class MemeClassifier(nn.Module):
                 frozen |= {f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers()}
         return frozen
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    # torch's overloads tie the return type to `destination=`; this override always returns a plain dict.
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Return the trainable state only (what travels between server and clients)."""
-        state = super().state_dict(*args, **kwargs)
+        state: dict[str, torch.Tensor] = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
         for key in self.frozen_keys():
             state.pop(prefix + key, None)
         return state
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> nn.modules.module._IncompatibleKeys:  # what torch returns (its own method is unannotated)
         """Load a trainable state; frozen tensors stay as loaded from disk."""
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         frozen = self.frozen_keys()  # once: a frozen backbone has hundreds of missing keys

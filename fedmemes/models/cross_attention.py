@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, mlp
+from fedmemes.models.base import MemeClassifier, TokenTextEncoder, mlp, out_dim
 
 DIRECTIONS = {
     "both": ("text_to_image", "image_to_text"),
@@ -35,7 +35,7 @@ class CrossAttentionFusion(MemeClassifier):
 
     def __init__(
         self,
-        text_encoder: object,
+        text_encoder: TokenTextEncoder,
         image_encoder: nn.Module,
         hidden_dim: int = 128,
         num_heads: int = 4,
@@ -54,7 +54,7 @@ class CrossAttentionFusion(MemeClassifier):
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.text_proj = nn.Linear(text_encoder.dim, hidden_dim)
-        self.image_proj = nn.Linear(image_encoder.out_dim, hidden_dim)
+        self.image_proj = nn.Linear(out_dim(image_encoder), hidden_dim)
         self.missing_text = nn.Parameter(torch.zeros(hidden_dim))
         self.missing_image = nn.Parameter(torch.zeros(hidden_dim))
         self.attend = nn.ModuleDict(
@@ -74,7 +74,7 @@ class CrossAttentionFusion(MemeClassifier):
         mask = self.available(mask)
         states, text_pad = self.text_encoder.tokens(text)
         tokens = self.text_proj(states)  # (B, L, H)
-        regions = self.image_proj(self.image_encoder.regions(image))  # (B, R, H): one per feature-map position
+        regions = self.image_proj(self.image_encoder.regions(image))  # type: ignore[operator]  # (B, R, H): one per map position; __getattr__ is typed Tensor | Module
         has_text = mask[:, 0].view(-1, 1, 1) > 0
         has_image = mask[:, 1].view(-1, 1, 1) > 0
         tokens = torch.where(has_text, tokens, self.missing_text.expand_as(tokens))

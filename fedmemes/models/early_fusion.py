@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, fill_missing, pooled_text
+from fedmemes.models.base import MemeClassifier, TextEncoder, fill_missing, out_dim, pooled_text
 from fedmemes.models.components.image_encoder import SmallCNN
 
 
@@ -26,7 +26,7 @@ class EarlyFusion(MemeClassifier):
 
     def __init__(
         self,
-        text_encoder: object,
+        text_encoder: TextEncoder,
         text_hidden_dim: int = 256,
         image_output_dim: int = 128,
         fusion_output_dim: int = 256,
@@ -42,7 +42,7 @@ class EarlyFusion(MemeClassifier):
         self.text_proj = nn.Sequential(nn.LayerNorm(text_encoder.dim), nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU())
         # Built after text_proj, as in the seed's model, so seeded initialisations stay the same.
         self.image_encoder = image_encoder if image_encoder is not None else SmallCNN(image_output_dim, width=image_width)
-        image_dim = self.image_encoder.out_dim
+        image_dim = out_dim(self.image_encoder)
         self.missing_text = nn.Parameter(torch.zeros(text_hidden_dim))
         self.missing_image = nn.Parameter(torch.zeros(image_dim))
         self.head = nn.Sequential(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, fill_missing, mlp, pooled_text
+from fedmemes.models.base import MemeClassifier, TextEncoder, fill_missing, mlp, out_dim, pooled_text
 
 INTERACTIONS = ("outer", "elementwise")
 
@@ -25,7 +25,7 @@ class FeatureInteraction(MemeClassifier):
 
     def __init__(
         self,
-        text_encoder: object,
+        text_encoder: TextEncoder,
         image_encoder: nn.Module,
         proj_dim: int = 32,
         interaction: str = "outer",
@@ -41,7 +41,7 @@ class FeatureInteraction(MemeClassifier):
         self.image_encoder = image_encoder
         self.interaction = interaction
         self.text_proj = nn.Linear(text_encoder.dim, proj_dim)
-        self.image_proj = nn.Linear(image_encoder.out_dim, proj_dim)
+        self.image_proj = nn.Linear(out_dim(image_encoder), proj_dim)
         self.missing_text = nn.Parameter(torch.randn(proj_dim) * 0.1)
         self.missing_image = nn.Parameter(torch.randn(proj_dim) * 0.1)
         features = proj_dim * proj_dim if interaction == "outer" else proj_dim

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, fill_missing, mlp, pooled_text
+from fedmemes.models.base import MemeClassifier, TextEncoder, fill_missing, mlp, out_dim, pooled_text
 
 
 class LateFusion(MemeClassifier):
@@ -22,7 +22,7 @@ class LateFusion(MemeClassifier):
 
     def __init__(
         self,
-        text_encoder: object,
+        text_encoder: TextEncoder,
         image_encoder: nn.Module,
         text_hidden_dim: int = 256,
         head_hidden_dim: int = 128,
@@ -36,9 +36,9 @@ class LateFusion(MemeClassifier):
         self.image_encoder = image_encoder
         self.text_head = nn.Sequential(nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU(),
                                        mlp(text_hidden_dim, head_hidden_dim, output_size, dropout))
-        self.image_head = mlp(image_encoder.out_dim, head_hidden_dim, output_size, dropout)
+        self.image_head = mlp(out_dim(image_encoder), head_hidden_dim, output_size, dropout)
         self.missing_text = nn.Parameter(torch.zeros(text_encoder.dim))
-        self.missing_image = nn.Parameter(torch.zeros(image_encoder.out_dim))
+        self.missing_image = nn.Parameter(torch.zeros(out_dim(image_encoder)))
         self.weights = nn.Parameter(torch.full((2,), 0.5))  # learned weight of each head's vote
         self.decision = nn.Linear(2 * output_size, output_size) if decision_layer else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, fill_missing, mlp, pooled_text
+from fedmemes.models.base import MemeClassifier, TextEncoder, fill_missing, mlp, out_dim, pooled_text
 
 
 class TextOnly(MemeClassifier):
@@ -13,7 +13,7 @@ class TextOnly(MemeClassifier):
 
     text_branch = ("text_encoder", "text_proj", "missing_text")
 
-    def __init__(self, text_encoder: object, text_hidden_dim: int = 256, fusion_output_dim: int = 128,
+    def __init__(self, text_encoder: TextEncoder, text_hidden_dim: int = 256, fusion_output_dim: int = 128,
                  output_size: int = 2, dropout: float = 0.1, modality_dropout: float = 0.0) -> None:
         super().__init__(modality_dropout)
         self.text_encoder = text_encoder
@@ -35,12 +35,12 @@ class ImageOnly(MemeClassifier):
 
     image_branch = ("image_encoder", "missing_image")
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: object | None = None, fusion_output_dim: int = 128,
+    def __init__(self, image_encoder: nn.Module, text_encoder: TextEncoder | None = None, fusion_output_dim: int = 128,
                  output_size: int = 2, dropout: float = 0.1, modality_dropout: float = 0.0) -> None:
         super().__init__(modality_dropout)
         self.image_encoder = image_encoder
-        self.missing_image = nn.Parameter(torch.zeros(image_encoder.out_dim))
-        self.head = mlp(image_encoder.out_dim, fusion_output_dim, output_size, dropout)
+        self.missing_image = nn.Parameter(torch.zeros(out_dim(image_encoder)))
+        self.head = mlp(out_dim(image_encoder), fusion_output_dim, output_size, dropout)
 
     def forward(self, text: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Map images (B, 3, H, W) in [0, 1] and mask (B, 2) to logits; `text` is ignored."""

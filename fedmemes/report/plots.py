@@ -92,7 +92,7 @@ def confusion_matrices(runs: list[Run]) -> Figure | None:
     if not scored:
         return None
     fig, axes = plt.subplots(1, len(scored), figsize=(3.6 * len(scored) + 0.4, 3.6), squeeze=False)
-    for ax, (run, prob, label) in zip(axes[0], scored):
+    for ax, (run, prob, label) in zip(axes[0], scored, strict=True):
         matrix = confusion_matrix(label, (prob > run.threshold).astype(int), labels=[0, 1])
         ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max()))
         for (row, col), count in np.ndenumerate(matrix):
@@ -119,7 +119,7 @@ def client_bars(run: Run) -> Figure | None:
     hateful = np.array([c["label_counts"][1] for c in clients])
     ax_lab.bar(ids, benign, color=BENIGN, label="benign")
     bars = ax_lab.bar(ids, hateful, bottom=benign, color=HATEFUL, label="hateful")
-    ax_lab.bar_label(bars, [f"{h / max(1, b + h):.0%} hateful" for b, h in zip(benign, hateful)], fontsize=8, padding=2)
+    ax_lab.bar_label(bars, [f"{h / max(1, b + h):.0%} hateful" for b, h in zip(benign, hateful, strict=True)], fontsize=8, padding=2)
     ax_lab.set_ylim(0, 1.45 * max(1, (benign + hateful).max()))  # room for the legend above the bars
     ax_lab.set(title="training labels per client", xlabel="client (partition id)", ylabel="memes")
     width = 0.27
@@ -143,7 +143,7 @@ def participation(runs: list[Run]) -> Figure | None:
         return None
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.8 * len(runs)), squeeze=False)
     width = 0.27
-    for ax, run in zip(axes[:, 0], runs):
+    for ax, run in zip(axes[:, 0], runs, strict=True):
         rows = [r for r in run.rounds if r["round"] > 0]
         x = np.array([r["round"] for r in rows])
         for offset, key, label, color in ((-width, "clients", "aggregated", "#4c72b0"), (0, "replies", "replies", "#55a868"),

@@ -133,7 +133,7 @@ def write_report(run_dirs: list[Path | str], out: Path | str | None = None) -> t
     paths = [Path(p) for p in run_dirs]
     if not paths:
         raise ValueError("fedmemes report: give at least one RUN_DIR")
-    runs = [load_run(p, name) for p, name in zip(paths, run_names(paths))]
+    runs = [load_run(p, name) for p, name in zip(paths, run_names(paths), strict=True)]
     out = Path(out).expanduser().resolve() if out else runs[0].path
     sections = _sections(runs)
     title = f"fedmemes report: {runs[0].name}" if len(runs) == 1 else f"fedmemes report: {len(runs)} runs"

@@ -25,7 +25,7 @@ def save_test_predictions(run_dir: Path, prob: np.ndarray, label: np.ndarray) ->
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(("p_hateful", "label"))
-        out.writerows((f"{p:.6g}", int(y)) for p, y in zip(prob.tolist(), label.tolist()))
+        out.writerows((f"{p:.6g}", int(y)) for p, y in zip(prob.tolist(), label.tolist(), strict=True))
     return path
 
 

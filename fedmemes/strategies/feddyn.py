@@ -20,7 +20,7 @@ class FedDyn(ServerLRFedAvg):
     Server: h <- h - alpha * |S|/N * (mean(w_k) - w);  w <- mean(w_k) - h / alpha.
     """
 
-    def __init__(self, *args, alpha: float = 0.01, **kwargs) -> None:
+    def __init__(self, *args: Any, alpha: float = 0.01, **kwargs: Any) -> None:
         if alpha <= 0:
             raise ValueError(f"server.strategy.alpha must be > 0 for FedDyn, got {alpha}")
         super().__init__(*args, **kwargs)

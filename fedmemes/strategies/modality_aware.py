@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -25,7 +26,7 @@ class ModalityAwareAvg(FedAvg):
     do not vote on that block; a block no client trained keeps its previous global value.
     """
 
-    def __init__(self, *args, branches: Mapping[str, str] | None = None, count_keys: Mapping[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, branches: Mapping[str, str] | None = None, count_keys: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.branches = dict(branches or {})
         self.count_keys = dict(count_keys or DEFAULT_COUNT_KEYS)
@@ -62,7 +63,7 @@ class ModalityAwareAvg(FedAvg):
             raise KeyError(f"modality_aware needs metrics {missing} in every train reply (clients send n_text, n_image, n_both)")
         merged: dict[str, Array] = {}
         for block, keys in self._blocks(records[0].keys()).items():
-            counts = [float(m[self.count_keys[block]]) for m in metrics]
+            counts = [float(cast(float, m[self.count_keys[block]])) for m in metrics]  # scalar: checked replies
             voters = [i for i, c in enumerate(counts) if c > 0]
             if not voters:
                 log.info("round %d: no client trained the %s block; it keeps its previous value", server_round, block)
@@ -72,5 +73,5 @@ class ModalityAwareAvg(FedAvg):
                 continue
             averaged = average_arrays([records[i] for i in voters], [counts[i] for i in voters], keys)
             merged.update({k: Array(v) for k, v in averaged.items()})
-        arrays = ArrayRecord({k: merged[k] for k in records[0].keys()})
+        arrays = ArrayRecord({k: merged[k] for k in records[0]})
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
@@ -48,7 +49,7 @@ class PerformanceWeightedAvg(FedAvg):
     send `val_accuracy`); accuracy on the training data would reward overfitting.
     """
 
-    def __init__(self, *args, alpha: float = 0.7, accuracy_key: str = "val_accuracy", **kwargs) -> None:
+    def __init__(self, *args: Any, alpha: float = 0.7, accuracy_key: str = "val_accuracy", **kwargs: Any) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"server.strategy.alpha must be in [0, 1], got {alpha}")
         super().__init__(*args, **kwargs)
@@ -66,7 +67,9 @@ class PerformanceWeightedAvg(FedAvg):
             raise KeyError(f"performance_weighted needs metric '{self.accuracy_key}' in every train reply; "
                            "set server.strategy.accuracy_key to a metric your clients send")
         weights = performance_weights(
-            [float(m[self.accuracy_key]) for m in metrics], [float(m[self.weighted_by_key]) for m in metrics], self.alpha
+            [float(cast(float, m[self.accuracy_key])) for m in metrics],  # scalar metrics: the reply checks ensure it
+            [float(cast(float, m[self.weighted_by_key])) for m in metrics],
+            self.alpha,
         )
         log.info("round %d: performance weights %s", server_round, [round(w, 3) for w in weights])
         averaged = average_arrays([first_arrays(c) for c in contents], weights)

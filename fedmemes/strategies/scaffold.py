@@ -25,7 +25,7 @@ class Scaffold(ServerLRFedAvg):
     # The ArrayRecords a sound reply holds (read by fedmemes/strategies/validation.py).
     reply_array_records = ("arrays", CV_DELTA)
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.c: dict[str, np.ndarray] | None = None
 
@@ -45,7 +45,7 @@ class Scaffold(ServerLRFedAvg):
         deltas = []
         for msg in replies:  # FedAvg's own checks want exactly one ArrayRecord per reply
             if not msg.has_error() and CV_DELTA in msg.content.array_records:
-                deltas.append(as_numpy(msg.content[CV_DELTA]))
+                deltas.append(as_numpy(msg.content.array_records[CV_DELTA]))
                 del msg.content[CV_DELTA]
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None and deltas and self.c is not None:

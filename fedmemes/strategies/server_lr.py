@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -36,7 +37,7 @@ class ServerLRFedAvg(FedAvg):
     Subclasses (SCAFFOLD, FedDyn) reuse `global_arrays`, the model sent this round.
     """
 
-    def __init__(self, *args, server_lr: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args: Any, server_lr: float = 1.0, **kwargs: Any) -> None:
         if server_lr <= 0:
             raise ValueError(f"server.strategy.server_lr must be > 0, got {server_lr}")
         super().__init__(*args, **kwargs)

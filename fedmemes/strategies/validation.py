@@ -71,7 +71,8 @@ class ReplyChecks:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Remember the global model (the reference replies are checked against), then configure."""
         self._reply_reference, self._judge_reference = arrays, None
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        return messages
 
     def _minimum(self) -> int:
         return max(1, int(self.min_valid_replies))
@@ -147,8 +148,9 @@ class ReplyChecks:
         # The strategy gets exactly what was checked: canonical arrays, plain metrics, the sender's metadata.
         records = {self._reference().arrays_key: reply.arrays, **reply.extras}
         content = RecordDict({name: ArrayRecord({k: Array(v) for k, v in tensors.items()}) for name, tensors in records.items()})
-        content[METRICS_RECORD] = MetricRecord(reply.metrics)
-        return Message(content=content, metadata=reply.msg.metadata)
+        content[METRICS_RECORD] = MetricRecord(reply.metrics)  # type: ignore[arg-type]  # flwr types it as an invariant dict; int and float values fit
+        # Flower's own (content, metadata) form, which its public overloads leave out: keeps the sender's metadata.
+        return Message(content=content, metadata=reply.msg.metadata)  # type: ignore[call-overload,no-any-return]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the sound, bounded replies; keep the previous global model when too few remain."""
@@ -162,7 +164,7 @@ class ReplyChecks:
         if len(sound) >= self._minimum():
             arrays, metrics = super().aggregate_train(server_round, [self._rebuilt(r) for r in sound])  # type: ignore[misc]
         kept = arrays is None
-        if kept:
+        if arrays is None:
             log.warning("round %d: %d sound replies of %d (minimum %d): keeping the previous global model",
                         server_round, len(sound), len(replies), self._minimum())
         else:
@@ -178,7 +180,7 @@ class ReplyChecks:
         return arrays, metrics
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def with_reply_checks(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `ReplyChecks` in front (same name, still an instance of `cls`)."""
     if issubclass(cls, ReplyChecks):

@@ -12,11 +12,15 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fedmemes.models.components.text_encoder import weights_stamp
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
+    from transformers import CLIPModel, PreTrainedTokenizerBase
 
 # OpenAI CLIP's normalisation, used when the folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -31,7 +35,7 @@ def _require(name_or_path: str | None, which: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(name_or_path: str) -> nn.Module:
+def _load(name_or_path: str) -> CLIPModel:
     # Cached: a client process builds many models per run, the weights are read once.
     from transformers import CLIPModel
     from transformers.utils import logging as hf_logging
@@ -48,7 +52,7 @@ def _load(name_or_path: str) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _tokenizer(name_or_path: str) -> object:
+def _tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
@@ -72,7 +76,7 @@ class ClipTextEncoder:
     @property
     def dim(self) -> int:
         """Width of the projected embedding (768 for ViT-L/14)."""
-        return int(_load(self.name_or_path).config.projection_dim)
+        return int(_load(self.name_or_path).config.projection_dim)  # type: ignore[arg-type]  # always set (default 512)
 
     def identity(self) -> str:
         """Return a key that changes whenever the encoder's outputs could change."""
@@ -85,7 +89,7 @@ class ClipTextEncoder:
         model, tokenizer = _load(self.name_or_path), _tokenizer(self.name_or_path)
         chunks = [torch.zeros(0, self.dim)]
         for i in range(0, len(texts), self.batch_size):
-            batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,  # type: ignore[operator]
+            batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt")
             chunks.append(_features(model.get_text_features(input_ids=batch["input_ids"],
                                                             attention_mask=batch["attention_mask"])).float())
@@ -103,12 +107,16 @@ class ClipImageEncoder(nn.Module):
     the tower's input size and normalised here). One vector per image: `regions` gives one region.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, name_or_path: str | None = None, out_dim: int = 128, batch_size: int = 32) -> None:
         super().__init__()
         self.name_or_path = _require(name_or_path, "image_encoder")
         config = _load(self.name_or_path).config
-        self.embed_dim = int(config.projection_dim)
-        self.input_size = int(config.vision_config.image_size)
+        # CLIPConfig types these Optional / dict | config; after __init__ both are always set and typed.
+        self.embed_dim = int(config.projection_dim)  # type: ignore[arg-type]
+        self.input_size = int(config.vision_config.image_size)  # type: ignore[union-attr,arg-type]
         mean, std = self._normalisation()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)

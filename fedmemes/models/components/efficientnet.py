@@ -51,6 +51,9 @@ class EfficientNetLite0(nn.Module):
     average) and drop-connect is off.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, out_dim: int = 128, trainable_blocks: int = 0, weights: str | None = None,
                  batch_size: int = 32) -> None:
         super().__init__()

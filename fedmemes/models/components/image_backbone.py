@@ -36,6 +36,9 @@ class PretrainedBackbone(nn.Module):
     as loaded on every node and never travel); false fine-tunes it.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, weights: str | None = None, out_dim: int = 128, freeze: bool = True) -> None:
         super().__init__()
         self.trunk, self.map_dim = self.build_trunk()

@@ -7,6 +7,8 @@ map (what cross-attention attends over; their mean is `forward`), and `feature_m
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -25,7 +27,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         chans = [3, width, width * 2, width * 4, width * 4]
         blocks: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(chans, chans[1:])):
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(chans)):
             blocks += [
                 nn.Conv2d(c_in, c_out, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
                 nn.GroupNorm(8, c_out),

@@ -30,6 +30,11 @@ class BasicBlock(nn.Module):
 class ResNet18Trunk(nn.Module):
     """Stem and four stages of ResNet-18: images (B, 3, H, W) -> (B, 512, H/32, W/32)."""
 
+    layer1: nn.Sequential  # set in a loop below under torchvision's names (its checkpoints load as they are)
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
@@ -37,7 +42,7 @@ class ResNet18Trunk(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         widths = [64, 128, 256, 512]
-        for i, (c_in, c_out) in enumerate(zip([64] + widths[:-1], widths), start=1):
+        for i, (c_in, c_out) in enumerate(zip([64] + widths[:-1], widths, strict=True), start=1):
             stride = 1 if i == 1 else 2
             setattr(self, f"layer{i}", nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out)))
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 POOLINGS = ("mean", "cls")
 OUTPUTS = ("pooled", "tokens")
@@ -22,7 +26,7 @@ def bundled_minilm_path() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name_or_path: str) -> tuple[nn.Module, object]:
+def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     # Cached: a client process builds many models per run, the weights are read once.
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -100,7 +104,7 @@ class FrozenTextEncoder:
         """Return pooled vectors (N, D) float32, or token states (N, L, D) float16 zero-padded."""
         model, tokenizer = _load(self.name_or_path)
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
-        model.to(device)  # the cached model moves once; outputs come back to the CPU for the cache
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorator mistypes .to; the cached model moves once; outputs come back to the CPU for the cache
         chunks = []
         # disable=None: a progress bar on a terminal, silent in logs and under Ray.
         for i in tqdm(range(0, len(texts), self.batch_size), desc=f"encoding {len(texts)} captions",
