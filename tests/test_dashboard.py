@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from fedmemes.deploy.dashboard import SimulationStatus
+from fedmemes.deploy.simulation_status import SimulationStatus
 from fedmemes.deploy.status_api import RunStatus, create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
