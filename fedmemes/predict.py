@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from fedmemes import engine
 from fedmemes.config import build_model
 from fedmemes.data.features import build_tensors
-from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, _check_row, id_key
+from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, check_row, id_key
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
 from fedmemes.history import METRICS_FILE
 
@@ -100,7 +100,7 @@ class Inputs:
     split: list[str]
 
 
-def _parse(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None]:
+def parse_line(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None]:
     """Decode one jsonl line as training does (fedmemes/data/local_dir.py), one bad byte costing one row."""
     try:
         return json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")), None
@@ -115,7 +115,7 @@ def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_er
     kept, issues, first_line = [], [], {}
     for n, row in rows:
         labelled = not isinstance(row, dict) or "label" in row
-        problems, meme = _check_row(row if labelled else {**row, "label": 0}, root, on_error)
+        problems, meme = check_row(row if labelled else {**row, "label": 0}, root, on_error)
         issues.extend(DataIssue(where, n, k, d) for k, d in problems)
         if meme is None:
             continue
@@ -150,7 +150,7 @@ def read_jsonl(path: str | Path, on_error: str = "skip") -> Inputs:
     if on_error not in ON_ERROR:
         raise ValueError(f"--on-error must be one of {ON_ERROR}, got {on_error!r}")
     with path.open("rb") as f:
-        parsed = [(n, *_parse(raw, n, path)) for n, raw in enumerate(f, start=1) if raw.strip()]
+        parsed = [(n, *parse_line(raw, n, path)) for n, raw in enumerate(f, start=1) if raw.strip()]
     kept, issues = check_rows(((n, row) for n, row, err in parsed if err is None), path.parent, str(path), on_error)
     kept, image_issues = _image_checked(kept, str(path), on_error)
     issues = sorted([err for _, _, err in parsed if err is not None] + issues + image_issues, key=lambda i: i.line)

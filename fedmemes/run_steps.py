@@ -51,7 +51,8 @@ def summary(run_dir: Path) -> str:
     lines = ["", "round  hold-out AUROC  accuracy   loss"]
     for r in (r for r in metrics["rounds"] if "accuracy" in r):  # rows without scores: server.eval_every skipped them
         mark = "  <- best" if r["round"] == metrics["best_round"] else ""
-        lines.append(f"{r['round']:>5}  {r['auroc'] or float('nan'):>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
+        auroc = r["auroc"] or float("nan")
+        lines.append(f"{r['round']:>5}  {auroc:>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
     test = metrics.get("test") or {}
     lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
     lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  "

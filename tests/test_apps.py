@@ -5,8 +5,6 @@ import math
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from flwr.supercore.task_identity import TaskIdentity
-
 from fedmemes import client_app, engine
 from fedmemes.config import build_model, load_config
 from fedmemes.history import RunHistory
@@ -24,10 +22,7 @@ def _context() -> Context:
     )
 
 
-def test_client_train_replies_with_trainable_weights_and_metrics(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDMEMES_CACHE", str(tmp_path))
-    for key, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():  # what a ServerApp process sets
-        monkeypatch.setattr(TaskIdentity, key, value)
+def test_client_train_replies_with_trainable_weights_and_metrics(server_identity):
     cfg = load_config(OVERRIDES)
     model = build_model(cfg)
     sent = engine.trainable_state(model)

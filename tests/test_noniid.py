@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from test_strategies import GLOBAL, NoGrid, _metadata, _np, reply, server_identity  # noqa: F401 - fixture
+from test_strategies import GLOBAL, NoGrid, _np, reply
 from torch import nn
 
 from fedmemes.client_corrections import (
@@ -31,6 +31,8 @@ from fedmemes.strategies.feddyn import FedDyn
 from fedmemes.strategies.update_bounds import UpdateBounds
 from fedmemes.strategies.scaffold import Scaffold
 from fedmemes.strategies.server_lr import ServerLRFedAvg
+
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 
 
 def _global(value: float = 0.0) -> ArrayRecord:

@@ -25,21 +25,16 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg, FedMedian
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes.strategies import with_reply_checks
+from fedmemes.testing import server_identity
 
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 RNG = np.random.default_rng(0)
 GLOBAL = {"enc.w": RNG.normal(size=(4, 3)).astype(np.float32), "head.b": RNG.normal(size=3).astype(np.float32)}
 HONEST_STEP = 0.01  # honest updates: global + 0.01 * N(0, 1) per value
 HOSTILE = 9  # node id of the hostile client
 BASE_METRICS = {"num-examples": 10, "train_loss": 0.5, "val_accuracy": 0.5}
-
-
-def _set_identity() -> None:
-    """Flower stamps outgoing messages with the ServerApp's identity, which its runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        setattr(TaskIdentity, name, value)
 
 
 class NoGrid:
@@ -154,12 +149,6 @@ def _honest_norm() -> float:
     return max(float(np.sqrt(sum(((_step(n)[k] - GLOBAL[k]).astype(np.float64) ** 2).sum() for k in GLOBAL))) for n in (1, 2))
 
 
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
 def test_at_least_twelve_kinds():
     assert len(CASES) >= 12
 
@@ -227,8 +216,8 @@ def test_print_fuzz_table(capsys):
 
 
 if __name__ == "__main__":
-    _set_identity()
     for name in ("fedmemes", "flwr"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    for strategy_cls in (FedAvg, FedMedian):
-        print(fuzz_table(strategy_cls, compare=True), end="\n\n")  # the bare strategy tries to allocate 4 TB once
+    with server_identity():
+        for strategy_cls in (FedAvg, FedMedian):
+            print(fuzz_table(strategy_cls, compare=True), end="\n\n")  # the bare strategy tries to allocate 4 TB once

@@ -7,8 +7,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
-from flwr.supercore.task_identity import TaskIdentity
-
 from fedmemes.config import build_strategy, load_config
 from fedmemes.strategies import ModalityAwareAvg, PerformanceWeightedAvg, with_reply_checks
 from fedmemes.strategies.performance_weighted import performance_weights
@@ -17,11 +15,7 @@ GLOBAL = {"t.w": np.zeros(2, np.float32), "i.w": np.zeros(2, np.float32), "h.w":
 BRANCHES = {"t.w": "text", "i.w": "image", "h.w": "joint"}
 
 
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    """Flower stamps outgoing messages with the ServerApp's identity, which its runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 
 
 class NoGrid:

@@ -70,7 +70,7 @@ def _modality_kinds(problems: list[tuple[str, str]]) -> set[str]:
     return {of(k, d) for k, d in problems}
 
 
-def _check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[tuple[str, str]], Meme | None]:
+def check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[tuple[str, str]], Meme | None]:
     """Validate one parsed jsonl row; return (kind, detail) problems and the Meme if usable.
 
     With on_error keep_text (keep_image) a row whose only problems hit the image (the text)
@@ -159,7 +159,7 @@ class LocalDirSource:
 
     def _check(self, row: object) -> tuple[list[tuple[str, str]], Meme | None]:
         """Validate one parsed row (a source in another layout maps its rows to this one first)."""
-        return _check_row(row, self.root, self.on_error)
+        return check_row(row, self.root, self.on_error)
 
     def _read_jsonl(self, path: Path, issues: list[DataIssue]) -> list[tuple[int, Meme]]:
         """Parse one split file; record row-level issues; return (line, Meme) for clean rows."""
