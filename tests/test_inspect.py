@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,9 +76,8 @@ def test_history_keeps_split_facts_when_clients_report() -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FEDMEMES_CACHE": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "fedmemes.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    # The child inherits FEDMEMES_CACHE, the session cache (conftest).
+    return subprocess.run([sys.executable, "-m", "fedmemes.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_data_inspect_stops_on_a_broken_folder_naming_file_and_line(tmp_path: Path) -> None:
