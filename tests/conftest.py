@@ -49,16 +49,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def small_config() -> Callable[[str], DictConfig]:
-    """Return a factory: the composed config of the tiny preset (TINY) plus the given overrides."""
-
-    def compose(overrides: str = "") -> DictConfig:
-        return load_config(f"{TINY} {overrides}")
-
-    return compose
-
-
 @dataclass(frozen=True)
 class TinyData:
     """A generated tiny synthetic set: the overrides that select it, its folder (original layout) and its splits."""
@@ -75,6 +65,16 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
     source = instantiate(load_config(overrides).dataset.source)
     folder = source.ensure()
     return TinyData(overrides, folder, source.load())
+
+
+@pytest.fixture
+def small_config(tiny_data: TinyData) -> Callable[[str], DictConfig]:
+    """Return a factory: the tiny preset on tiny_data's memes (TINY, cache pinned) plus the given overrides."""
+
+    def compose(overrides: str = "") -> DictConfig:
+        return load_config(f"{tiny_data.overrides} {overrides}")
+
+    return compose
 
 
 @pytest.fixture(scope="session")
