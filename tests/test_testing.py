@@ -1,4 +1,4 @@
-"""fedmemes.testing and the conftest fixtures: identity restored, in-process grid stamps and routes messages, cache isolated."""
+"""fedmemes.testing and the conftest fixtures: identity restored, in-process grid routes messages, cache isolated."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def test_local_grid_hands_each_message_to_its_partition_with_an_id(server_identi
     seen: list[tuple[int, str, object]] = []
 
     def client(msg: Message, context: Context) -> Message:
-        seen.append((int(context.node_config["partition-id"]), msg.metadata.message_id, context.node_config["num-partitions"]))
+        config = context.node_config
+        seen.append((int(config["partition-id"]), msg.metadata.message_id, config["num-partitions"]))
         return Message(RecordDict({"config": ConfigRecord({"node": context.node_id})}), reply_to=msg)
 
     grid = LocalGrid(3, client)
