@@ -131,7 +131,7 @@ def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_er
 def _image_checked(kept: list[tuple[int, Meme, bool]], where: str, on_error: str, max_pixels: int | None = None) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
     """Decode-check every image with training's checks; a bad one skips its row (keep_text keeps the caption)."""
     source = LocalDirSource(Path.cwd(), on_error=on_error, **({"max_image_pixels": max_pixels} if max_pixels else {}))
-    bad = source._image_problems({m.img for _, m, _ in kept if m.has_image})
+    bad = source.image_problems({m.img for _, m, _ in kept if m.has_image})
     out, issues = [], []
     for n, meme, labelled in kept:
         err = bad.get(meme.img) if meme.has_image else None

@@ -1,4 +1,4 @@
-"""The package's import graph has no cycles: dependencies point one way (ARCHITECTURE.md, "Layers")."""
+"""The import graph: no cycles in the package, no private names borrowed across modules (ARCHITECTURE.md, "Layers")."""
 
 from __future__ import annotations
 
@@ -107,3 +107,16 @@ def test_find_cycle_names_the_shortest_cycle() -> None:
     assert find_cycle(graph) == ["a", "b", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert find_cycle({"x": {"y"}, "y": {"z"}, "z": {"x"}}) == ["x", "y", "z", "x"]
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    # A leading underscore means "only this module uses it": a name two modules need is public (run_steps.py,
+    # strategies/strategy_utils.py). Flower's own privates change without notice between releases.
+    roots = (PACKAGE, PACKAGE.parent / "benchmarks")
+    found = []
+    for path in (p for root in roots if root.is_dir() for p in sorted(root.rglob("*.py"))):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("fedmemes", "flwr"):
+                found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.module}.{alias.name}"
+                          for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert found == [], "private names imported across modules (make them public where they live):\n" + "\n".join(found)

@@ -204,7 +204,7 @@ class LocalDirSource:
                 rows.append((n, meme))
         return rows
 
-    def _image_problems(self, paths: set[Path]) -> dict[Path, ImageError]:
+    def image_problems(self, paths: set[Path]) -> dict[Path, ImageError]:
         """Check every distinct image once; return the failures by path."""
         if not self.check_images:
             # Without decoding, still catch missing files: a stat is cheap and they are common.
@@ -234,7 +234,7 @@ class LocalDirSource:
         issues: list[DataIssue] = []
         rows = {s: self._read_jsonl(p, issues) for s, p in files.items()}
 
-        bad_images = self._image_problems({m.img for r in rows.values() for _, m in r if m.has_image})
+        bad_images = self.image_problems({m.img for r in rows.values() for _, m in r if m.has_image})
         for split, split_rows in rows.items():
             kept = []
             for n, meme in split_rows:
