@@ -1,4 +1,4 @@
-"""Test doubles for running the real ServerApp and ClientApp in one process (tests and benchmarks use them)."""
+"""Test doubles: the real ServerApp and ClientApp in one process, hand-built grids and replies (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.app import Context, Error, Message, Metadata, RecordDict
 from flwr.app.message import make_message  # public: Flower's own Grids build stamped messages with it
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -116,3 +116,23 @@ def run_in_process(overrides: str, run_dir: Path, num_nodes: int, client: Client
         server_app(LocalGrid(num_nodes, client or client_app), context)
     result: dict[str, Any] = json.loads((Path(run_dir) / "metrics.json").read_text())
     return result
+
+
+class StaticGrid:
+    """Enough of a Grid for a strategy's configure_*: a fixed set of connected node ids."""
+
+    def __init__(self, *node_ids: int) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        """Return the connected node ids."""
+        return list(self.node_ids)
+
+
+def reply_from(node: int, content: RecordDict | Error, message_type: str = "train") -> Message:
+    """Build the reply `node` sends the server, as the SuperLink delivers it (content, or an Error)."""
+    metadata = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
+                        group_id="1", created_at=0.0, ttl=60.0, message_type=message_type)
+    if isinstance(content, Error):
+        return make_message(metadata, error=content)
+    return make_message(metadata, content)

@@ -20,14 +20,13 @@ from flwr.app import (
     ConfigRecord,
     Error,
     Message,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from fedmemes.strategies import with_reply_checks
-from fedmemes.testing import server_identity
+from fedmemes.testing import StaticGrid, reply_from, server_identity
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 RNG = np.random.default_rng(0)
@@ -35,16 +34,6 @@ GLOBAL = {"enc.w": RNG.normal(size=(4, 3)).astype(np.float32), "head.b": RNG.nor
 HONEST_STEP = 0.01  # honest updates: global + 0.01 * N(0, 1) per value
 HOSTILE = 9  # node id of the hostile client
 BASE_METRICS = {"num-examples": 10, "train_loss": 0.5, "val_accuracy": 0.5}
-
-
-class NoGrid:
-    def get_node_ids(self):
-        return [1, 2, HOSTILE]
-
-
-def _metadata(node: int) -> Metadata:
-    return Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                    group_id="1", created_at=0.0, ttl=60.0, message_type="train")
 
 
 def _npy(values: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -69,7 +58,7 @@ def message(node: int, arrays: dict[str, Array] | None = None, records: dict | N
     """A train reply: `arrays` (default: an honest-looking step) under 'arrays', metrics under 'metrics'."""
     arrays = arrays if arrays is not None else {k: Array(v) for k, v in _step(node).items()}
     content = records if records is not None else {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({**BASE_METRICS, **metrics})}
-    return Message(RecordDict(content), metadata=_metadata(node))
+    return reply_from(node, RecordDict(content))
 
 
 def _with(name: str, array: Array) -> dict[str, Array]:
@@ -110,7 +99,7 @@ CASES: dict[str, tuple[str, Callable[[], Message]]] = {
         "config": ConfigRecord({"x": 1})})),
     "fractional num-examples": ("dropped", lambda: message(HOSTILE, **{"num-examples": 10.5})),
     "extra metric key": ("dropped", lambda: message(HOSTILE, surprise=1.0)),
-    "client error": ("dropped", lambda: Message(Error(code=0, reason="crashed"), metadata=_metadata(HOSTILE))),
+    "client error": ("dropped", lambda: reply_from(HOSTILE, Error(code=0, reason="crashed"))),
     "sign-flip update x1000": ("clipped", lambda: message(HOSTILE, {k: Array((GLOBAL[k] - 1000 * (v - GLOBAL[k])).astype(np.float32))
                                                                     for k, v in _step(HOSTILE).items()})),
     "1e38 values and num-examples=1e12": ("clipped+capped", lambda: message(
@@ -122,7 +111,7 @@ def _strategy(cls: type):
     reports: dict[int, dict[str, int]] = {}
     strategy = with_reply_checks(cls)(min_train_nodes=1)
     strategy.reply_report_fn = reports.__setitem__
-    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), NoGrid())
+    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, HOSTILE))
     return strategy, reports
 
 
