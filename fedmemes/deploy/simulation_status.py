@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
@@ -62,8 +63,6 @@ class SimulationStatus:
         linger = float(self.cfg.simulation.get("status_linger_s") or 0)
         if linger > 0:
             log.info("dashboard stays up %.0f s (simulation.status_linger_s); Ctrl-C ends it", linger)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 time.sleep(linger)
-            except KeyboardInterrupt:
-                pass
         self.api.should_exit = True
