@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord
 
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
-from fedmemes.models.components.text_encoder import _load
+from fedmemes.models.components.text_encoder import load_frozen
 
 
 def main(overrides: list[str]) -> None:
@@ -35,7 +35,7 @@ def main(overrides: list[str]) -> None:
     cfg = load_config(" ".join(overrides))
     model = build_model(cfg)
     sent = ArrayRecord(engine.trainable_state(model)).count_bytes()
-    encoder, _ = _load(model.text_encoder.name_or_path)
+    encoder, _ = load_frozen(model.text_encoder.name_or_path)
     frozen = sum(p.numel() * p.element_size() for p in encoder.parameters())
 
     print(f"config: {' '.join(overrides) or '(defaults)'}; {cfg.num_clients} clients, {cfg.num_rounds} rounds; run dir {run_dir}")

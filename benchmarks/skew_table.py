@@ -12,8 +12,8 @@ holding all the training memes (partition=iid, num_clients=1); `iid` is 6 IID cl
 On the synthetic set (the default) the label is caption XOR image ("held-out confounder memes");
 any folder in the original layout works with `--overrides "dataset=hateful_memes dataset.root=DIR"`.
 
-Runs use the real ServerApp and ClientApp with an in-process Grid (tests/test_strategies_run.py:
-LocalGrid), clients one after another on one torch thread.
+Runs use the real ServerApp and ClientApp with an in-process Grid
+(fedmemes.testing.LocalGrid), clients one after another on one torch thread.
 """
 
 from __future__ import annotations
@@ -22,18 +22,16 @@ import argparse
 import functools
 import multiprocessing
 import statistics
-import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from strategy_table import run
-
 import fedmemes.client_app
 from fedmemes import node_datasets
+from fedmemes.testing import run_in_process
 
 # All 6 clients live in this one process (a Ray actor holds only its own few): keep every client's
 # tensors cached, or the 4-slot cache rebuilds each client's data every round.
@@ -74,7 +72,9 @@ def _reach(curves: list[list[float]], target: float) -> str:
 def _one(overrides: str, num_clients: int) -> tuple[float, list[float], float]:
     torch.set_num_threads(1)  # clients run one after another; more threads only spin on a shared 2-core box
     start = time.monotonic()
-    metrics = run(overrides, num_clients)
+    torch.manual_seed(0)  # the server's initial model is not seeded: give every compared run the same start
+    run_dir = Path(tempfile.mkdtemp(prefix="skew_table-"))
+    metrics = run_in_process(f"{overrides} num_clients={num_clients}", run_dir, num_clients)
     return float(metrics["test"]["auroc"]), _curve(metrics), time.monotonic() - start
 
 

@@ -17,16 +17,13 @@ faults: 4 IID clients, 6 rounds of one local Adam epoch; one client sends NaN we
 same strategy.
 
 Runs use the real ServerApp and ClientApp with Flower's transport replaced by an in-process Grid
-(tests/test_strategies_run.py: LocalGrid), clients one after another on one torch thread; the
+(fedmemes.testing.LocalGrid), clients one after another on one torch thread; the
 faulty clients are wrappers around the ClientApp defined here, not product code.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,16 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import Array, ArrayRecord, Context, Message
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-from test_strategies_run import LocalGrid  # noqa: E402
-
-from fedmemes.client_app import app as client_app  # noqa: E402
-from fedmemes.server_app import app as server_app  # noqa: E402
+from fedmemes.client_app import app as client_app
+from fedmemes.testing import run_in_process
 
 Client = Callable[[Message, Context], Message]
 
@@ -75,13 +66,8 @@ def scaled_by_100(sent: np.ndarray, local: np.ndarray) -> np.ndarray:
 def run(overrides: str, num_clients: int, client: Client = client_app) -> dict:
     """Run one federation in-process and return its metrics.json."""
     run_dir = Path(tempfile.mkdtemp(prefix="strategy_table-"))
-    overrides = f"{overrides} num_clients={num_clients} run_dir={run_dir}"
-    os.environ["FEDMEMES_OVERRIDES"] = overrides
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what Flower's runtime sets
     torch.manual_seed(0)  # the server's initial model is not seeded: give every compared run the same start
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"overrides": overrides})
-    server_app(LocalGrid(num_clients, client), context)
-    return json.loads((run_dir / "metrics.json").read_text())
+    return run_in_process(f"{overrides} num_clients={num_clients}", run_dir, num_clients, client)
 
 
 def row(name: str, metrics: dict, seconds: float, clean: float | None = None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from omegaconf import DictConfig
 
 from fedmemes.config import OVERRIDES_ENV, compose_checked
 from fedmemes.config_schema import ConfigError
+from fedmemes.run_steps import check_data, job_overrides, quiet_libraries, summary
 
 # Named, not __name__: under `python -m fedmemes.cli` that is "__main__", outside the `fedmemes` logger
 # whose INFO level (conf/hydra/job_logging/fedmemes.yaml) lets the run summary through.
@@ -43,55 +43,6 @@ options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed c
 """
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    # Flower and Ray log a lot at INFO; a person wants our per-round lines.
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
-    if verbose:
-        logging.getLogger().setLevel(logging.INFO)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning, same behaviour
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
-
-
-def _job_overrides(run_dir: Path) -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    task = [o for o in HydraConfig.get().overrides.task if not o.startswith("run_dir=")]
-    return shlex.join([*task, f"run_dir={run_dir}"])
-
-
-def _summary(run_dir: Path) -> str:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    lines = ["", "round  hold-out AUROC  accuracy   loss"]
-    for r in (r for r in metrics["rounds"] if "accuracy" in r):  # rows without scores: server.eval_every skipped them
-        mark = "  <- best" if r["round"] == metrics["best_round"] else ""
-        lines.append(f"{r['round']:>5}  {r['auroc'] or float('nan'):>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
-    test = metrics.get("test") or {}
-    from fedmemes.data.report import format_issues
-
-    lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
-    lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  accuracy {test.get('accuracy', float('nan')):.3f}  "
-                 f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}"
-                 + (f"  (at threshold {test['threshold']:.3f}, picked on the hold-out)" if "threshold" in test else ""))
-    lines.append(f"run directory: {run_dir}")
-    if (run_dir / "report.html").exists():
-        lines.append(f"report: {run_dir / 'report.html'} (curves, test ROC/PR, clients; `fedmemes report` redraws it)")
-    return "\n".join(lines)
-
-
-def _check_data(cfg: DictConfig, run_dir: Path, max_rows: int | None = None) -> str:
-    """Validate the data and every client's split, record them in run_dir; exit with the fix on a problem."""
-    from fedmemes.data.report import format_table, write_report
-    from fedmemes.node_datasets import data_issues, split_facts
-
-    try:
-        facts, issues = split_facts(cfg), data_issues(cfg)
-    except (ValueError, FileNotFoundError) as e:  # DataError and partition errors name file/line/key and the fix
-        raise SystemExit(f"error: {e}") from None
-    json_path, png_path = write_report(facts, run_dir, issues)
-    return f"{format_table(facts, issues, max_rows)}\nclient split: {json_path} and {png_path.name}"
-
-
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def simulate(cfg: DictConfig) -> None:
     """Run the whole federation on this machine with Flower's simulation engine."""
@@ -100,18 +51,18 @@ def simulate(cfg: DictConfig) -> None:
     from fedmemes.client_app import app as client_app
     from fedmemes.server_app import app as server_app
 
-    _quiet_libraries(cfg.verbose)
+    quiet_libraries(cfg.verbose)
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     from fedmemes.run_dir import prepare
 
     prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
-    log.info("%s", _check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
-    os.environ[OVERRIDES_ENV] = _job_overrides(run_dir)
+    log.info("%s", check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
+    os.environ[OVERRIDES_ENV] = job_overrides(run_dir)
     from flwr.simulation import run_simulation
 
     from fedmemes.cluster import attach, ray_address
-    from fedmemes.deploy.dashboard import SimulationStatus
+    from fedmemes.deploy.simulation_status import SimulationStatus
 
     if address := ray_address(cfg.simulation.get("ray_address")):  # an existing cluster: Flower then skips its own ray.init
         attach(address, bool(cfg.verbose))
@@ -131,7 +82,7 @@ def simulate(cfg: DictConfig) -> None:
     live.end(finished)
     if not finished:
         raise SystemExit(f"the run did not finish; see {run_dir}/fedmemes.log (add -v for Flower's logs)")
-    print(_summary(run_dir))
+    print(summary(run_dir))
     live.linger()
 
 
@@ -149,7 +100,7 @@ def data_inspect(cfg: DictConfig) -> None:
     """Print every client's memes, labels and modalities; write clients.json and clients.png."""
     from hydra.core.hydra_config import HydraConfig
 
-    print(_check_data(cfg, Path(HydraConfig.get().runtime.output_dir).resolve()))
+    print(check_data(cfg, Path(HydraConfig.get().runtime.output_dir).resolve()))
 
 
 # `fedmemes <words> [overrides]` -> Hydra job. Add a command here and in USAGE.

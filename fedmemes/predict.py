@@ -22,7 +22,7 @@ from fedmemes import engine
 from fedmemes.config import build_model
 from fedmemes.data.features import build_tensors
 from fedmemes.data.images import DEFAULT_MAX_PIXELS
-from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, _check_row, id_key
+from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, check_row, id_key
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
 from fedmemes.history import METRICS_FILE
 from fedmemes.models.old_targets import upgrade_targets
@@ -104,7 +104,7 @@ class Inputs:
     split: list[str]
 
 
-def _parse(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None]:
+def parse_line(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None]:
     """Decode one jsonl line as training does (fedmemes/data/local_dir.py), one bad byte costing one row."""
     try:
         return json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")), None
@@ -121,7 +121,7 @@ def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_er
     first_line: dict[str, int] = {}
     for n, row in rows:
         labelled = not isinstance(row, dict) or "label" in row
-        problems, meme = _check_row(row if labelled else {**cast(dict[str, Any], row), "label": 0}, root, on_error)
+        problems, meme = check_row(row if labelled else {**cast(dict[str, Any], row), "label": 0}, root, on_error)
         issues.extend(DataIssue(where, n, k, d) for k, d in problems)
         if meme is None:
             continue
@@ -137,7 +137,7 @@ def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_er
 def _image_checked(kept: list[tuple[int, Meme, bool]], where: str, on_error: str, max_pixels: int | None = None) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
     """Decode-check every image with training's checks; a bad one skips its row (keep_text keeps the caption)."""
     source = LocalDirSource(Path.cwd(), on_error=on_error, max_image_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    bad = source._image_problems({m.img for _, m, _ in kept if m.has_image})
+    bad = source.image_problems({m.img for _, m, _ in kept if m.has_image})
     out, issues = [], []
     for n, meme, labelled in kept:
         err = bad.get(meme.img) if meme.has_image else None
@@ -156,7 +156,7 @@ def read_jsonl(path: str | Path, on_error: str = "skip") -> Inputs:
     if on_error not in ON_ERROR:
         raise ValueError(f"--on-error must be one of {ON_ERROR}, got {on_error!r}")
     with path.open("rb") as f:
-        parsed = [(n, *_parse(raw, n, path)) for n, raw in enumerate(f, start=1) if raw.strip()]
+        parsed = [(n, *parse_line(raw, n, path)) for n, raw in enumerate(f, start=1) if raw.strip()]
     kept, issues = check_rows(((n, row) for n, row, err in parsed if err is None), path.parent, str(path), on_error)
     kept, image_issues = _image_checked(kept, str(path), on_error)
     issues = sorted([err for _, _, err in parsed if err is not None] + issues + image_issues, key=lambda i: i.line)

@@ -25,7 +25,7 @@ from fedmemes.data.images import ImageError, open_rgb
 from fedmemes.data.meme import Meme
 from fedmemes.deploy.auth import TOKEN_HEADER, read_token, require_token
 from fedmemes.deploy.gate import Receive, Scope, Send
-from fedmemes.predict import RunModel, _parse, check_rows, load_run
+from fedmemes.predict import RunModel, check_rows, load_run, parse_line
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")  # what Pillow may decode here; everything else is refused
 
@@ -179,7 +179,7 @@ def _batch_rows(lines: list[bytes], tmp: Path, root: Path | None, allow_urls: bo
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        row, issue = _parse(raw, n, Path("request"))
+        row, issue = parse_line(raw, n, Path("request"))
         if issue is not None:
             fail(n, issue.kind, issue.detail)
             continue

@@ -4,35 +4,30 @@ import math
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes import client_app, engine
-from fedmemes.config import build_model, load_config
+from fedmemes.config import build_model
 from fedmemes.history import RunHistory
 
-OVERRIDES = "debug=tiny num_clients=2"
 
-
-def _context() -> Context:
+def _context(overrides: str) -> Context:
     return Context(
         run_id=1,
         node_id=7,
         node_config={"partition-id": 1, "num-partitions": 2},
         state=RecordDict(),
-        run_config={"overrides": OVERRIDES},
+        run_config={"overrides": overrides},
     )
 
 
-def test_client_train_replies_with_trainable_weights_and_metrics(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDMEMES_CACHE", str(tmp_path))
-    for key, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():  # what a ServerApp process sets
-        monkeypatch.setattr(TaskIdentity, key, value)
-    cfg = load_config(OVERRIDES)
+def test_client_train_replies_with_trainable_weights_and_metrics(server_identity, tiny_data, small_config):
+    cfg = small_config("num_clients=2")
+    overrides = f"{tiny_data.overrides} num_clients=2"  # what the ClientApp composes: the same config
     model = build_model(cfg)
     sent = engine.trainable_state(model)
     content = RecordDict({"arrays": ArrayRecord(sent), "config": ConfigRecord({"lr": 0.003, "num_epochs": 1, "server-round": 1})})
     msg = Message(content=content, dst_node_id=7, message_type="train")
-    reply = client_app.train(msg, _context())
+    reply = client_app.train(msg, _context(overrides))
 
     back = reply.content["arrays"].to_torch_state_dict()
     assert set(back) == set(sent) and all(back[k].shape == sent[k].shape for k in sent)
@@ -42,7 +37,7 @@ def test_client_train_replies_with_trainable_weights_and_metrics(tmp_path, monke
     assert metrics["num-examples"] == metrics["label_0"] + metrics["label_1"] > 0
     assert 0.0 <= metrics["val_accuracy"] <= 1.0 and math.isfinite(metrics["train_loss"])
 
-    evaluated = client_app.evaluate(Message(content=RecordDict({"arrays": reply.content["arrays"]}), dst_node_id=7, message_type="evaluate"), _context())
+    evaluated = client_app.evaluate(Message(content=RecordDict({"arrays": reply.content["arrays"]}), dst_node_id=7, message_type="evaluate"), _context(overrides))
     assert evaluated.content["metrics"]["num-examples"] == metrics["val_n"]
 
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from fedmemes.deploy.dashboard import SimulationStatus
+from fedmemes.deploy.simulation_status import SimulationStatus
 from fedmemes.deploy.status_api import RunStatus, create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -76,7 +76,7 @@ def _rows(dom: str) -> dict[int, str]:
 def test_dashboard_in_headless_chromium_follows_a_live_simulation(tmp_path):
     run_dir, port = tmp_path / "run", _free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
+    env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest)
     log = (tmp_path / "simulate.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "fedmemes.cli", "simulate", "debug=tiny", "num_rounds=2",
                              f"server.status_port={port}", "simulation.status_linger_s=300",

@@ -37,7 +37,7 @@ def _flower_environments(tmp_path) -> dict[int, bytes]:
 def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):
     link, control, status, m0, m1 = _ports(5)
     certs = make_tls(tmp_path / "certs", ["127.0.0.1"])
-    env = {**os.environ, "FEDMEMES_TOKEN": TOKEN, "FEDMEMES_CACHE": os.environ.get("FEDMEMES_CACHE", str(tmp_path / "cache"))}
+    env = {**os.environ, "FEDMEMES_TOKEN": TOKEN}  # FEDMEMES_CACHE: the session cache (conftest)
     run_dir = tmp_path / "run"
     server_args = ["server", "debug=tiny", "num_rounds=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}",
                    f"server.control_port={control}", f"server.certs={certs.ca.parent}", f"server.flwr_home={tmp_path / 'flwr'}", f"server.status_port={status}",

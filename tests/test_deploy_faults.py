@@ -18,10 +18,6 @@ from fedmemes.deploy.superlink import CONNECTION, SuperLink
 pytestmark = pytest.mark.slow
 
 
-def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "FEDMEMES_CACHE": os.environ.get("FEDMEMES_CACHE", str(tmp_path / "cache"))}
-
-
 def _rounds(run_dir: Path) -> list[dict]:
     try:
         return json.loads((run_dir / "metrics.json").read_text())["rounds"]
@@ -36,7 +32,7 @@ def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -
 
 def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
     link, control = ports(2)
-    env, run_dir = _env(tmp_path), tmp_path / "run"
+    env, run_dir = dict(os.environ), tmp_path / "run"  # FEDMEMES_CACHE: the session cache (conftest)
     # 3 clients, no fixed sample (clients_per_round=null): fraction_train=1.0 trains every connected node, at least 2.
     server = spawn(["server", "debug=tiny", "num_rounds=4", "num_clients=3", "clients_per_round=null",
                     "server.strategy.min_train_nodes=2", "server.strategy.min_available_nodes=2", f"run_dir={run_dir}",
@@ -86,7 +82,7 @@ def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superli
     call through the address clients dial, the operator's `flwr` on the loopback control port works, and the two
     registered SuperNodes finish a 2-round run."""
     link, control = ports(2)
-    env, run_dir, certs = _env(tmp_path), tmp_path / "run", tmp_path / "certs"
+    env, run_dir, certs = dict(os.environ), tmp_path / "run", tmp_path / "certs"
     subprocess.run([*FEDMEMES, "certs", str(certs), "--host", "127.0.0.1", "--nodes", "2"], check=True, env=env, capture_output=True)
     rogue_key, rogue_pub = make_node_key(tmp_path / "rogue", "rogue")  # a valid key pair the server never registered
     server = spawn(["server", "debug=tiny", "num_rounds=2", "num_clients=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",

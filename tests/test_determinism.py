@@ -62,8 +62,8 @@ def test_training_leaves_the_callers_rng_as_it_was() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def _simulate(run_dir: Path, cache: Path) -> list[dict]:
-    env = {**os.environ, "FEDMEMES_CACHE": str(cache)}
+def _simulate(run_dir: Path) -> list[dict]:
+    env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest); both runs share it
     # 3 clients on 2 actors with dropout and modality dropout: which actor serves which client each
     # round is up to Ray, so any draw left to a process's own RNG history would show up here.
     out = subprocess.run(
@@ -78,9 +78,8 @@ def _simulate(run_dir: Path, cache: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_simulate_runs_with_one_seed_give_the_same_metrics(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    first = _simulate(tmp_path / "a", cache)
-    second = _simulate(tmp_path / "b", cache)
+    first = _simulate(tmp_path / "a")
+    second = _simulate(tmp_path / "b")
     assert len(first) == len(second) == 5  # rounds 0-3 and the test split
     for a, b in zip(first, second, strict=True):
         assert a.keys() == b.keys()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,9 +76,8 @@ def test_history_keeps_split_facts_when_clients_report() -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FEDMEMES_CACHE": str(cwd / "cache")}
-    return subprocess.run([sys.executable, "-m", "fedmemes.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    # The child inherits FEDMEMES_CACHE, the session cache (conftest).
+    return subprocess.run([sys.executable, "-m", "fedmemes.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_data_inspect_stops_on_a_broken_folder_naming_file_and_line(tmp_path: Path) -> None:
@@ -93,14 +91,14 @@ def test_cli_data_inspect_stops_on_a_broken_folder_naming_file_and_line(tmp_path
 
 
 def test_check_data_with_skip_records_issue_counts(tmp_path: Path) -> None:
-    from fedmemes.cli import _check_data
+    from fedmemes.run_steps import check_data
 
     root = _folder(tmp_path / "d", broken=True)
     cfg = load_config(f"dataset=hateful_memes dataset.root={root} dataset.on_error=skip")
-    table = _check_data(cfg, tmp_path / "run")
+    table = check_data(cfg, tmp_path / "run")
     assert "data issues: bad_json=1, missing_image=1" in table
     assert json.loads((tmp_path / "run" / "clients.json").read_text())["data_issues"] == {"bad_json": 1, "missing_image": 1}
     assert sum(f["n_train"] + f["n_val"] for f in read_client_facts(tmp_path / "run")) == 58
     assert (tmp_path / "run" / "clients.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match=r"train.jsonl:2: bad_json"):
-        _check_data(load_config(f"dataset=hateful_memes dataset.root={root}"), tmp_path / "run2")
+        check_data(load_config(f"dataset=hateful_memes dataset.root={root}"), tmp_path / "run2")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from test_strategies import GLOBAL, NoGrid, _metadata, _np, reply, server_identity  # noqa: F401 - fixture
+from test_strategies import GLOBAL, _np, reply
 from torch import nn
 
 from fedmemes.client_corrections import (
@@ -31,6 +31,9 @@ from fedmemes.strategies.feddyn import FedDyn
 from fedmemes.strategies.scaffold import Scaffold
 from fedmemes.strategies.server_lr import ServerLRFedAvg
 from fedmemes.strategies.update_bounds import UpdateBounds
+from fedmemes.testing import StaticGrid
+
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 
 
 def _global(value: float = 0.0) -> ArrayRecord:
@@ -179,7 +182,7 @@ def test_loss_group_builds_fedlc_with_the_client_label_counts():
 
 def test_server_lr_steps_from_the_global_model_along_the_average():
     strategy = ServerLRFedAvg(server_lr=2.0)
-    strategy.configure_train(1, _global(1.0), ConfigRecord(), NoGrid())
+    strategy.configure_train(1, _global(1.0), ConfigRecord(), StaticGrid(1, 2, 3))
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), reply(2, 4.0)])
     assert all(np.allclose(v, 1.0 + 2.0 * (3.0 - 1.0)) for v in _np(arrays).values())
     with pytest.raises(ValueError, match="server_lr"):
@@ -189,32 +192,32 @@ def test_server_lr_steps_from_the_global_model_along_the_average():
 def test_scaffold_sends_c_and_folds_the_deltas_into_it():
     strategy = with_reply_checks(Scaffold)()
     strategy.update_bounds = UpdateBounds.parse(None, None)  # the plain SCAFFOLD rule; bounds are tested in test_update_bounds
-    messages = list(strategy.configure_train(1, _global(0.0), ConfigRecord(), NoGrid()))
+    messages = list(strategy.configure_train(1, _global(0.0), ConfigRecord(), StaticGrid(1, 2, 3)))
     assert len(messages) == 3 and all(np.allclose(_np(m.content[SCAFFOLD_C])["t.w"], 0.0) for m in messages)
     arrays, _ = strategy.aggregate_train(1, [scaffold_reply(1, 1.0, 0.3, n=10), scaffold_reply(2, 4.0, 0.9, n=30)])
     assert np.allclose(_np(arrays)["t.w"], (1.0 * 10 + 4.0 * 30) / 40)  # the model: FedAvg's weighted mean
     assert np.allclose(strategy.c["t.w"], 2 / 3 * (0.3 + 0.9) / 2)  # c += |S|/N * mean(delta), N = 3 nodes
-    sent = list(strategy.configure_train(2, arrays, ConfigRecord(), NoGrid()))
+    sent = list(strategy.configure_train(2, arrays, ConfigRecord(), StaticGrid(1, 2, 3)))
     assert np.allclose(_np(sent[0].content[SCAFFOLD_C])["h.w"], 0.4)
     assert strategy.state_dict()["c"] is strategy.c
 
 
 def test_scaffold_reply_checks_want_exactly_the_named_records():
     strategy = with_reply_checks(Scaffold)()
-    strategy.configure_train(1, _global(0.0), ConfigRecord(), NoGrid())
+    strategy.configure_train(1, _global(0.0), ConfigRecord(), StaticGrid(1, 2, 3))
     no_delta = reply(3, 1.0)
     bad_delta = scaffold_reply(4, 1.0, math.nan)
     sound, reasons = strategy.filter_replies(1, [scaffold_reply(1, 1.0, 0.1), no_delta, bad_delta])
     assert [r.node for r in sound] == [1]
     assert "cv_delta" in reasons[0] and "non-finite" in reasons[1]
     plain = with_reply_checks(FedAvg)()  # a strategy that names no extra records still wants exactly one
-    plain.configure_train(1, _global(0.0), ConfigRecord(), NoGrid())
+    plain.configure_train(1, _global(0.0), ConfigRecord(), StaticGrid(1, 2, 3))
     assert plain.filter_replies(1, [scaffold_reply(1, 1.0, 0.1)])[0] == []
 
 
 def test_feddyn_sends_alpha_and_applies_h():
     strategy = with_reply_checks(FedDyn)(alpha=0.5)
-    messages = list(strategy.configure_train(1, _global(1.0), ConfigRecord({"lr": 0.1}), NoGrid()))
+    messages = list(strategy.configure_train(1, _global(1.0), ConfigRecord({"lr": 0.1}), StaticGrid(1, 2, 3)))
     assert messages[0].content["config"][FEDDYN_ALPHA] == 0.5 and messages[0].content["config"]["lr"] == 0.1
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), reply(2, 4.0)])
     h = -0.5 * (2 / 3) * (3.0 - 1.0)  # h -= alpha * |S|/N * (mean - w); N = 3 nodes

@@ -8,12 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from run_helpers import make_run, one_thread
 from sklearn.metrics import roc_auc_score
 
 from fedmemes import engine
@@ -21,13 +19,9 @@ from fedmemes.predict import load_run, main, read_jsonl, run_split
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Iterator[Path]:
-    with one_thread():
-        yield make_run(tmp_path_factory.getbasetemp())
-
-
-def _data_folder(run_dir: Path) -> Path:
-    return next((run_dir.parent / "cache" / "data").glob("synthetic-*"))
+def run_dir(tiny_run: Path, one_thread: None) -> Path:
+    """The shared finished tiny run (conftest), scored on one torch thread."""
+    return tiny_run
 
 
 def _read(path: Path) -> list[dict]:
@@ -64,7 +58,7 @@ def test_server_picks_the_threshold_on_dev_and_reports_test_at_it_and_at_half(ru
     assert test["auroc"] > 0.7  # the tiny run learned the caption-image pairs
 
 
-def test_predict_on_the_runs_test_split_reproduces_metrics_json(run_dir, tmp_path, capsys):
+def test_predict_on_the_runs_test_split_reproduces_metrics_json(run_dir, tiny_data, tmp_path, capsys):
     expected = json.loads((run_dir / "metrics.json").read_text())["test"]
     out = tmp_path / "split.jsonl"
     main([str(run_dir), "--run-split", "test", "--out", str(out)])
@@ -76,15 +70,15 @@ def test_predict_on_the_runs_test_split_reproduces_metrics_json(run_dir, tmp_pat
 
     # The same memes from the generator's test_seen.jsonl in the original layout, written as CSV.
     csv_out = tmp_path / "file.csv"
-    main([str(run_dir), str(_data_folder(run_dir) / "test_seen.jsonl"), "--out", str(csv_out)])
+    main([str(run_dir), str(tiny_data.folder / "test_seen.jsonl"), "--out", str(csv_out)])
     by_file = _read(csv_out)
     assert [r["id"] for r in by_file] == [r["id"] for r in rows]
     assert abs(roc_auc_score([int(r["label"]) for r in by_file], [float(r["p_hateful"]) for r in by_file]) - expected["auroc"]) < 1e-3
     assert all(int(r["pred"]) == int(float(r["p_hateful"]) > expected["threshold"]) for r in by_file)
 
 
-def test_bad_rows_are_reported_with_their_line_and_skipped_never_scored(run_dir, tmp_path, capsys):
-    data = _data_folder(run_dir)
+def test_bad_rows_are_reported_with_their_line_and_skipped_never_scored(run_dir, tiny_data, tmp_path, capsys):
+    data = tiny_data.folder
     good = [json.loads(line) for line in (data / "test_seen.jsonl").read_text().splitlines()[:4]]
     (tmp_path / "img").mkdir()
     for row in good:
@@ -110,8 +104,8 @@ def test_bad_rows_are_reported_with_their_line_and_skipped_never_scored(run_dir,
         main([str(run_dir), str(src), "--on-error", "raise", "--out", str(out)])
 
 
-def test_single_meme_and_folder_inputs_score_like_the_batch(run_dir, tmp_path, capsys):
-    data = _data_folder(run_dir)
+def test_single_meme_and_folder_inputs_score_like_the_batch(run_dir, tiny_data, tmp_path, capsys):
+    data = tiny_data.folder
     folder = tmp_path / "memes"  # the original layout without train.jsonl
     folder.mkdir()
     (folder / "img").symlink_to(data / "img")
@@ -131,7 +125,7 @@ def test_single_meme_and_folder_inputs_score_like_the_batch(run_dir, tmp_path, c
     assert single["pred"] == int(single["p_hateful"] > 0.5) and "label" not in single
 
 
-def test_errors_name_the_fix(run_dir, tmp_path, capsys):
+def test_errors_name_the_fix(run_dir, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit, match="config.yaml not found"):
         main([str(tmp_path), "--run-split", "test"])
     with pytest.raises(SystemExit):  # argparse: the --out extension picks the format
@@ -140,7 +134,7 @@ def test_errors_name_the_fix(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: INPUT and --text together
         main([str(run_dir), "in.jsonl", "--text", "hi"])
     final = load_run(run_dir, "final")
-    assert final.which == "final" and read_jsonl(_data_folder(run_dir) / "dev_seen.jsonl").issues == []
+    assert final.which == "final" and read_jsonl(tiny_data.folder / "dev_seen.jsonl").issues == []
 
 
 @pytest.mark.slow

@@ -83,7 +83,7 @@ def ray_head():
 def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
     address, temp = ray_head
     run_dir = tmp_path / "run"
-    env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
+    env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest)
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([str(BIN / "fedmemes"), "simulate", "debug=tiny", "num_rounds=2", "num_clients=2",
                            f"simulation.ray_address={address}", f"hydra.run.dir={run_dir}"],

@@ -15,14 +15,12 @@ import math
 from pathlib import Path
 
 import pytest
-import test_strategies_run
 from PIL import Image
-from test_strategies_run import run_locally
 
 import fedmemes
 from fedmemes.data.synthetic import generate
+from fedmemes.testing import run_in_process
 
-cache = test_strategies_run.cache  # share that module's fixture: pytest registers it here under this name
 MODELS = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "model").glob("*.yaml"))
 
 
@@ -62,15 +60,15 @@ def folder(tmp_path_factory) -> Path:
     return _dress_like_a_download(root)
 
 
-def _run(folder: Path, cache: Path, run_dir: Path, monkeypatch, extra: str) -> dict:
+def _run(folder: Path, cache: Path, run_dir: Path, extra: str) -> dict:
     base = (f"dataset=hateful_memes dataset.root={folder} cache_dir={cache} partition=iid num_clients=2 "
             f"image_size=32 local_val_share=0.1 {extra}")
-    return run_locally(base, run_dir, 2, monkeypatch=monkeypatch)
+    return run_in_process(base, run_dir, 2)
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_every_model_runs_on_an_original_layout_folder(model, folder, cache, tmp_path, monkeypatch):
-    metrics = _run(folder, cache, tmp_path, monkeypatch, f"model={model} num_rounds=2")
+def test_every_model_runs_on_an_original_layout_folder(model, folder, cache_dir, tmp_path, one_thread):
+    metrics = _run(folder, cache_dir, tmp_path, f"model={model} num_rounds=2")
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert metrics["test"]["n"] == 60  # test_seen only: test_unseen is neither trained on nor scored
     assert all(r["n"] == 60 for r in metrics["rounds"])  # dev_seen scored every round
@@ -81,6 +79,6 @@ def test_every_model_runs_on_an_original_layout_folder(model, folder, cache, tmp
 
 
 @pytest.mark.parametrize("model", ["early_fusion", "feature_interaction"])
-def test_multimodal_models_learn_the_pair_from_such_a_folder(model, folder, cache, tmp_path, monkeypatch):
-    metrics = _run(folder, cache, tmp_path, monkeypatch, f"model={model} num_rounds=4 num_epochs=2")
+def test_multimodal_models_learn_the_pair_from_such_a_folder(model, folder, cache_dir, tmp_path, one_thread):
+    metrics = _run(folder, cache_dir, tmp_path, f"model={model} num_rounds=4 num_epochs=2")
     assert metrics["test"]["auroc"] >= 0.85, metrics["rounds"]

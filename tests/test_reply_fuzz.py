@@ -20,36 +20,20 @@ from flwr.app import (
     ConfigRecord,
     Error,
     Message,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
 from flwr.serverapp.strategy import FedAvg, FedMedian
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes.strategies import with_reply_checks
+from fedmemes.testing import StaticGrid, reply_from, server_identity
 
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 RNG = np.random.default_rng(0)
 GLOBAL = {"enc.w": RNG.normal(size=(4, 3)).astype(np.float32), "head.b": RNG.normal(size=3).astype(np.float32)}
 HONEST_STEP = 0.01  # honest updates: global + 0.01 * N(0, 1) per value
 HOSTILE = 9  # node id of the hostile client
 BASE_METRICS = {"num-examples": 10, "train_loss": 0.5, "val_accuracy": 0.5}
-
-
-def _set_identity() -> None:
-    """Flower stamps outgoing messages with the ServerApp's identity, which its runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        setattr(TaskIdentity, name, value)
-
-
-class NoGrid:
-    def get_node_ids(self):
-        return [1, 2, HOSTILE]
-
-
-def _metadata(node: int) -> Metadata:
-    return Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                    group_id="1", created_at=0.0, ttl=60.0, message_type="train")
 
 
 def _npy(values: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -74,7 +58,7 @@ def message(node: int, arrays: dict[str, Array] | None = None, records: dict | N
     """A train reply: `arrays` (default: an honest-looking step) under 'arrays', metrics under 'metrics'."""
     arrays = arrays if arrays is not None else {k: Array(v) for k, v in _step(node).items()}
     content = records if records is not None else {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({**BASE_METRICS, **metrics})}
-    return Message(RecordDict(content), metadata=_metadata(node))
+    return reply_from(node, RecordDict(content))
 
 
 def _with(name: str, array: Array) -> dict[str, Array]:
@@ -115,7 +99,7 @@ CASES: dict[str, tuple[str, Callable[[], Message]]] = {
         "config": ConfigRecord({"x": 1})})),
     "fractional num-examples": ("dropped", lambda: message(HOSTILE, **{"num-examples": 10.5})),
     "extra metric key": ("dropped", lambda: message(HOSTILE, surprise=1.0)),
-    "client error": ("dropped", lambda: Message(Error(code=0, reason="crashed"), metadata=_metadata(HOSTILE))),
+    "client error": ("dropped", lambda: reply_from(HOSTILE, Error(code=0, reason="crashed"))),
     "sign-flip update x1000": ("clipped", lambda: message(HOSTILE, {k: Array((GLOBAL[k] - 1000 * (v - GLOBAL[k])).astype(np.float32))
                                                                     for k, v in _step(HOSTILE).items()})),
     "1e38 values and num-examples=1e12": ("clipped+capped", lambda: message(
@@ -127,7 +111,7 @@ def _strategy(cls: type):
     reports: dict[int, dict[str, int]] = {}
     strategy = with_reply_checks(cls)(min_train_nodes=1)
     strategy.reply_report_fn = reports.__setitem__
-    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), NoGrid())
+    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, HOSTILE))
     return strategy, reports
 
 
@@ -152,12 +136,6 @@ def outcome(report: dict[str, int]) -> str:
 
 def _honest_norm() -> float:
     return max(float(np.sqrt(sum(((_step(n)[k] - GLOBAL[k]).astype(np.float64) ** 2).sum() for k in GLOBAL))) for n in (1, 2))
-
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 def test_at_least_twelve_kinds():
@@ -227,8 +205,8 @@ def test_print_fuzz_table(capsys):
 
 
 if __name__ == "__main__":
-    _set_identity()
     for name in ("fedmemes", "flwr"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    for strategy_cls in (FedAvg, FedMedian):
-        print(fuzz_table(strategy_cls, compare=True), end="\n\n")  # the bare strategy tries to allocate 4 TB once
+    with server_identity():
+        for strategy_cls in (FedAvg, FedMedian):
+            print(fuzz_table(strategy_cls, compare=True), end="\n\n")  # the bare strategy tries to allocate 4 TB once

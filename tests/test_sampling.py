@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common import MessageType
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes.config import build_strategy, load_config
 from fedmemes.strategies.sampling import SampleRule, seeded_sample
 
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    # Messages read the run id from the process's task identity, which only a real run sets.
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Messages read the run id from it
 
 
 ARRAYS = ArrayRecord({"h.w": Array(np.zeros(2, dtype=np.float32))})

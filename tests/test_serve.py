@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from run_helpers import make_run, one_thread
 
 from fedmemes.predict import load_run, read_jsonl
 from fedmemes.serve import Limits, create_app, main
@@ -20,14 +19,13 @@ AUTH = {"X-Fedmemes-Token": TOKEN}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    with one_thread():
-        yield load_run(make_run(tmp_path_factory.getbasetemp()))
+def run(tiny_run, one_thread):
+    return load_run(tiny_run)
 
 
 @pytest.fixture(scope="module")
-def data(run) -> Path:
-    return next((run.run_dir.parent / "cache" / "data").glob("synthetic-*"))
+def data(tiny_data) -> Path:
+    return tiny_data.folder
 
 
 @pytest.fixture(scope="module")

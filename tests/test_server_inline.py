@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes import client_app, server_app
 from fedmemes.run_dir import RunDirError
@@ -53,10 +52,7 @@ def _main(overrides: str) -> InlineGrid:
 
 
 @pytest.mark.slow
-def test_server_survives_a_hostile_node_and_guards_its_run_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDMEMES_CACHE", str(tmp_path / "cache"))
-    for key, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():
-        monkeypatch.setattr(TaskIdentity, key, value)
+def test_server_survives_a_hostile_node_and_guards_its_run_dir(tmp_path, server_identity):
     run = tmp_path / "run"
     base = f"debug=tiny num_clients=2 run_dir={run}"
     _main(f"{base} num_rounds=1")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 @pytest.mark.slow
 def test_simulation_learns_and_writes_a_readable_run_dir(tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
+    env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest)
     out = subprocess.run(
         [sys.executable, "-m", "fedmemes.cli", "simulate", "debug=tiny", f"hydra.run.dir={run_dir}"],
         env=env, capture_output=True, text=True, timeout=600,

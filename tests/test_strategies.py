@@ -4,35 +4,19 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedmemes.config import build_strategy, load_config
 from fedmemes.strategies import ModalityAwareAvg, PerformanceWeightedAvg, with_reply_checks
 from fedmemes.strategies.performance_weighted import performance_weights
+from fedmemes.testing import StaticGrid, reply_from
 
 GLOBAL = {"t.w": np.zeros(2, np.float32), "i.w": np.zeros(2, np.float32), "h.w": np.zeros(2, np.float32)}
 BRANCHES = {"t.w": "text", "i.w": "image", "h.w": "joint"}
 
 
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch):
-    """Flower stamps outgoing messages with the ServerApp's identity, which its runtime sets."""
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
-class NoGrid:
-    """Enough of a Grid for configure_train: three connected nodes."""
-
-    def get_node_ids(self):
-        return [1, 2, 3]
-
-
-def _metadata(node: int) -> Metadata:
-    return Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                    group_id="1", created_at=0.0, ttl=60.0, message_type="train")
+pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 
 
 def reply(node: int, value: float | dict[str, np.ndarray] = 0.0, **metrics) -> Message:
@@ -41,12 +25,12 @@ def reply(node: int, value: float | dict[str, np.ndarray] = 0.0, **metrics) -> M
     base = {"num-examples": 10, "train_loss": 0.5, "val_accuracy": 0.5, "n_text": 10, "n_image": 10, "n_both": 10}
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
                           "metrics": MetricRecord({**base, **metrics})})
-    return Message(content, metadata=_metadata(node))
+    return reply_from(node, content)
 
 
 def configured(strategy):
     """Send the global model once, so the strategy knows the round's reference arrays."""
-    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), NoGrid())
+    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, 3))
     return strategy
 
 
@@ -156,7 +140,7 @@ def test_missing_num_examples_is_dropped():
 
 
 def test_error_reply_is_dropped():
-    error = Message(Error(code=0, reason="client crashed"), metadata=_metadata(7))
+    error = reply_from(7, Error(code=0, reason="client crashed"))
     strategy, reports = _checked()
     strategy.aggregate_train(1, [reply(1, 2.0), error])
     assert reports[1]["dropped_replies"] == 1

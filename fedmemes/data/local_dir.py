@@ -71,7 +71,7 @@ def _modality_kinds(problems: list[tuple[str, str]]) -> set[str]:
     return {of(k, d) for k, d in problems}
 
 
-def _check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[tuple[str, str]], Meme | None]:
+def check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[tuple[str, str]], Meme | None]:
     """Validate one parsed jsonl row; return (kind, detail) problems and the Meme if usable.
 
     With on_error keep_text (keep_image) a row whose only problems hit the image (the text)
@@ -161,7 +161,7 @@ class LocalDirSource:
 
     def _check(self, row: object) -> tuple[list[tuple[str, str]], Meme | None]:
         """Validate one parsed row (a source in another layout maps its rows to this one first)."""
-        return _check_row(row, self.root, self.on_error)
+        return check_row(row, self.root, self.on_error)
 
     def _read_jsonl(self, path: Path, issues: list[DataIssue]) -> list[tuple[int, Meme]]:
         """Parse one split file; record row-level issues; return (line, Meme) for clean rows."""
@@ -206,7 +206,7 @@ class LocalDirSource:
                 rows.append((n, meme))
         return rows
 
-    def _image_problems(self, paths: set[Path]) -> dict[Path, ImageError]:
+    def image_problems(self, paths: set[Path]) -> dict[Path, ImageError]:
         """Check every distinct image once; return the failures by path."""
         if not self.check_images:
             # Without decoding, still catch missing files: a stat is cheap and they are common.
@@ -236,7 +236,7 @@ class LocalDirSource:
         issues: list[DataIssue] = []
         rows = {s: self._read_jsonl(p, issues) for s, p in files.items()}
 
-        bad_images = self._image_problems({m.img for r in rows.values() for _, m in r if m.has_image})
+        bad_images = self.image_problems({m.img for r in rows.values() for _, m in r if m.has_image})
         for split, split_rows in rows.items():
             kept = []
             for n, meme in split_rows:

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--public", required=True, help="HOST:PORT SuperNodes dial (Fleet API and /health only)")
     args, flower_args = p.parse_known_args(argv)
     sys.argv = ["flower-superlink", *flower_args]
+    # The one Flower private call in fedmemes, on purpose: Flower 1.42 (pinned) has no public parser for
+    # `flower-superlink`'s flags, and this one gives the gate exactly Flower's flag checks and defaults.
     config = flower._parse_superlink_lifespan_config()
     if not is_loopback(config.host):
         p.error(f"--host {config.host}: the control socket must be loopback (127.0.0.1); SuperNodes use --public")

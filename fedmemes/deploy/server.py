@@ -20,6 +20,7 @@ from fedmemes.deploy.exposure import refuse_plain_text
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
 from fedmemes.run_dir import prepare
+from fedmemes.run_steps import check_data, job_overrides, quiet_libraries, summary
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,13 @@ def server(cfg: DictConfig) -> None:
     """Serve one federated run to SuperNodes on other processes or machines; write the run directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    from fedmemes.cli import _check_data, _job_overrides, _quiet_libraries, _summary
-
-    _quiet_libraries(cfg.verbose)
+    quiet_libraries(cfg.verbose)
     # SIGTERM (docker stop, kill) must still run the `finally` below, which stops the SuperLink we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     _check_exposure(cfg)
-    log.info("%s", _check_data(cfg, run_dir))  # bad data fails here, before any client waits
+    log.info("%s", check_data(cfg, run_dir))  # bad data fails here, before any client waits
     tls = TlsFiles.in_dir(cfg.server.certs) if cfg.server.certs else None
     if tls is not None:
         check_loopback_name(tls)  # the server's own tools dial the control port as 127.0.0.1 with this certificate
@@ -99,7 +98,7 @@ def server(cfg: DictConfig) -> None:
                      link.address, "TLS" if tls else "UNENCRYPTED", link.dial, link.address.rpartition(":")[2])
         for key in cfg.server.authorized_keys:
             link.register(Path(key).expanduser().resolve())
-        status.run_id = link.submit(_job_overrides(run_dir))
+        status.run_id = link.submit(job_overrides(run_dir))
         status.state = "pending"
         log.info("run %s submitted; waiting for %s clients", status.run_id, cfg.server.strategy.get("min_available_nodes") or cfg.num_clients)
         final = link.wait(status.run_id, RoundPrinter(status, int(cfg.num_rounds), proc))
@@ -110,4 +109,4 @@ def server(cfg: DictConfig) -> None:
             api.should_exit = True
     if final != "finished:completed":
         raise SystemExit(f"the run ended as {final}; Flower's log: {link.log_file}")
-    print(_summary(run_dir))
+    print(summary(run_dir))

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedmemes.strategies.performance_weighted import average_arrays, first_arrays, first_metrics
+from fedmemes.strategies.strategy_utils import average_arrays, first_arrays, first_metrics, train_replies
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ModalityAwareAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average each block over the clients whose count for it is positive."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = train_replies(replies, self.weighted_by_key)
         if not valid:
             return None, None
         contents = [m.content for m in valid]

@@ -6,32 +6,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedmemes.strategies.strategy_utils import average_arrays, first_arrays, first_metrics, train_replies
+
 log = logging.getLogger(__name__)
-
-
-def first_metrics(content: RecordDict) -> MetricRecord:
-    """Return the one MetricRecord of a reply."""
-    return next(iter(content.metric_records.values()))
-
-
-def first_arrays(content: RecordDict) -> ArrayRecord:
-    """Return the one ArrayRecord of a reply."""
-    return next(iter(content.array_records.values()))
-
-
-def average_arrays(records: Sequence[ArrayRecord], weights: Sequence[float], keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Average the named tensors (all by default) of `records` with `weights` (normalised here)."""
-    total = float(sum(weights))
-    keys = list(records[0].keys()) if keys is None else list(keys)
-    out = {}
-    for key in keys:
-        acc = sum((w / total) * r[key].numpy().astype(np.float64) for r, w in zip(records, weights, strict=True))
-        out[key] = np.asarray(acc, dtype=records[0][key].numpy().dtype)
-    return out
 
 
 def performance_weights(accuracies: Sequence[float], sizes: Sequence[float], alpha: float) -> list[float]:
@@ -58,7 +38,7 @@ class PerformanceWeightedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the replies' arrays with performance weights."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = train_replies(replies, self.weighted_by_key)
         if not valid:
             return None, None
         contents = [m.content for m in valid]

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmemes.strategies.validation import _innermost
+from fedmemes.strategies.strategy_utils import innermost
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class SeededSampling:
         if not chosen:
             return []
         parent = super().configure_train if phase == "train" else super().configure_evaluate  # type: ignore[misc]
-        with _takes_all(_innermost(self), phase, len(chosen)):
+        with _takes_all(innermost(self), phase, len(chosen)):
             return list(parent(server_round, arrays, config, _SampledGrid(grid, chosen)))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

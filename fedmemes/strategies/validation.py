@@ -21,6 +21,7 @@ from fedmemes.strategies.reply_content import (
     judge,
     reference_of,
 )
+from fedmemes.strategies.strategy_utils import innermost
 from fedmemes.strategies.update_bounds import (
     UpdateBounds,
     capped_counts,
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 
 ReportFn = Callable[[int, dict[str, int]], None]
 FactsFn = Callable[[int, dict[str, Any]], None]  # (sending node id, its checked metrics)
-
-
-def _innermost(strategy: Any) -> Any:
-    while hasattr(strategy, "strategy"):  # Flower's DP wrappers keep the wrapped strategy here
-        strategy = strategy.strategy
-    return strategy
 
 
 def _as_reference_dtypes(arrays: ArrayRecord, reference: ArrayRecord | None) -> ArrayRecord:
@@ -81,7 +76,7 @@ class ReplyChecks:
         if self._reply_reference is None:
             raise RuntimeError("configure_train was not called before aggregate_train: the replies have no reference model")
         if self._judge_reference is None:
-            inner = _innermost(self)
+            inner = innermost(self)
             counts = tuple(getattr(inner, "count_keys", {}).values())  # modality_aware weighs blocks by these
             unit = (inner.accuracy_key,) if hasattr(inner, "accuracy_key") else ()  # performance_weighted
             key = str(getattr(inner, "arrayrecord_key", "arrays"))

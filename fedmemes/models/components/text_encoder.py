@@ -26,7 +26,8 @@ def bundled_minilm_path() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_frozen(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local transformers checkpoint and its tokenizer, every weight frozen; never download."""
     # Cached: a client process builds many models per run, the weights are read once.
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -84,7 +85,7 @@ class FrozenTextEncoder:
     @property
     def dim(self) -> int:
         """Width of the pooled vector (384 for MiniLM, 768 for BERT-base)."""
-        model, _ = _load(self.name_or_path)
+        model, _ = load_frozen(self.name_or_path)
         return int(model.config.hidden_size)
 
     @property
@@ -102,7 +103,7 @@ class FrozenTextEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Return pooled vectors (N, D) float32, or token states (N, L, D) float16 zero-padded."""
-        model, tokenizer = _load(self.name_or_path)
+        model, tokenizer = load_frozen(self.name_or_path)
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
         model.to(device)  # type: ignore[arg-type]  # transformers' decorator mistypes .to; the cached model moves once; outputs come back to the CPU for the cache
         chunks = []

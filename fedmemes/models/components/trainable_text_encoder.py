@@ -8,7 +8,7 @@ import hashlib
 import torch
 from torch import nn
 
-from fedmemes.models.components.text_encoder import POOLINGS, _load, bundled_minilm_path, check_choice, pool, weights_stamp
+from fedmemes.models.components.text_encoder import POOLINGS, bundled_minilm_path, check_choice, load_frozen, pool, weights_stamp
 
 
 class TrainableTextEncoder(nn.Module):
@@ -25,7 +25,7 @@ class TrainableTextEncoder(nn.Module):
         super().__init__()
         check_choice("pooling", pooling, POOLINGS)
         self.name_or_path = name_or_path or bundled_minilm_path()
-        shared, tokenizer = _load(self.name_or_path)
+        shared, tokenizer = load_frozen(self.name_or_path)
         self.bert = copy.deepcopy(shared)  # the cached copy stays frozen for other users
         self.tokenizer = tokenizer  # plain attribute: not a module, no weights
         self.max_length, self.pooling = max_length, pooling

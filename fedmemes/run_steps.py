@@ -1,0 +1,65 @@
+"""Steps every run-starting command (`fedmemes simulate`, `fedmemes server`) takes around the federated run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep Flower, Ray and transformers at errors unless -v/--verbose asked for their logs."""
+    # Flower and Ray log a lot at INFO; a person wants our per-round lines.
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning, same behaviour
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+
+
+def job_overrides(run_dir: Path) -> str:
+    """Return this Hydra job's command-line overrides, with run_dir pinned to `run_dir`, as one shell string."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = [o for o in HydraConfig.get().overrides.task if not o.startswith("run_dir=")]
+    return shlex.join([*task, f"run_dir={run_dir}"])
+
+
+def check_data(cfg: DictConfig, run_dir: Path, max_rows: int | None = None) -> str:
+    """Validate the data and every client's split, record them in run_dir; exit with the fix on a problem."""
+    from fedmemes.data.report import format_table, write_report
+    from fedmemes.node_datasets import data_issues, split_facts
+
+    try:
+        facts, issues = split_facts(cfg), data_issues(cfg)
+    except (ValueError, FileNotFoundError) as e:  # DataError and partition errors name file/line/key and the fix
+        raise SystemExit(f"error: {e}") from None
+    json_path, png_path = write_report(facts, run_dir, issues)
+    return f"{format_table(facts, issues, max_rows)}\nclient split: {json_path} and {png_path.name}"
+
+
+def summary(run_dir: Path) -> str:
+    """Return the finished run's table of hold-out rounds, its test scores and where its files are."""
+    from fedmemes.data.report import format_issues
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    lines = ["", "round  hold-out AUROC  accuracy   loss"]
+    for r in (r for r in metrics["rounds"] if "accuracy" in r):  # rows without scores: server.eval_every skipped them
+        mark = "  <- best" if r["round"] == metrics["best_round"] else ""
+        auroc = r["auroc"] or float("nan")
+        lines.append(f"{r['round']:>5}  {auroc:>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
+    test = metrics.get("test") or {}
+    lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
+    lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  "
+                 f"accuracy {test.get('accuracy', float('nan')):.3f}  "
+                 f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}"
+                 + (f"  (at threshold {test['threshold']:.3f}, picked on the hold-out)" if "threshold" in test else ""))
+    lines.append(f"run directory: {run_dir}")
+    if (run_dir / "report.html").exists():
+        lines.append(f"report: {run_dir / 'report.html'} (curves, test ROC/PR, clients; `fedmemes report` redraws it)")
+    return "\n".join(lines)

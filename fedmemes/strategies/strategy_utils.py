@@ -1,0 +1,58 @@
+"""Helpers the custom strategies share: reading a reply's records, weighted averages, error-free replies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+# Flower's public check (FedAvg's private `_check_and_log_replies` calls the same function): the
+# same rules as every built-in strategy without reaching into FedAvg's internals.
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+log = logging.getLogger("fedmemes")
+
+
+def first_metrics(content: RecordDict) -> MetricRecord:
+    """Return the one MetricRecord of a reply."""
+    return next(iter(content.metric_records.values()))
+
+
+def first_arrays(content: RecordDict) -> ArrayRecord:
+    """Return the one ArrayRecord of a reply."""
+    return next(iter(content.array_records.values()))
+
+
+def average_arrays(records: Sequence[ArrayRecord], weights: Sequence[float],
+                   keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Average the named tensors (all by default) of `records` with `weights` (normalised here)."""
+    total = float(sum(weights))
+    names = list(records[0].keys()) if keys is None else list(keys)
+    out = {}
+    for key in names:
+        acc = sum((w / total) * r[key].numpy().astype(np.float64) for r, w in zip(records, weights, strict=True))
+        out[key] = np.asarray(acc, dtype=records[0][key].numpy().dtype)
+    return out
+
+
+def train_replies(replies: Iterable[Message], weighted_by_key: str) -> list[Message]:
+    """Return the replies without an error (logging the others), checked to be averageable as FedAvg checks them."""
+    valid: list[Message] = []
+    for msg in replies:
+        if msg.has_error():
+            log.info("reply from node %d is an error: %s", msg.metadata.src_node_id, msg.error.reason)
+        else:
+            valid.append(msg)
+    if valid:  # raises InconsistentMessageReplies, which Flower's loop turns into a skipped aggregation
+        validate_message_reply_consistency([m.content for m in valid], weighted_by_key, check_arrayrecord=True)
+    return valid
+
+
+def innermost(strategy: Any) -> Any:
+    """Return the strategy that wrappers (Flower's DP strategies, ours) hold innermost."""
+    while hasattr(strategy, "strategy"):  # Flower's DP wrappers keep the wrapped strategy here
+        strategy = strategy.strategy
+    return strategy

@@ -1,0 +1,103 @@
+"""Fixtures every test file shares: an isolated cache, Flower's task identity, small configs, tiny data, a tiny run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fedmemes.config import load_config
+from fedmemes.data.meme import Meme
+from fedmemes.testing import server_identity as _server_identity
+
+# debug=tiny, smaller still (32 px, 360 memes): the model only has to move, not to be good.
+TINY = "experiment=tiny_run"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return the session's data and feature cache: generated memes and encoder features are made once per run."""
+    return tmp_path_factory.mktemp("fedmemes-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every test, and every `fedmemes` child process it starts, writes under the session's tmp dir,
+    # never into ~/.cache/fedmemes. A test that sets FEDMEMES_CACHE itself runs after this and wins.
+    monkeypatch.setenv("FEDMEMES_CACHE", str(cache_dir))
+
+
+@pytest.fixture
+def server_identity() -> Iterator[None]:
+    """Give the test the task identity Flower's runtime sets in a ServerApp process (Messages are stamped with it)."""
+    with _server_identity():
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread for the module: tensors here are tiny, and on a busy 2-core box two threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class TinyData:
+    """A generated tiny synthetic set: the overrides that select it, its folder (original layout) and its splits."""
+
+    overrides: str
+    folder: Path
+    splits: dict[str, list[Meme]]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    """Generate the TINY synthetic memes once per session, in a cache folder of their own."""
+    overrides = f"{TINY} cache_dir={tmp_path_factory.mktemp('tiny-data')}"
+    source = instantiate(load_config(overrides).dataset.source)
+    folder = source.ensure()
+    return TinyData(overrides, folder, source.load())
+
+
+@pytest.fixture
+def small_config(tiny_data: TinyData) -> Callable[[str], DictConfig]:
+    """Return a factory: the tiny preset on tiny_data's memes (TINY, cache pinned) plus the given overrides."""
+
+    def compose(overrides: str = "") -> DictConfig:
+        return load_config(f"{tiny_data.overrides} {overrides}")
+
+    return compose
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a finished run directory on tiny_data made through the server's own code, without Flower's loop."""
+    from flwr.app import ArrayRecord
+
+    from fedmemes import engine
+    from fedmemes.node_datasets import _tensors, holdout
+    from fedmemes.server_app import ServerRun
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread, for a session fixture
+    try:
+        cfg = load_config(tiny_data.overrides)
+        run_dir = tmp_path_factory.mktemp("tiny-run")
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # as server_app.main writes it
+        run = ServerRun(cfg, tiny_data.overrides, run_dir)
+        torch.manual_seed(0)
+        pool = _tensors(cfg, holdout(cfg).pool)
+        engine.train(run.model, pool.dataset(), epochs=10, lr=3e-3, batch_size=32, device=torch.device("cpu"))
+        state = engine.trainable_state(run.model)
+        run.evaluate(1, ArrayRecord(state))  # hold-out scoring, best round, checkpoint: the server's path
+        run.finish(ArrayRecord(state))  # best/final models, threshold on dev, test scores
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
