@@ -72,8 +72,10 @@ def main() -> None:
     print(f"{'round':<12}{'text features s':>16}{'whole round s':>15}")
     for label, key in (("cached", False), ("re-encode", True)):
         print(f"{label:<12}{med[key][0]:>16.2f}{med[key][1]:>15.2f}")
-    print(f"speed-up of the cached round: {med[True][1] / med[False][1]:.1f}x "
-          f"(text features alone: {med[True][0] / max(med[False][0], 1e-9):.0f}x)")
+    print(
+        f"speed-up of the cached round: {med[True][1] / med[False][1]:.1f}x "
+        f"(text features alone: {med[True][0] / max(med[False][0], 1e-9):.0f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def central(overrides: str) -> float:
     optimizer = instantiate(cfg.optimizer)  # a factory: each epoch starts a fresh optimizer, like a client's round
     best, best_state = -1.0, None
     for epoch in range(cfg.num_rounds):
-        engine.train(model, pool.dataset(), 1, cfg.lr, cfg.batch_size, device, seed=cfg.random_seed + epoch,
-                     optimizer=optimizer)
+        engine.train(
+            model, pool.dataset(), 1, cfg.lr, cfg.batch_size, device, seed=cfg.random_seed + epoch, optimizer=optimizer
+        )
         auroc = engine.evaluate(model, val.dataset(), cfg.batch_size, device)["auroc"]
         if auroc > best:
             best, best_state = auroc, copy.deepcopy(engine.trainable_state(model))
@@ -68,8 +69,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--image-size", type=int, default=64, help="pixels the CNN sees (64: the default config)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
-    parser.add_argument("--overrides", default="", help="extra overrides for every run, e.g. the real data: "
-                        "'dataset=hateful_memes dataset.root=/abs/hateful_memes'")
+    parser.add_argument(
+        "--overrides",
+        default="",
+        help="extra overrides for every run, e.g. the real data: "
+        "'dataset=hateful_memes dataset.root=/abs/hateful_memes'",
+    )
     args = parser.parse_args()
     common = f"num_rounds={args.rounds} image_size={args.image_size} {args.overrides}".strip()
     fed_args = "num_clients=4 partition=dirichlet partition.alpha=0.5"
@@ -81,9 +86,14 @@ def main() -> None:
             mid = time.monotonic()
             cen = central(f"model={name} {common}")
             rows.append((name, fed, cen, mid - started, time.monotonic() - mid))
-            print(f"  {name}: federated {fed:.3f} ({mid - started:.0f}s), central {cen:.3f} ({time.monotonic() - mid:.0f}s)", flush=True)
-    print(f"\n{args.overrides or 'synthetic memes (label = caption topic XOR image concept)'}, "
-          f"{args.rounds} rounds/epochs, {args.image_size}px, test_seen AUROC")
+            print(
+                f"  {name}: federated {fed:.3f} ({mid - started:.0f}s), central {cen:.3f} ({time.monotonic() - mid:.0f}s)",
+                flush=True,
+            )
+    print(
+        f"\n{args.overrides or 'synthetic memes (label = caption topic XOR image concept)'}, "
+        f"{args.rounds} rounds/epochs, {args.image_size}px, test_seen AUROC"
+    )
     print(f"{'model':<22}{'federated (4 clients, Dir 0.5)':>32}{'central (1 party)':>20}{'seconds fed/cen':>18}")
     for name, fed, cen, t_fed, t_cen in rows:
         print(f"{name:<22}{fed:>32.3f}{cen:>20.3f}{t_fed:>12.0f}/{t_cen:<5.0f}")

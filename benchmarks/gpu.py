@@ -43,7 +43,9 @@ def _decode(memes: list, size: int) -> None:
 
 
 @torch.no_grad()
-def _encode_images(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> None:
+def _encode_images(
+    encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None
+) -> None:
     with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         for i in range(0, len(images), 64):
             encoder(images[i : i + 64].to(device, non_blocking=True).float().div_(255.0))
@@ -59,13 +61,17 @@ def main() -> None:
     memes = holdout(cfg).pool[: args.memes]
     n = len(memes)
     texts = [m.text for m in memes]
-    images = torch.stack([torch.from_numpy(load_image_array(m.img, cfg.image_size)) for m in memes])  # uint8 (N, 3, S, S)
+    images = torch.stack(
+        [torch.from_numpy(load_image_array(m.img, cfg.image_size)) for m in memes]
+    )  # uint8 (N, 3, S, S)
     if cfg.device != "auto":
         raise SystemExit("gpu.py measures every device it finds: leave device=auto")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"{n} memes, image_size {cfg.image_size}, model {cfg.model._target_.rsplit('.', 1)[-1]}, "
-          f"batch {cfg.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {name}")
+    print(
+        f"{n} memes, image_size {cfg.image_size}, model {cfg.model._target_.rsplit('.', 1)[-1]}, "
+        f"batch {cfg.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {name}"
+    )
     print("| step | device | precision | memes/s |")
     print("|---|---|---|---:|")
 
@@ -80,7 +86,7 @@ def main() -> None:
             k = min(n, 64)
             rate = _rate(k, partial(_decode, memes[:k], cfg.image_size), device, 1)
             print(f"| image decoding + resize (files; first time only, then cached) | cpu | uint8 | {rate:,.0f} |")
-        for amp in ([False] if device.type == "cpu" else [False, "auto"]):
+        for amp in [False] if device.type == "cpu" else [False, "auto"]:
             dtype = engine.autocast_dtype(amp, device)
             label = str(dtype).removeprefix("torch.") if dtype else "fp32"
             torch.manual_seed(0)
@@ -88,12 +94,28 @@ def main() -> None:
             image_encoder = getattr(model, "image_encoder", None)
             if image_encoder is not None:
                 rate = _rate(n, partial(_encode_images, image_encoder, images, device, dtype), device, args.repeats)
-                print(f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | {rate:,.0f} |")
-            train = partial(engine.train, model, data, epochs=1, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
-                            optimizer=instantiate(cfg.optimizer), amp_dtype=dtype)
-            print(f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | {_rate(n, train, device, args.repeats):,.0f} |")
+                print(
+                    f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | {rate:,.0f} |"
+                )
+            train = partial(
+                engine.train,
+                model,
+                data,
+                epochs=1,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                device=device,
+                optimizer=instantiate(cfg.optimizer),
+                amp_dtype=dtype,
+            )
+            print(
+                f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | {_rate(n, train, device, args.repeats):,.0f} |"
+            )
             score = partial(engine.evaluate, model, data, 256, device, amp_dtype=dtype)
-            print(f"| server scoring (batch 256) | {device.type} | {label} | {_rate(n, score, device, args.repeats):,.0f} |")
+            print(
+                f"| server scoring (batch 256) | {device.type} | {label} | {_rate(n, score, device, args.repeats):,.0f} |"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -55,8 +55,10 @@ def probe(root: str, dataset: str, sizes: list[int], cache: str) -> dict[int, tu
     out = {}
     for size in sizes:
         start = time.perf_counter()
-        feats = {s: encode_images([m.img for m in splits[s]], size, enc, Path(cache) / "features")
-                 for s in ("train", test_split)}
+        feats = {
+            s: encode_images([m.img for m in splits[s]], size, enc, Path(cache) / "features")
+            for s in ("train", test_split)
+        }
         seconds = time.perf_counter() - start
         y = {s: np.array([m.label for m in splits[s]]) for s in feats}
         scaler = StandardScaler().fit(feats["train"].numpy())
@@ -76,7 +78,9 @@ def main() -> None:
     parser.add_argument("--root", default=None)
     parser.add_argument("--dataset", choices=("harmeme", "hateful_memes"), default="harmeme")
     parser.add_argument("--probe", action="store_true")
-    parser.add_argument("--cache", default=None, help="feature cache folder (default: $FEDMEMES_CACHE or ~/.cache/fedmemes)")
+    parser.add_argument(
+        "--cache", default=None, help="feature cache folder (default: $FEDMEMES_CACHE or ~/.cache/fedmemes)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rates = throughput(args.sizes, args.n, args.batch)

@@ -29,8 +29,10 @@ from fedmemes.config import build_model, load_config
 from fedmemes.node_datasets import client_data, server_data
 
 VARIANTS = ("early_fusion", "cross_attention", "feature_interaction", "late_fusion", "text_only", "image_only")
-ENCODERS = {"small_cnn": "model/image_encoder=small_cnn image_size=64",
-            "efficientnet_lite0": "model/image_encoder=efficientnet_lite0 image_size={size}"}
+ENCODERS = {
+    "small_cnn": "model/image_encoder=small_cnn image_size=64",
+    "efficientnet_lite0": "model/image_encoder=efficientnet_lite0 image_size={size}",
+}
 
 
 def run(overrides: str, num_clients: int, server_lr: float = 1.0) -> dict:
@@ -47,8 +49,17 @@ def run(overrides: str, num_clients: int, server_lr: float = 1.0) -> dict:
         states, weights = [], []
         for pid, data in enumerate(clients):
             model.load_state_dict(current)
-            engine.train(model, data.train.dataset(), cfg.num_epochs, cfg.lr, cfg.batch_size, device,
-                         seed=cfg.random_seed + 1000 * rnd + pid, optimizer=optimizer, max_steps=cfg.local_steps)
+            engine.train(
+                model,
+                data.train.dataset(),
+                cfg.num_epochs,
+                cfg.lr,
+                cfg.batch_size,
+                device,
+                seed=cfg.random_seed + 1000 * rnd + pid,
+                optimizer=optimizer,
+                max_steps=cfg.local_steps,
+            )
             states.append(engine.trainable_state(model))
             weights.append(len(data.train))
         total = sum(weights)
@@ -63,8 +74,13 @@ def run(overrides: str, num_clients: int, server_lr: float = 1.0) -> dict:
     # As the server does (server_app.finish): the decision threshold is picked on the hold-out, never on test.
     threshold = engine.pick_threshold(*engine.predict(model, val.dataset(), cfg.batch_size, device)[:2])
     scores = engine.threshold_metrics(*engine.predict(model, test.dataset(), cfg.batch_size, device), threshold)
-    return {"test_auroc": scores["auroc"], "test_f1": scores["f1_macro"], "test_f1_at_0.5": scores["f1_macro_at_0.5"],
-            "best_round": best[1], "curve": curve}
+    return {
+        "test_auroc": scores["auroc"],
+        "test_f1": scores["f1_macro"],
+        "test_f1_at_0.5": scores["f1_macro_at_0.5"],
+        "best_round": best[1],
+        "curve": curve,
+    }
 
 
 def _ms(xs: list[float]) -> str:
@@ -102,25 +118,35 @@ def main() -> None:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 common = f"model={variant} {enc} {base} random_seed={seed}"
                 started = time.monotonic()
-                f = run(f"{common} num_clients={args.clients} partition=dirichlet partition.alpha={args.alpha}",
-                        args.clients, args.server_lr)
+                f = run(
+                    f"{common} num_clients={args.clients} partition=dirichlet partition.alpha={args.alpha}",
+                    args.clients,
+                    args.server_lr,
+                )
                 c = None if args.no_central else run(f"{common} num_clients=1 partition=iid", 1)
                 fed.append(f)
                 cen.append(c)
                 runs.append({"variant": variant, "encoder": encoder, "seed": seed, "federated": f, "central": c})
-                print(f"  {variant}/{encoder} seed {seed}: fed AUROC {f['test_auroc']:.3f} F1 {f['test_f1']:.3f} "
-                      f"(best round {f['best_round']}, hold-out AUROC/round "
-                      f"{[round(r['auroc'], 3) for r in f['curve']]}, loss {[round(r['loss'], 3) for r in f['curve']]})"
-                      + ("" if c is None else f" | central {c['test_auroc']:.3f} (best epoch {c['best_round']})")
-                      + f" [{time.monotonic() - started:.0f}s]", flush=True)
+                print(
+                    f"  {variant}/{encoder} seed {seed}: fed AUROC {f['test_auroc']:.3f} F1 {f['test_f1']:.3f} "
+                    f"(best round {f['best_round']}, hold-out AUROC/round "
+                    f"{[round(r['auroc'], 3) for r in f['curve']]}, loss {[round(r['loss'], 3) for r in f['curve']]})"
+                    + ("" if c is None else f" | central {c['test_auroc']:.3f} (best epoch {c['best_round']})")
+                    + f" [{time.monotonic() - started:.0f}s]",
+                    flush=True,
+                )
             rows.append((variant, encoder or "-", fed, cen))
             if args.json:
                 with open(args.json, "w") as out:
                     json.dump({"args": vars(args), "runs": runs}, out, indent=1)
-    print(f"\n{args.dataset}, {args.seeds} seed(s) from {args.first_seed}, {args.clients} clients Dir({args.alpha}), "
-          f"overrides: {args.overrides or '(defaults)'}, server lr {args.server_lr}; test split, mean ± std")
-    print("| model | image encoder | federated AUROC | federated macro-F1 (hold-out threshold) | macro-F1 at 0.5 "
-          "| centralized AUROC | fed − central |")
+    print(
+        f"\n{args.dataset}, {args.seeds} seed(s) from {args.first_seed}, {args.clients} clients Dir({args.alpha}), "
+        f"overrides: {args.overrides or '(defaults)'}, server lr {args.server_lr}; test split, mean ± std"
+    )
+    print(
+        "| model | image encoder | federated AUROC | federated macro-F1 (hold-out threshold) | macro-F1 at 0.5 "
+        "| centralized AUROC | fed − central |"
+    )
     print("|---|---|---|---|---|---|---|")
     for variant, encoder, fed, cen in rows:
         fa = [r["test_auroc"] for r in fed]

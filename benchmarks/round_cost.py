@@ -27,7 +27,9 @@ def main(overrides: list[str]) -> None:
     """Run one simulation and print the cost table."""
     run_dir = Path(tempfile.mkdtemp(prefix="round-cost-"))
     fedmemes = str(Path(sys.executable).parent / "fedmemes")  # the venv's, activated or not
-    subprocess.run([fedmemes, "simulate", *overrides, f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [fedmemes, "simulate", *overrides, f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     seconds = [r["seconds"] for r in metrics["rounds"]]
     per_round = [b - a for a, b in itertools.pairwise(seconds)]
@@ -38,16 +40,22 @@ def main(overrides: list[str]) -> None:
     encoder, _ = load_frozen(model.text_encoder.name_or_path)
     frozen = sum(p.numel() * p.element_size() for p in encoder.parameters())
 
-    print(f"config: {' '.join(overrides) or '(defaults)'}; {cfg.num_clients} clients, {cfg.num_rounds} rounds; run dir {run_dir}")
+    print(
+        f"config: {' '.join(overrides) or '(defaults)'}; {cfg.num_clients} clients, {cfg.num_rounds} rounds; run dir {run_dir}"
+    )
     print("| round | seconds | bytes sent per client |")
     print("|---:|---:|---:|")
     for i, s in enumerate(per_round, start=1):
         print(f"| {i} | {s:.1f} | {sent:,} |")
     steady = per_round[1:] or per_round
-    print(f"first round (loads data, encodes captions, fills the cache): {per_round[0]:.1f} s; "
-          f"later rounds: {sum(steady) / len(steady):.1f} s on average")
-    print(f"bytes per client reply: {sent:,} trainable vs {sent + frozen:,} if the frozen encoder travelled too "
-          f"({(sent + frozen) / sent:.0f}x more)")
+    print(
+        f"first round (loads data, encodes captions, fills the cache): {per_round[0]:.1f} s; "
+        f"later rounds: {sum(steady) / len(steady):.1f} s on average"
+    )
+    print(
+        f"bytes per client reply: {sent:,} trainable vs {sent + frozen:,} if the frozen encoder travelled too "
+        f"({(sent + frozen) / sent:.0f}x more)"
+    )
     print(f"test AUROC {metrics['test']['auroc']:.3f}")
 
 

@@ -99,15 +99,32 @@ def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str, ad
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(fraction_train=per_round / clients, fraction_evaluate=0.0, min_train_nodes=per_round,
-                          min_available_nodes=per_round)
-        strategy.start(grid=grid, initial_arrays=arrays, num_rounds=rounds,
-                       evaluate_fn=lambda rnd, arr: stamps.append(time.monotonic()) or None)
+        strategy = FedAvg(
+            fraction_train=per_round / clients,
+            fraction_evaluate=0.0,
+            min_train_nodes=per_round,
+            min_available_nodes=per_round,
+        )
+        strategy.start(
+            grid=grid,
+            initial_arrays=arrays,
+            num_rounds=rounds,
+            evaluate_fn=lambda rnd, arr: stamps.append(time.monotonic()) or None,
+        )
 
-    run_simulation(server_app=server, client_app=client, num_supernodes=clients,
-                   backend_config={"client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False,
-                                                 **({"address": address} if address else {})}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=clients,
+        backend_config={
+            "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": 0.0},
+            "init_args": {
+                "logging_level": "ERROR",
+                "log_to_driver": False,
+                **({"address": address} if address else {}),
+            },
+        },
+    )
     Path(out).write_text(json.dumps([b - a for a, b in itertools.pairwise(stamps)]))
 
 
@@ -126,9 +143,18 @@ def clients_work(overrides: str, clients: int, partitions: list[int]) -> list[fl
         start = time.monotonic()
         data = client_data(overrides, pid, clients)
         model = build_model(cfg)
-        engine.train(model, data.train.dataset(), epochs=cfg.num_epochs, lr=cfg.lr, batch_size=cfg.batch_size, device=device,
-                     seed=pid, optimizer=instantiate(cfg.optimizer), max_steps=cfg.local_steps,
-                     amp_dtype=engine.autocast_dtype(cfg.amp, device))
+        engine.train(
+            model,
+            data.train.dataset(),
+            epochs=cfg.num_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=pid,
+            optimizer=instantiate(cfg.optimizer),
+            max_steps=cfg.local_steps,
+            amp_dtype=engine.autocast_dtype(cfg.amp, device),
+        )
         if len(data.val):
             engine.evaluate(model, data.val.dataset(), cfg.batch_size, device)
         engine.trainable_state(model)
@@ -142,11 +168,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--ray-address", help="run both federations on this running Ray cluster (one node start-up "
-                        "instead of several: on a saturated machine Ray's 30 s start window can run out)")
-    parser.add_argument("--bare", metavar="OUT", help=argparse.SUPPRESS)  # internal: run bare Flower, write timings to OUT
+    parser.add_argument(
+        "--ray-address",
+        help="run both federations on this running Ray cluster (one node start-up "
+        "instead of several: on a saturated machine Ray's 30 s start window can run out)",
+    )
+    parser.add_argument(
+        "--bare", metavar="OUT", help=argparse.SUPPRESS
+    )  # internal: run bare Flower, write timings to OUT
     args, extra = parser.parse_known_args()
-    overrides = " ".join([*extra, f"num_clients={args.clients}", f"clients_per_round={args.per_round}", f"num_rounds={args.rounds}"])
+    overrides = " ".join(
+        [*extra, f"num_clients={args.clients}", f"clients_per_round={args.per_round}", f"num_rounds={args.rounds}"]
+    )
     if args.bare:
         bare(args.clients, args.per_round, args.rounds, overrides, args.bare, args.ray_address)
         return
@@ -166,13 +199,26 @@ def main() -> None:
     trained = [len(r.get("sampled", [])) for r in rows[1:]]
 
     bare_out = run_dir / "bare.json"
-    bare_s, bare_watch = _watched([sys.executable, __file__, "--bare", str(bare_out), f"--clients={args.clients}",
-                                   f"--per-round={args.per_round}", f"--rounds={args.rounds}",
-                                   *([f"--ray-address={args.ray_address}"] if args.ray_address else []), *extra], env)
+    bare_s, bare_watch = _watched(
+        [
+            sys.executable,
+            __file__,
+            "--bare",
+            str(bare_out),
+            f"--clients={args.clients}",
+            f"--per-round={args.per_round}",
+            f"--rounds={args.rounds}",
+            *([f"--ray-address={args.ray_address}"] if args.ray_address else []),
+            *extra,
+        ],
+        env,
+    )
     bare_rounds = json.loads(bare_out.read_text())
 
     cfg = load_config(overrides)
-    work = clients_work(overrides, args.clients, rows[-1]["partitions"])  # the last round's clients: their caches are warm
+    work = clients_work(
+        overrides, args.clients, rows[-1]["partitions"]
+    )  # the last round's clients: their caches are warm
     actors = max(1, len(ours.actors))
     train_per_round = sum(work) / min(actors, args.per_round)
     sent = ArrayRecord(engine.trainable_state(build_model(cfg))).count_bytes()
@@ -186,15 +232,21 @@ def main() -> None:
     print(f"| later rounds, mean (s) | {steady:.2f} | {bare_steady:.2f} |")
     print(f"| clients trained per round | {trained} | {args.per_round} (FedAvg fraction_train) |")
     print(f"| driver peak RSS (MiB) | {ours.driver_kib / 1024:.0f} | {bare_watch.driver_kib / 1024:.0f} |")
-    print(f"| actor peak RSS, max / sum (MiB) | {max(ours.actors.values(), default=0) / 1024:.0f} / "
-          f"{sum(ours.actors.values()) / 1024:.0f} | {max(bare_watch.actors.values(), default=0) / 1024:.0f} / "
-          f"{sum(bare_watch.actors.values()) / 1024:.0f} |")
+    print(
+        f"| actor peak RSS, max / sum (MiB) | {max(ours.actors.values(), default=0) / 1024:.0f} / "
+        f"{sum(ours.actors.values()) / 1024:.0f} | {max(bare_watch.actors.values(), default=0) / 1024:.0f} / "
+        f"{sum(bare_watch.actors.values()) / 1024:.0f} |"
+    )
     print(f"| bytes per client per round (down + up) | {2 * sent:,} | {2 * sent:,} |")
-    print(f"clients' own work: {statistics.mean(work):.2f} s per client (data from cache, train, local val, pack), "
-          f"{sum(work):.1f} s for {args.per_round} clients / {min(actors, args.per_round)} actors = {train_per_round:.2f} s per round")
+    print(
+        f"clients' own work: {statistics.mean(work):.2f} s per client (data from cache, train, local val, pack), "
+        f"{sum(work):.1f} s for {args.per_round} clients / {min(actors, args.per_round)} actors = {train_per_round:.2f} s per round"
+    )
     goal = 2 * (bare_steady + train_per_round)
-    print(f"goal: later rounds <= 2 x (bare {bare_steady:.2f} + clients {train_per_round:.2f}) = {goal:.2f} s -> "
-          f"{steady:.2f} s: {'met' if steady <= goal else 'NOT met'}")
+    print(
+        f"goal: later rounds <= 2 x (bare {bare_steady:.2f} + clients {train_per_round:.2f}) = {goal:.2f} s -> "
+        f"{steady:.2f} s: {'met' if steady <= goal else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

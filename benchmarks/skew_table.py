@@ -78,7 +78,9 @@ def _one(overrides: str, num_clients: int) -> tuple[float, list[float], float]:
     return float(metrics["test"]["auroc"]), _curve(metrics), time.monotonic() - start
 
 
-def measure(overrides: str, num_clients: int, seeds: list[int], jobs: int = 1) -> tuple[list[float], list[list[float]], float]:
+def measure(
+    overrides: str, num_clients: int, seeds: list[int], jobs: int = 1
+) -> tuple[list[float], list[list[float]], float]:
     """Run one configuration once per seed (`jobs` at a time); return test AUROCs, hold-out curves and mean seconds."""
     args = [(f"{overrides} random_seed={seed}", num_clients) for seed in seeds]
     if jobs > 1:
@@ -94,8 +96,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 0.3, 0.1])
     parser.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default: experiment=skew_benchmark's 30; "
-                        "the label_skew preset keeps its own)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds per run (default: experiment=skew_benchmark's 30; the label_skew preset keeps its own)",
+    )
     parser.add_argument("--only", nargs="*", default=list(STRATEGIES), help=f"strategies, of {list(STRATEGIES)}")
     parser.add_argument("--overrides", default="", help="extra Hydra overrides for every run")
     parser.add_argument("--no-references", action="store_true")
@@ -103,10 +109,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rounds = f"num_rounds={args.rounds}" if args.rounds else ""
-    base = " ".join(f"experiment=skew_benchmark {rounds} {args.overrides}".split())  # conf/experiment/skew_benchmark.yaml
-    print(f"seeds {args.seeds} | {base}\n"
-          "| alpha | strategy | test AUROC (mean ± std) | vs centralized | rounds to 0.9c hold-out | s/run |\n"
-          "|---|---|---|---|---|---|", flush=True)
+    base = " ".join(
+        f"experiment=skew_benchmark {rounds} {args.overrides}".split()
+    )  # conf/experiment/skew_benchmark.yaml
+    print(
+        f"seeds {args.seeds} | {base}\n"
+        "| alpha | strategy | test AUROC (mean ± std) | vs centralized | rounds to 0.9c hold-out | s/run |\n"
+        "|---|---|---|---|---|---|",
+        flush=True,
+    )
     target, central = 0.0, None
     if not args.no_references:
         for name, (extra, clients) in REFERENCES.items():
@@ -115,14 +126,20 @@ def main() -> None:
                 central = statistics.mean(tests)
                 target = 0.9 * statistics.mean(max(c) for c in curves)
             delta = f"{statistics.mean(tests) - central:+.3f}" if central is not None else ""
-            print(f"| - | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | {secs:.0f} |", flush=True)
+            print(
+                f"| - | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | {secs:.0f} |",
+                flush=True,
+            )
     for alpha in args.alphas:
         for name in args.only:
             preset = STRATEGIES[name].startswith("experiment=")
             over = f"{'' if preset else base} {args.overrides if preset else ''} {STRATEGIES[name]} num_clients=6 partition.alpha={alpha}"
             tests, curves, secs = measure(" ".join(over.split()), 6, args.seeds, args.jobs)
             delta = f"{statistics.mean(tests) - central:+.3f}" if central is not None else ""
-            print(f"| {alpha} | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | {secs:.0f} |", flush=True)
+            print(
+                f"| {alpha} | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | {secs:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

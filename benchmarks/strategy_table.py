@@ -77,12 +77,16 @@ def row(name: str, metrics: dict, seconds: float, clean: float | None = None) ->
     first_09 = next((i for i, a in enumerate(curve, start=1) if a >= 0.9), None)
     dropped = sum(r.get("dropped_replies", 0) for r in metrics["rounds"])
     delta = f"{test - clean:+.3f}" if clean is not None else ""
-    return (f"| {name:<34} | {test:.3f} | {delta:>6} | {curve[-1]:.3f} | {first_09 or '-':>4} | "
-            f"{sum(curve) / len(curve):.3f} | {dropped:>3} | {seconds:>5.0f} |")
+    return (
+        f"| {name:<34} | {test:.3f} | {delta:>6} | {curve[-1]:.3f} | {first_09 or '-':>4} | "
+        f"{sum(curve) / len(curve):.3f} | {dropped:>3} | {seconds:>5.0f} |"
+    )
 
 
-HEADER = ("| run | test AUROC | vs clean | last hold-out AUROC | first round >= 0.9 | mean hold-out AUROC | dropped | s |\n"
-          "|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| run | test AUROC | vs clean | last hold-out AUROC | first round >= 0.9 | mean hold-out AUROC | dropped | s |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 STRATEGY_BASE = "experiment=fedsgd"  # conf/experiment/fedsgd.yaml: 100 one-step SGD rounds, 6 skewed clients
 FAULT_BASE = "experiment=faults"  # conf/experiment/faults.yaml: 4 IID clients, 6 rounds
 
@@ -101,8 +105,12 @@ def faults(extra: str) -> None:
     """Fault runs: 4 clients, client 1 faulty."""
     base = f"{FAULT_BASE} {extra}".strip()
     print(f"\n4 IID clients, client 1 faulty | {base}\n{HEADER}")
-    cases = [("fedavg", "NaN weights", nan_weights), ("fedavg", "update x100", scaled_by_100),
-             ("fedmedian", "update x100", scaled_by_100), ("krum", "update x100", scaled_by_100)]
+    cases = [
+        ("fedavg", "NaN weights", nan_weights),
+        ("fedavg", "update x100", scaled_by_100),
+        ("fedmedian", "update x100", scaled_by_100),
+        ("krum", "update x100", scaled_by_100),
+    ]
     clean: dict[str, float] = {}
     for strategy, fault, corrupt in cases:
         if strategy not in clean:

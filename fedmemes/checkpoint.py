@@ -68,8 +68,10 @@ def _plain(value: Any, where: str) -> Any:
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise TypeError(f"checkpoint: {where} is a {type(value).__name__}; a checkpoint keeps only tensors, NumPy arrays, "
-                    "numbers, strings and dicts/lists of them (make the strategy's state_dict() return those)")
+    raise TypeError(
+        f"checkpoint: {where} is a {type(value).__name__}; a checkpoint keeps only tensors, NumPy arrays, "
+        "numbers, strings and dicts/lists of them (make the strategy's state_dict() return those)"
+    )
 
 
 def _restored(value: Any) -> Any:
@@ -86,8 +88,20 @@ def save(run_dir: Path, ckpt: Checkpoint) -> Path:
     """Write `<run_dir>/checkpoint.pt` atomically (a crash mid-write leaves the previous one intact)."""
     path = Path(run_dir) / CHECKPOINT_FILE
     tmp = path.with_suffix(".tmp")
-    torch.save(_plain({"server_round": ckpt.server_round, "arrays": ckpt.arrays, "history": ckpt.history,
-                       "best_state": ckpt.best_state, "strategy": ckpt.strategy, "setup": ckpt.setup}, "checkpoint"), tmp)
+    torch.save(
+        _plain(
+            {
+                "server_round": ckpt.server_round,
+                "arrays": ckpt.arrays,
+                "history": ckpt.history,
+                "best_state": ckpt.best_state,
+                "strategy": ckpt.strategy,
+                "setup": ckpt.setup,
+            },
+            "checkpoint",
+        ),
+        tmp,
+    )
     os.replace(tmp, path)
     return path
 
@@ -96,13 +110,17 @@ def load(run_dir: Path) -> Checkpoint:
     """Read the checkpoint of `run_dir` without unpickling any object; fail with the fix when there is none."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: resume=RUN_DIR needs a run directory whose server finished at least one round")
+        raise FileNotFoundError(
+            f"{path} not found: resume=RUN_DIR needs a run directory whose server finished at least one round"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  UnpicklingError: an object the safe loader refuses (or a broken file)
-        raise ValueError(f"{path} cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                         "a checkpoint holds only tensors and plain values. Files written before fedmemes loaded "
-                         "checkpoints safely cannot be resumed: start the run again with overwrite=true") from None
+        raise ValueError(
+            f"{path} cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "a checkpoint holds only tensors and plain values. Files written before fedmemes loaded "
+            "checkpoints safely cannot be resumed: start the run again with overwrite=true"
+        ) from None
     data = _restored(data)
     data.setdefault("setup", {})
     return Checkpoint(**data)
@@ -139,10 +157,18 @@ def differences(ckpt: Checkpoint, setup: dict[str, Any], tensors: dict[str, torc
         shapes = {k: list(v.shape) for k, v in tensors.items()}
         missing, extra = sorted(set(shapes) - set(saved_shapes)), sorted(set(saved_shapes) - set(shapes))
         if missing:
-            found.append(f"tensors the model has but the checkpoint lacks: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            found.append(
+                f"tensors the model has but the checkpoint lacks: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            )
         if extra:
-            found.append(f"tensors the checkpoint has but the model lacks: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-        changed = [f"{k} {saved_shapes[k]} -> {shapes[k]}" for k in sorted(set(shapes) & set(saved_shapes)) if shapes[k] != saved_shapes[k]]
+            found.append(
+                f"tensors the checkpoint has but the model lacks: {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+            )
+        changed = [
+            f"{k} {saved_shapes[k]} -> {shapes[k]}"
+            for k in sorted(set(shapes) & set(saved_shapes))
+            if shapes[k] != saved_shapes[k]
+        ]
         if changed:
             found.append(f"tensor shapes differ (checkpoint -> model): {changed[:5]}")
     return found
@@ -152,5 +178,8 @@ def check_fits(ckpt: Checkpoint, cfg: Any, tensors: dict[str, torch.Tensor] | No
     """Raise ValueError listing every difference between the checkpoint and this configuration."""
     found = differences(ckpt, setup_of(cfg), tensors)
     if found:
-        raise ValueError(f"resume={where}: the checkpoint does not fit this configuration:\n  - " + "\n  - ".join(found)
-                         + "\nresume with the overrides the run was started with (see its config.yaml), or start a new run")
+        raise ValueError(
+            f"resume={where}: the checkpoint does not fit this configuration:\n  - "
+            + "\n  - ".join(found)
+            + "\nresume with the overrides the run was started with (see its config.yaml), or start a new run"
+        )

@@ -64,7 +64,9 @@ def simulate(cfg: DictConfig) -> None:
     from fedmemes.cluster import attach, ray_address
     from fedmemes.deploy.simulation_status import SimulationStatus
 
-    if address := ray_address(cfg.simulation.get("ray_address")):  # an existing cluster: Flower then skips its own ray.init
+    if address := ray_address(
+        cfg.simulation.get("ray_address")
+    ):  # an existing cluster: Flower then skips its own ray.init
         attach(address, bool(cfg.verbose))
     live = SimulationStatus(cfg, run_dir, list(HydraConfig.get().overrides.task))  # dashboard: server.status_port=PORT
 
@@ -78,7 +80,9 @@ def simulate(cfg: DictConfig) -> None:
         },
         verbose_logging=bool(cfg.verbose),
     )
-    finished = (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text()).get("test") is not None
+    finished = (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text()).get(
+        "test"
+    ) is not None
     live.end(finished)
     if not finished:
         raise SystemExit(f"the run did not finish; see {run_dir}/fedmemes.log (add -v for Flower's logs)")
@@ -132,8 +136,21 @@ def _resume_dir(args: list[str]) -> list[str]:
 # Hydra's flags that take a value; with one in HYDRA_OWN Hydra runs no job here (or reads configs we cannot
 # locate: -cp is relative to the caller), so Hydra checks alone.
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name"}
-HYDRA_OWN = {"-m", "--multirun", "-cp", "--config-path", "-h", "--help", "--hydra-help", "-i", "--info",
-             "--shell-completion", "-sc", "--version", "--experimental-rerun"}
+HYDRA_OWN = {
+    "-m",
+    "--multirun",
+    "-cp",
+    "--config-path",
+    "-h",
+    "--help",
+    "--hydra-help",
+    "-i",
+    "--info",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--experimental-rerun",
+}
 
 
 def check_overrides(args: list[str]) -> None:
@@ -154,18 +171,29 @@ def check_overrides(args: list[str]) -> None:
             overrides.append(a)
     config_dir = flags.get("-cd") or flags.get("--config-dir")
     try:
-        compose_checked(overrides, flags.get("-cn") or flags.get("--config-name") or "config",
-                        str(Path(config_dir).expanduser()) if config_dir else None)
+        compose_checked(
+            overrides,
+            flags.get("-cn") or flags.get("--config-name") or "config",
+            str(Path(config_dir).expanduser()) if config_dir else None,
+        )
     except ConfigError as e:  # Ray, a SuperLink and the run directory are not started yet
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-COMMANDS = {"simulate": simulate, "data generate": data_generate, "data inspect": data_inspect, "server": server,
-            "client": _argparse_command("fedmemes.deploy.supernode"), "manager": _argparse_command("fedmemes.deploy.manager"),
-            "certs": _argparse_command("fedmemes.deploy.certs"), "predict": _argparse_command("fedmemes.predict"),
-            "serve": _argparse_command("fedmemes.serve"), "runs": _argparse_command("fedmemes.runs"),
-            "report": _argparse_command("fedmemes.report.command")}
+COMMANDS = {
+    "simulate": simulate,
+    "data generate": data_generate,
+    "data inspect": data_inspect,
+    "server": server,
+    "client": _argparse_command("fedmemes.deploy.supernode"),
+    "manager": _argparse_command("fedmemes.deploy.manager"),
+    "certs": _argparse_command("fedmemes.deploy.certs"),
+    "predict": _argparse_command("fedmemes.predict"),
+    "serve": _argparse_command("fedmemes.serve"),
+    "runs": _argparse_command("fedmemes.runs"),
+    "report": _argparse_command("fedmemes.report.command"),
+}
 HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "server")  # they take overrides: checked first
 
 
@@ -179,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         words = name.split()
         if args[: len(words)] == words:
             if name in HYDRA_COMMANDS:
-                check_overrides(args[len(words):])
-            sys.argv = [f"fedmemes {name}", *args[len(words):]]
+                check_overrides(args[len(words) :])
+            sys.argv = [f"fedmemes {name}", *args[len(words) :]]
             job()
             return
     print(USAGE, file=sys.stderr)

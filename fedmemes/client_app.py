@@ -25,8 +25,7 @@ def _partition(context: Context) -> tuple[int, int]:
         return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     except KeyError as err:
         raise KeyError(
-            f"node config lacks {err}; start the SuperNode with "
-            "--node-config 'partition-id=0 num-partitions=2'"
+            f"node config lacks {err}; start the SuperNode with --node-config 'partition-id=0 num-partitions=2'"
         ) from None
 
 
@@ -53,7 +52,9 @@ def train(msg: Message, context: Context) -> Message:
     device = engine.pick_device(cfg.device)
     server_round = int(cast(int, config.get("server-round", 0))) + int(cast(int, config.get("round_offset", 0)))
     # SCAFFOLD / FedDyn corrections and the local loss (loss=fedlc); their state lives in context.state
-    local = local_setup(msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss"))
+    local = local_setup(
+        msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss")
+    )
     stats = engine.train(
         model,
         data.train.dataset(),
@@ -88,7 +89,9 @@ def train(msg: Message, context: Context) -> Message:
             "n_both": int(has.all(dim=1).sum()),
         }
     )
-    reply = RecordDict({"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics, **local.finish(model)})
+    reply = RecordDict(
+        {"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics, **local.finish(model)}
+    )
     return Message(content=reply, reply_to=msg)
 
 

@@ -45,14 +45,18 @@ def _state_tensors(state: RecordDict, key: str) -> dict[str, torch.Tensor] | Non
     return state.array_records[key].to_torch_state_dict() if key in state.array_records else None
 
 
-def local_setup(content: RecordDict, state: RecordDict, model: nn.Module, label_counts: list[int], loss_cfg: Any = None) -> LocalSetup:
+def local_setup(
+    content: RecordDict, state: RecordDict, model: nn.Module, label_counts: list[int], loss_cfg: Any = None
+) -> LocalSetup:
     """Build the local objective from the instruction `content` and the node's `state` (updated by `finish`)."""
     loss = instantiate(loss_cfg, label_counts=label_counts) if loss_cfg is not None else CrossEntropy()
     setup = LocalSetup(loss_fn=None if type(loss) is CrossEntropy else loss)  # None: the engine's own loss
     hooks: list[Callable[[nn.Module], None]] = []
     config = content.config_records["config"] if "config" in content.config_records else ConfigRecord()
     if SCAFFOLD_C in content.array_records:
-        scaffold = ScaffoldCorrection(model, content.array_records[SCAFFOLD_C].to_torch_state_dict(), _state_tensors(state, SCAFFOLD_STATE))
+        scaffold = ScaffoldCorrection(
+            model, content.array_records[SCAFFOLD_C].to_torch_state_dict(), _state_tensors(state, SCAFFOLD_STATE)
+        )
         hooks.append(scaffold)
 
         def scaffold_after(_: nn.Module) -> dict[str, ArrayRecord]:

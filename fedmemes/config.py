@@ -63,8 +63,13 @@ def overrides_of(run_config: dict[str, Any]) -> str:
 CONF_DIR = Path(__file__).parent / "conf"
 CONF_PACKAGE = "pkg://fedmemes.conf"
 # OmegaConf's type names in "could not be converted to X" -> what a user may type instead.
-TYPE_WORDS = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false", "bool": "true or false",
-              "String": "text"}
+TYPE_WORDS = {
+    "Float": "a number",
+    "Integer": "a whole number",
+    "Boolean": "true or false",
+    "bool": "true or false",
+    "String": "text",
+}
 register()  # the schema node that config.yaml names first; also done when fedmemes.conf is imported
 
 
@@ -80,8 +85,10 @@ def _check_groups(args: list[str]) -> dict[str, str]:
         try:
             parsed += parser.parse_overrides([arg])
         except OverrideParseException as e:
-            raise ConfigError(f"{arg} is not an override Hydra can read ({str(e).splitlines()[0]}); "
-                              "write key=value, e.g. lr=0.01 or partition.label_noise=[0.0,0.3]") from None
+            raise ConfigError(
+                f"{arg} is not an override Hydra can read ({str(e).splitlines()[0]}); "
+                "write key=value, e.g. lr=0.01 or partition.label_noise=[0.0,0.3]"
+            ) from None
     chosen: dict[str, str] = {}
     own_search_path = any(o.key_or_group == "hydra.searchpath" for o in parsed)  # groups may have more options there
     for o in parsed:
@@ -111,17 +118,24 @@ def _one_line(err: Exception, chosen: dict[str, str]) -> ConfigError:
     missing = re.search(r"(?:In '(.+?)': )?Could not override '(.+?)'\. No match in the defaults list", str(err))
     if missing and "/" in missing.group(2):  # e.g. experiment=real_memes model=text_only: no image encoder to swap
         where, (parent, _, child) = missing.group(1), missing.group(2).rpartition("/")
-        fits = [m for m in group_options(parent)
-                if re.search(rf"^\s*-\s*{child}\s*:", (CONF_DIR / parent / f"{m}.yaml").read_text(), re.M)]
+        fits = [
+            m
+            for m in group_options(parent)
+            if re.search(rf"^\s*-\s*{child}\s*:", (CONF_DIR / parent / f"{m}.yaml").read_text(), re.M)
+        ]
         source = where.replace("/", "=", 1) if where else f"{missing.group(2)}={chosen.get(missing.group(2))}"
         sets = f"{source} sets {missing.group(2)}, but" if where else f"{source}:"
-        return ConfigError(f"{sets} {parent}={chosen.get(parent, '?')} has no {child}: "
-                           f"pick a {parent} that has one ({', '.join(fits)}) or leave out {source}")
+        return ConfigError(
+            f"{sets} {parent}={chosen.get(parent, '?')} has no {child}: "
+            f"pick a {parent} that has one ({', '.join(fits)}) or leave out {source}"
+        )
     unknown = re.match(r"Could not override '(.+?)'\.\s+To append to your config use \+", str(err))
     if unknown:  # a key the config does not have: most often a typo
         key = unknown.group(1)
-        return ConfigError(f"{key}={chosen.get(key)} is not allowed: there is no key {key} in the config; check the "
-                           f"spelling, or add a new key with +{key}={chosen.get(key)}")
+        return ConfigError(
+            f"{key}={chosen.get(key)} is not allowed: there is no key {key} in the config; check the "
+            f"spelling, or add a new key with +{key}={chosen.get(key)}"
+        )
     lines = str(err).splitlines()
     if len(lines) < 2 and cause is not None:  # Hydra's own line says little alone: add the cause's first line
         lines.append(str(cause).splitlines()[0])
@@ -137,8 +151,11 @@ def compose_checked(args: list[str], config_name: str = "config", config_dir: st
         if GlobalHydra.instance().is_initialized():  # inside a hydra.main job (fedmemes simulate/server)
             cfg = compose(config_name, overrides=args)
         else:
-            init = initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3") if config_dir else \
-                initialize_config_module("fedmemes.conf", version_base="1.3")
+            init = (
+                initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3")
+                if config_dir
+                else initialize_config_module("fedmemes.conf", version_base="1.3")
+            )
             with init:
                 cfg = compose(config_name, overrides=args)
         OmegaConf.resolve(cfg)
@@ -184,7 +201,9 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
     if unknown and not open_ended:
         raise ValueError(f"{where}: {target.__name__} takes no {unknown}; it takes {sorted(accepted - set(hooks))}")
     extra = {k: v for k, v in hooks.items() if k in accepted}
-    if isinstance(spec.get("strategy"), dict) and "_target_" in spec["strategy"]:  # a wrapper (central DP) around another strategy
+    if (
+        isinstance(spec.get("strategy"), dict) and "_target_" in spec["strategy"]
+    ):  # a wrapper (central DP) around another strategy
         extra["strategy"] = _build_one(spec.pop("strategy"), f"{where}.strategy", hooks)
     if not outer:
         return instantiate(spec, **extra)
@@ -199,17 +218,28 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
 def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
-    for old, new in SEED_STRATEGY_KEYS.items():  # the plan reads Flower 1.42's names (_build_one warns about the old ones)
+    for (
+        old,
+        new,
+    ) in SEED_STRATEGY_KEYS.items():  # the plan reads Flower 1.42's names (_build_one warns about the old ones)
         level: Any = spec
         while isinstance(level, dict):
             if old in level:
                 level[new] = level[old]
             level = level.get("strategy")
-    plan = plan_from(spec, int(cfg.num_clients), cfg.get("clients_per_round"), cfg.get("clients_per_eval_round"), int(cfg.random_seed))
+    plan = plan_from(
+        spec,
+        int(cfg.num_clients),
+        cfg.get("clients_per_round"),
+        cfg.get("clients_per_eval_round"),
+        int(cfg.random_seed),
+    )
     strategy = _build_one(fill_sizes(spec, plan.train.size(int(cfg.num_clients))), "server.strategy", hooks, outer=True)
     strategy.sampling, strategy.sample_report_fn = plan, hooks.get("sample_report_fn")
-    strategy.update_bounds = UpdateBounds.parse(cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),
-                                                cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT))
+    strategy.update_bounds = UpdateBounds.parse(
+        cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),
+        cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT),
+    )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
     return strategy
 

@@ -114,8 +114,9 @@ def _whole(lo: int, hi: int | None = None, null: bool = False) -> tuple[Callable
     text = f"a whole number >= {lo}" if hi is None else f"a whole number in {lo}..{hi}"
 
     def ok(v: Any) -> bool:
-        return (null and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= lo
-                                        and (hi is None or v <= hi))
+        return (null and v is None) or (
+            isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+        )
 
     return ok, ("null or " if null else "") + text
 
@@ -170,8 +171,11 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("amp", lambda v: v is False or v is True or v is None or v in AMP, "one of auto, bf16, fp16, false"),
         ("server.control_port", *_whole(1, 65535)),
         ("server.status_port", *_whole(1, 65535, null=True)),
-        ("server.address", lambda v: re.fullmatch(r".+:\d{1,5}", str(v)) is not None
-         and 1 <= int(str(v).rsplit(":", 1)[1]) <= 65535, "HOST:PORT with a port in 1..65535"),
+        (
+            "server.address",
+            lambda v: re.fullmatch(r".+:\d{1,5}", str(v)) is not None and 1 <= int(str(v).rsplit(":", 1)[1]) <= 65535,
+            "HOST:PORT with a port in 1..65535",
+        ),
         ("server.heartbeat_s", *_positive()),
         ("server.round_timeout", *_positive()),
         ("server.eval_every", *_whole(1)),
@@ -184,8 +188,11 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("partition.missing_image_rate", _share, "a rate in [0, 1)"),
         ("partition.text_only_clients", _share_or_count, "a share in [0, 1) or a whole count of clients >= 0"),
         ("partition.image_only_clients", _share_or_count, "a share in [0, 1) or a whole count of clients >= 0"),
-        ("partition.label_noise", lambda v: _share(v) or (isinstance(v, (list, tuple)) and all(_share(x) for x in v)),
-         "a rate in [0, 1) or a list of num_clients rates"),
+        (
+            "partition.label_noise",
+            lambda v: _share(v) or (isinstance(v, (list, tuple)) and all(_share(x) for x in v)),
+            "a rate in [0, 1) or a list of num_clients rates",
+        ),
     ]
 
 

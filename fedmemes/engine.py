@@ -47,9 +47,12 @@ def autocast_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype 
     return AMP_DTYPES[str(amp)]
 
 
-def _forward(model: nn.Module, batch: list[torch.Tensor], device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)  # non_blocking: overlaps with pinned memory
+def _forward(
+    model: nn.Module, batch: list[torch.Tensor], device: torch.device, amp_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    text, image, mask, label = (
+        t.to(device, non_blocking=True) for t in batch
+    )  # non_blocking: overlaps with pinned memory
     with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         # uint8 pixels -> [0, 1]; cached image-encoder outputs (float) go in as they are.
         image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
@@ -116,9 +119,16 @@ def train(
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                        pin_memory=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # disabled: scale/step are plain calls
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+    )
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=amp_dtype == torch.float16
+    )  # disabled: scale/step are plain calls
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
         if max_steps is not None and steps >= max_steps:
@@ -130,7 +140,9 @@ def train(
             if loss_fn is not None:
                 loss = loss_fn(logits, label)
             if proximal_mu > 0:
-                loss = loss + proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
+                loss = loss + proximal_mu / 2 * sum(
+                    ((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True)
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # GradScaler.scale loses the Tensor type
             if grad_hook is not None:
@@ -146,8 +158,13 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset[tuple[torch.Tensor, ...]], batch_size: int, device: torch.device,
-            amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    model: nn.Module,
+    dataset: Dataset[tuple[torch.Tensor, ...]],
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Return P(hateful) per row, the labels, and the mean loss."""
     model.to(device).eval()
     probs, labels, total_loss = [], [], 0.0
@@ -175,8 +192,13 @@ def classification_metrics(prob: np.ndarray, label: np.ndarray, loss: float) -> 
     }
 
 
-def evaluate(model: nn.Module, dataset: Dataset[tuple[torch.Tensor, ...]], batch_size: int, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset[tuple[torch.Tensor, ...]],
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Score `model` on `dataset`: auroc, accuracy, f1_macro, loss, n."""
     prob, label, loss = predict(model, dataset, batch_size, device, amp_dtype)
     return classification_metrics(prob, label, loss)
@@ -200,7 +222,10 @@ def metrics_at(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[st
     pred = (prob > threshold).astype(int)
     if not len(label):
         return {"accuracy": math.nan, "f1_macro": math.nan}
-    return {"accuracy": float(accuracy_score(label, pred)), "f1_macro": float(f1_score(label, pred, average="macro", zero_division=0))}
+    return {
+        "accuracy": float(accuracy_score(label, pred)),
+        "f1_macro": float(f1_score(label, pred, average="macro", zero_division=0)),
+    }
 
 
 def threshold_metrics(prob: np.ndarray, label: np.ndarray, loss: float, threshold: float) -> dict[str, float]:

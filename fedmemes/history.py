@@ -32,8 +32,12 @@ class RunHistory:
 
     run_dir: Path
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    clients: dict[int, dict[str, Any]] = field(default_factory=dict)  # the split facts the operator's CLI recorded, by partition
-    nodes: dict[int, dict[str, Any]] = field(default_factory=dict)  # what each node reported, by the node id Flower gave it
+    clients: dict[int, dict[str, Any]] = field(
+        default_factory=dict
+    )  # the split facts the operator's CLI recorded, by partition
+    nodes: dict[int, dict[str, Any]] = field(
+        default_factory=dict
+    )  # what each node reported, by the node id Flower gave it
     best_round: int | None = None
     test: dict[str, Any] | None = None
     data_issues: dict[str, int] = field(default_factory=dict)  # bad rows per kind the source skipped
@@ -60,7 +64,12 @@ class RunHistory:
 
     def state(self) -> dict[str, Any]:
         """Return what a checkpoint keeps to continue this history after a restart."""
-        return {"rounds": list(self.rounds), "clients": dict(self.clients), "nodes": dict(self.nodes), "best_round": self.best_round}
+        return {
+            "rounds": list(self.rounds),
+            "clients": dict(self.clients),
+            "nodes": dict(self.nodes),
+            "best_round": self.best_round,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpointed `state()`: its rounds are kept and never recorded again."""

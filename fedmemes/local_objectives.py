@@ -70,12 +70,18 @@ class ScaffoldCorrection:
     meaningful under Adam. `delta()` is c_i(new) - c_i(old), what the server averages into c.
     """
 
-    def __init__(self, model: nn.Module, c_server: Mapping[str, torch.Tensor], c_client: Mapping[str, torch.Tensor] | None) -> None:
+    def __init__(
+        self, model: nn.Module, c_server: Mapping[str, torch.Tensor], c_client: Mapping[str, torch.Tensor] | None
+    ) -> None:
         params = trainable(model)
-        self.old = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in (c_client or zeros_like_state(model)).items()}
+        self.old = {
+            k: torch.as_tensor(v, dtype=torch.float32) for k, v in (c_client or zeros_like_state(model)).items()
+        }
         missing = sorted(set(params) - set(c_server))
         if missing:
-            raise KeyError(f"SCAFFOLD: the server's control variate lacks {missing[:3]}; server and client must build the same model")
+            raise KeyError(
+                f"SCAFFOLD: the server's control variate lacks {missing[:3]}; server and client must build the same model"
+            )
         self.correction = {k: (c_server[k] - self.old.get(k, 0.0)).float() for k in params}
         self.grad_sum = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
         self.steps = 0

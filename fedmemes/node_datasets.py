@@ -88,7 +88,10 @@ def _attached(split: _SplitKey, num_partitions: int) -> tuple[list[Meme], Any, l
     # fresh partition of the whole pool per client (which made N clients cost O(N * pool)).
     cfg = split.cfg
     pool = holdout(cfg).pool
-    partitioner = instantiate(partitioner_spec(cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))), num_partitions=num_partitions)
+    partitioner = instantiate(
+        partitioner_spec(cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))),
+        num_partitions=num_partitions,
+    )
     client_partition(pool, partitioner, 0, cfg.random_seed)  # attaches the pool; raises the fix if client 0 gets none
     return pool, partitioner, _all_rows(partitioner, num_partitions, list(partitioner.load_partition(0)["row"]))
 
@@ -102,7 +105,7 @@ def _all_rows(partitioner: Any, num: int, first: list[int]) -> list[tuple[int, .
     elif isinstance(partitioner, IidPartitioner):  # contiguous shards of the shuffled rows (datasets' shard rule)
         div, mod = divmod(len(rows), num)
         starts = [div * p + min(p, mod) for p in range(num + 1)]
-        out = [tuple(rows[starts[p]:starts[p + 1]]) for p in range(num)]
+        out = [tuple(rows[starts[p] : starts[p + 1]]) for p in range(num)]
     else:
         return None
     return out if list(out[0]) == first else None  # a layout we do not know: fall back to load_partition
@@ -117,7 +120,10 @@ def _rows(split: _SplitKey, num_partitions: int, partition_id: int) -> tuple[int
         return tuple(partitioner.load_partition(partition_id)["row"])
     except (ValueError, IndexError):  # let client_partition phrase the fix for this client
         cfg = split.cfg
-        fresh = instantiate(partitioner_spec(cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))), num_partitions=num_partitions)
+        fresh = instantiate(
+            partitioner_spec(cast(dict[str, Any], OmegaConf.to_container(cfg.partition, resolve=True))),
+            num_partitions=num_partitions,
+        )
         client_partition(pool, fresh, partition_id, cfg.random_seed)
         raise
 
@@ -160,7 +166,9 @@ def client_split(cfg: DictConfig, partition_id: int, num_partitions: int, data_d
     return ClientSplit(train, val, facts)
 
 
-def client_memes(cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None) -> tuple[list[Meme], list[Meme]]:
+def client_memes(
+    cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None
+) -> tuple[list[Meme], list[Meme]]:
     """Return (train, local validation) memes of one client."""
     split = client_split(cfg, partition_id, num_partitions, data_dir)
     return split.train, split.val

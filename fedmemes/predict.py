@@ -50,7 +50,7 @@ class RunModel:
         probs = []
         with _bar(len(memes), progress, "scoring memes") as bar:
             for start in range(0, len(memes), CHUNK):
-                chunk = memes[start:start + CHUNK]
+                chunk = memes[start : start + CHUNK]
                 tensors = build_tensors(chunk, self.encoder, self.cfg.image_size, cache)
                 probs.append(engine.predict(self.model, tensors.dataset(), int(self.cfg.batch_size), self.device)[0])
                 bar.update(len(chunk))
@@ -76,10 +76,14 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
         raise ValueError(f"--model must be one of {MODELS}, got {which!r}")
     config, weights = run_dir / "config.yaml", run_dir / f"{which}.safetensors"
     if not config.is_file():
-        raise FileNotFoundError(f"{config} not found: RUN_DIR must be a run directory (outputs/<date>/<time>); `fedmemes runs` lists them")
+        raise FileNotFoundError(
+            f"{config} not found: RUN_DIR must be a run directory (outputs/<date>/<time>); `fedmemes runs` lists them"
+        )
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the run did not finish (`fedmemes runs` shows its status; "
-                                f"resume it with `fedmemes simulate resume={run_dir}`)")
+        raise FileNotFoundError(
+            f"{weights} not found: the run did not finish (`fedmemes runs` shows its status; "
+            f"resume it with `fedmemes simulate resume={run_dir}`)"
+        )
     cfg = OmegaConf.create(upgrade_targets(OmegaConf.to_container(OmegaConf.load(config))))  # runs saved before a move
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{config}: not a run's config (a YAML mapping); was the file replaced?")
@@ -90,8 +94,16 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
     model.to(dev).eval()
     metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
     threshold = (metrics.get("test") or {}).get("threshold")
-    return RunModel(run_dir, cfg, model, instantiate(cfg.model.text_encoder), which,
-                    float(threshold) if threshold is not None else 0.5, metrics, dev)
+    return RunModel(
+        run_dir,
+        cfg,
+        model,
+        instantiate(cfg.model.text_encoder),
+        which,
+        float(threshold) if threshold is not None else 0.5,
+        metrics,
+        dev,
+    )
 
 
 @dataclass
@@ -109,12 +121,16 @@ def parse_line(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None
     try:
         return json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")), None
     except UnicodeDecodeError as e:
-        return None, DataIssue(str(path), n, "bad_json", f"not UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8")
+        return None, DataIssue(
+            str(path), n, "bad_json", f"not UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8"
+        )
     except json.JSONDecodeError as e:
         return None, DataIssue(str(path), n, "bad_json", f"{e.msg} (column {e.colno}); fix or delete the line")
 
 
-def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_error: str = "skip") -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
+def check_rows(
+    rows: Iterator[tuple[int, object]], root: Path, where: str, on_error: str = "skip"
+) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
     """Validate parsed rows with training's checks; `label` may be absent (unlabelled memes). Return (line, meme, labelled)."""
     kept: list[tuple[int, Meme, bool]] = []
     issues: list[DataIssue] = []
@@ -127,14 +143,23 @@ def check_rows(rows: Iterator[tuple[int, object]], root: Path, where: str, on_er
             continue
         key = id_key(meme.id)
         if key in first_line:
-            issues.append(DataIssue(where, n, "duplicate_id", f"id {meme.id} already used on line {first_line[key]}; give each meme one row per split"))
+            issues.append(
+                DataIssue(
+                    where,
+                    n,
+                    "duplicate_id",
+                    f"id {meme.id} already used on line {first_line[key]}; give each meme one row per split",
+                )
+            )
             continue
         first_line[key] = n
         kept.append((n, meme, labelled))
     return kept, issues
 
 
-def _image_checked(kept: list[tuple[int, Meme, bool]], where: str, on_error: str, max_pixels: int | None = None) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
+def _image_checked(
+    kept: list[tuple[int, Meme, bool]], where: str, on_error: str, max_pixels: int | None = None
+) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
     """Decode-check every image with training's checks; a bad one skips its row (keep_text keeps the caption)."""
     source = LocalDirSource(Path.cwd(), on_error=on_error, max_image_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     bad = source.image_problems({m.img for _, m, _ in kept if m.has_image})
@@ -171,10 +196,14 @@ def read_input(path: str | Path, on_error: str = "skip") -> Inputs:
     if path.is_file():
         return read_jsonl(path, on_error)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: INPUT is a jsonl, a folder in the original layout, or use --text/--image")
+        raise FileNotFoundError(
+            f"{path} not found: INPUT is a jsonl, a folder in the original layout, or use --text/--image"
+        )
     files = [path / f"{s}.jsonl" for s in SPLITS if (path / f"{s}.jsonl").is_file()] or sorted(path.glob("*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"{path}: no *.jsonl; expected the Hateful Memes layout: img/NNNNN.png plus e.g. test_seen.jsonl")
+        raise FileNotFoundError(
+            f"{path}: no *.jsonl; expected the Hateful Memes layout: img/NNNNN.png plus e.g. test_seen.jsonl"
+        )
     parts = [read_jsonl(f, on_error) for f in files]
     return Inputs(*([x for p in parts for x in getattr(p, k)] for k in ("memes", "labelled", "issues", "split")))
 
@@ -220,7 +249,9 @@ def write_predictions(rows: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def predict(run: RunModel, inputs: Inputs, threshold: float | None = None, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+def predict(
+    run: RunModel, inputs: Inputs, threshold: float | None = None, progress: bool = True
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Score the inputs; return the output rows and, per split with labels, AUROC/accuracy/F1."""
     t = run.threshold if threshold is None else threshold
     prob = run.score(inputs.memes, progress=progress)
@@ -248,7 +279,10 @@ def _report_issues(issues: list[DataIssue]) -> None:
         return
     from fedmemes.data.meme import count_kinds
 
-    print(f"{len(issues)} data issue(s); these rows were skipped (or kept with a modality marked missing), never scored as 0:", file=sys.stderr)
+    print(
+        f"{len(issues)} data issue(s); these rows were skipped (or kept with a modality marked missing), never scored as 0:",
+        file=sys.stderr,
+    )
     for issue in issues[:20]:
         print(f"  {issue}", file=sys.stderr)
     if len(issues) > 20:
@@ -259,8 +293,10 @@ def _report_issues(issues: list[DataIssue]) -> None:
 def format_scores(split: str, s: dict[str, float]) -> str:
     """One line of scores: AUROC, then accuracy/F1 at the threshold and at 0.5."""
     auroc = "n/a (one class)" if s["auroc"] != s["auroc"] else f"{s['auroc']:.4f}"
-    return (f"{split}: n={s['n']}  AUROC {auroc}  |  threshold {s['threshold']:.3f}: accuracy {s['accuracy']:.3f}  "
-            f"F1 {s['f1_macro']:.3f}  |  at 0.5: accuracy {s['accuracy_at_0.5']:.3f}  F1 {s['f1_macro_at_0.5']:.3f}")
+    return (
+        f"{split}: n={s['n']}  AUROC {auroc}  |  threshold {s['threshold']:.3f}: accuracy {s['accuracy']:.3f}  "
+        f"F1 {s['f1_macro']:.3f}  |  at 0.5: accuracy {s['accuracy_at_0.5']:.3f}  F1 {s['f1_macro_at_0.5']:.3f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,14 +305,27 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="fedmemes predict", description="Score memes with a finished run's model.")
     p.add_argument("run_dir", help="a run directory (config.yaml + best/final.safetensors)")
-    p.add_argument("input", nargs="?", help="a jsonl in the original layout (images relative to its folder) or such a folder")
+    p.add_argument(
+        "input", nargs="?", help="a jsonl in the original layout (images relative to its folder) or such a folder"
+    )
     p.add_argument("--text", help="one meme's caption (with --image)")
     p.add_argument("--image", help="one meme's image file (with --text)")
-    p.add_argument("--run-split", choices=("test", "dev"), help="score the run's own hold-out split exactly as the server held it")
+    p.add_argument(
+        "--run-split", choices=("test", "dev"), help="score the run's own hold-out split exactly as the server held it"
+    )
     p.add_argument("--out", help="output file: .jsonl or .csv (default predictions-<input>.jsonl; one meme: printed)")
-    p.add_argument("--model", choices=MODELS, default="best", help="the best round's model (default) or the last round's")
-    p.add_argument("--threshold", type=float, help="P(hateful) above which pred=1 (default: the run's hold-out threshold)")
-    p.add_argument("--on-error", choices=ON_ERROR, default="skip", help="bad rows: skip and report (default), keep_text/keep_image, or raise")
+    p.add_argument(
+        "--model", choices=MODELS, default="best", help="the best round's model (default) or the last round's"
+    )
+    p.add_argument(
+        "--threshold", type=float, help="P(hateful) above which pred=1 (default: the run's hold-out threshold)"
+    )
+    p.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        default="skip",
+        help="bad rows: skip and report (default), keep_text/keep_image, or raise",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
     chosen = [args.input is not None, args.text is not None or args.image is not None, args.run_split is not None]
@@ -289,9 +338,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run = load_run(args.run_dir, args.model, args.device)
         t = run.threshold if args.threshold is None else args.threshold
-        source = "--threshold" if args.threshold is not None else (
-            "picked on the hold-out (dev) split, metrics.json" if "threshold" in (run.metrics.get("test") or {})
-            else "0.5: this run's metrics.json has no hold-out threshold")
+        source = (
+            "--threshold"
+            if args.threshold is not None
+            else (
+                "picked on the hold-out (dev) split, metrics.json"
+                if "threshold" in (run.metrics.get("test") or {})
+                else "0.5: this run's metrics.json has no hold-out threshold"
+            )
+        )
         print(f"model: {run.run_dir / (run.which + '.safetensors')}  threshold {t:.3f} ({source})", flush=True)
         if args.input is not None:
             inputs, name = read_input(args.input, args.on_error), Path(args.input).stem

@@ -28,9 +28,11 @@ def check_fresh(run_dir: Path, resume: Any = None, overwrite: bool = False) -> N
     if not found:
         return
     if not overwrite:
-        raise RunDirError(f"{run_dir} already holds {' and '.join(found)} of an earlier run, which a fresh run would overwrite. "
-                          f"Continue that run with resume={run_dir}, replace it with overwrite=true, "
-                          "or choose another directory (hydra.run.dir=...)")
+        raise RunDirError(
+            f"{run_dir} already holds {' and '.join(found)} of an earlier run, which a fresh run would overwrite. "
+            f"Continue that run with resume={run_dir}, replace it with overwrite=true, "
+            "or choose another directory (hydra.run.dir=...)"
+        )
     for name in (*RESULT_FILES, *MODEL_FILES):  # a later resume must never mix the old run's checkpoint into this one
         (run_dir / name).unlink(missing_ok=True)
     log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(found), run_dir)
@@ -39,7 +41,9 @@ def check_fresh(run_dir: Path, resume: Any = None, overwrite: bool = False) -> N
 def check_resume(run_dir: Path, cfg: Any) -> None:
     """Fail before any client trains if resume=RUN_DIR has no checkpoint or one made with another model or strategy."""
     ckpt = checkpoint.load(run_dir)  # FileNotFoundError / ValueError name the fix
-    checkpoint.check_fits(ckpt, cfg, None, run_dir)  # tensor shapes are checked by the ServerApp, which builds the model
+    checkpoint.check_fits(
+        ckpt, cfg, None, run_dir
+    )  # tensor shapes are checked by the ServerApp, which builds the model
 
 
 def prepare(run_dir: Path, cfg: Any) -> None:

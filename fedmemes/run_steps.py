@@ -55,10 +55,12 @@ def summary(run_dir: Path) -> str:
         lines.append(f"{r['round']:>5}  {auroc:>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
     test = metrics.get("test") or {}
     lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
-    lines.append(f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  "
-                 f"accuracy {test.get('accuracy', float('nan')):.3f}  "
-                 f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}"
-                 + (f"  (at threshold {test['threshold']:.3f}, picked on the hold-out)" if "threshold" in test else ""))
+    lines.append(
+        f"test (best round's model): AUROC {test.get('auroc') or float('nan'):.3f}  "
+        f"accuracy {test.get('accuracy', float('nan')):.3f}  "
+        f"F1 {test.get('f1_macro', float('nan')):.3f}  n={test.get('n')}"
+        + (f"  (at threshold {test['threshold']:.3f}, picked on the hold-out)" if "threshold" in test else "")
+    )
     lines.append(f"run directory: {run_dir}")
     if (run_dir / "report.html").exists():
         lines.append(f"report: {run_dir / 'report.html'} (curves, test ROC/PR, clients; `fedmemes report` redraws it)")

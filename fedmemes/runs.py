@@ -70,8 +70,10 @@ def run_info(run_dir: Path) -> RunInfo:
         status = "resumable"
     else:
         status = "stopped"
-    stamp = min((p.stat().st_mtime for p in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml") if p.is_file()),
-                default=run_dir.stat().st_mtime)
+    stamp = min(
+        (p.stat().st_mtime for p in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml") if p.is_file()),
+        default=run_dir.stat().st_mtime,
+    )
     strategy = (cfg.get("server") or {}).get("strategy") or {}
     done = max((int(r.get("round", 0)) for r in rounds), default=0)
     return RunInfo(
@@ -98,14 +100,41 @@ def find_runs(root: Path) -> list[Path]:
 
 def format_table(runs: list[RunInfo], root: Path) -> str:
     """Render runs as a fixed-width table, paths relative to root."""
+
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    head = ("date", "model", "strategy", "partition", "clients", "rounds", "best hold-out", "test AUROC", "status", "run")
-    rows = [(r.date, r.model, r.strategy, r.partition, str(r.clients if r.clients is not None else "?"), r.rounds,
-             num(r.best_holdout_auroc), num(r.test_auroc), r.status, _relative(r.path, root)) for r in runs]
+    head = (
+        "date",
+        "model",
+        "strategy",
+        "partition",
+        "clients",
+        "rounds",
+        "best hold-out",
+        "test AUROC",
+        "status",
+        "run",
+    )
+    rows = [
+        (
+            r.date,
+            r.model,
+            r.strategy,
+            r.partition,
+            str(r.clients if r.clients is not None else "?"),
+            r.rounds,
+            num(r.best_holdout_auroc),
+            num(r.test_auroc),
+            r.status,
+            _relative(r.path, root),
+        )
+        for r in runs
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in (head, *rows))
+    return "\n".join(
+        "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in (head, *rows)
+    )
 
 
 def _relative(path: str, root: Path) -> str:
@@ -117,13 +146,17 @@ def _relative(path: str, root: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """`fedmemes runs [DIR] [--json]`."""
-    p = argparse.ArgumentParser(prog="fedmemes runs", description="List runs: date, key config, best hold-out and test AUROC, status.")
+    p = argparse.ArgumentParser(
+        prog="fedmemes runs", description="List runs: date, key config, best hold-out and test AUROC, status."
+    )
     p.add_argument("dir", nargs="?", default="outputs", help="folder to search (default outputs/)")
     p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
     args = p.parse_args(argv)
     root = Path(args.dir).expanduser().resolve()
     if not root.is_dir():
-        raise SystemExit(f"error: {root} is not a folder; runs live under outputs/ (or pass the folder that holds them)")
+        raise SystemExit(
+            f"error: {root} is not a folder; runs live under outputs/ (or pass the folder that holds them)"
+        )
     runs = sorted((run_info(d) for d in find_runs(root)), key=lambda r: (r.date, r.path))
     if args.json:
         print("\n".join(json.dumps(asdict(r)) for r in runs))
@@ -131,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"no runs under {root}")
     else:
         print(format_table(runs, root))
-        print("\nstatus: finished (test scored), resumable (`fedmemes simulate resume=RUN_DIR [same overrides]`), stopped (nothing to resume)")
+        print(
+            "\nstatus: finished (test scored), resumable (`fedmemes simulate resume=RUN_DIR [same overrides]`), stopped (nothing to resume)"
+        )
 
 
 if __name__ == "__main__":

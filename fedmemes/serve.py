@@ -59,7 +59,9 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             body = json.dumps({"detail": f"request body is over the limit of {self.max_bytes:,} bytes"}).encode()
-            await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return None
         seen = 0
@@ -81,7 +83,9 @@ def check_image(path: Path, limits: Limits) -> None:
         with Image.open(path) as img:
             fmt = img.format
     except Exception as e:  # noqa: BLE001 - any failure to identify is the client's bad bytes
-        raise HTTPException(422, f"image: cannot decode ({type(e).__name__}); send a PNG, JPEG, GIF, WEBP or BMP") from None
+        raise HTTPException(
+            422, f"image: cannot decode ({type(e).__name__}); send a PNG, JPEG, GIF, WEBP or BMP"
+        ) from None
     if fmt not in FORMATS:
         raise HTTPException(415, f"image: format {fmt} is not allowed; allowed: {', '.join(FORMATS)}")
     try:
@@ -109,8 +113,14 @@ def fetch_url(url: str, dest: Path, limits: Limits) -> None:
     dest.write_bytes(data)
 
 
-def create_app(run: RunModel, token: str | None = None, image_root: str | Path | None = None, allow_urls: bool = False,
-               limits: Limits = Limits(), fetch: Callable[[str, Path, Limits], None] = fetch_url) -> FastAPI:
+def create_app(
+    run: RunModel,
+    token: str | None = None,
+    image_root: str | Path | None = None,
+    allow_urls: bool = False,
+    limits: Limits = Limits(),
+    fetch: Callable[[str, Path, Limits], None] = fetch_url,
+) -> FastAPI:
     """Return the service: GET /health (open), GET /model, POST /predict and /predict/batch (token when one is set)."""
     api = FastAPI(title="fedmemes inference")
     api.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
@@ -124,7 +134,12 @@ def create_app(run: RunModel, token: str | None = None, image_root: str | Path |
             return [float(p) for p in run.score_uncached(memes)]
 
     def answer(p: float) -> dict[str, Any]:
-        return {"p_hateful": round(p, 6), "pred": int(p > run.threshold), "threshold": run.threshold, "model": model_name}
+        return {
+            "p_hateful": round(p, 6),
+            "pred": int(p > run.threshold),
+            "threshold": run.threshold,
+            "model": model_name,
+        }
 
     @api.get("/health")
     def health() -> dict[str, str]:
@@ -133,11 +148,22 @@ def create_app(run: RunModel, token: str | None = None, image_root: str | Path |
     @api.get("/model", dependencies=guard)
     def model() -> dict[str, Any]:
         cfg = run.cfg
-        return {"run": str(run.run_dir), "model": run.which, "threshold": run.threshold,
-                "config": {"model": cfg.model._target_, "text_encoder": cfg.model.text_encoder._target_,
-                           "image_size": cfg.image_size, "strategy": cfg.server.strategy._target_,
-                           "partition": cfg.partition._target_, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds},
-                "best_round": run.metrics.get("best_round"), "test": run.metrics.get("test")}
+        return {
+            "run": str(run.run_dir),
+            "model": run.which,
+            "threshold": run.threshold,
+            "config": {
+                "model": cfg.model._target_,
+                "text_encoder": cfg.model.text_encoder._target_,
+                "image_size": cfg.image_size,
+                "strategy": cfg.server.strategy._target_,
+                "partition": cfg.partition._target_,
+                "num_clients": cfg.num_clients,
+                "num_rounds": cfg.num_rounds,
+            },
+            "best_round": run.metrics.get("best_round"),
+            "test": run.metrics.get("test"),
+        }
 
     @api.post("/predict", dependencies=guard)
     def predict(text: str = Form(...), image: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
@@ -147,7 +173,9 @@ def create_app(run: RunModel, token: str | None = None, image_root: str | Path |
             path = Path(tmp) / "upload"
             path.write_bytes(image.file.read())
             check_image(path, limits)
-            kept, issues = check_rows(iter([(1, {"id": "upload", "img": path.name, "text": text})]), path.parent, "request")
+            kept, issues = check_rows(
+                iter([(1, {"id": "upload", "img": path.name, "text": text})]), path.parent, "request"
+            )
             if issues:
                 raise HTTPException(422, "; ".join(f"{i.kind}: {i.detail}" for i in issues))
             return answer(score([kept[0][1]])[0])
@@ -163,13 +191,24 @@ def create_app(run: RunModel, token: str | None = None, image_root: str | Path |
             errors += [{"line": i.line, "kind": i.kind, "detail": i.detail} for i in issues]
             probs = score([m for _, m, _ in kept]) if kept else []
         results = [{"line": n, "id": m.id, **answer(p)} for (n, m, _), p in zip(kept, probs, strict=True)]
-        return {"results": results, "errors": sorted(errors, key=lambda e: e["line"]), "threshold": run.threshold, "model": model_name}
+        return {
+            "results": results,
+            "errors": sorted(errors, key=lambda e: e["line"]),
+            "threshold": run.threshold,
+            "model": model_name,
+        }
 
     return api
 
 
-def _batch_rows(lines: list[bytes], tmp: Path, root: Path | None, allow_urls: bool, limits: Limits,
-                fetch: Callable[[str, Path, Limits], None]) -> tuple[list[tuple[int, object]], list[dict[str, Any]]]:
+def _batch_rows(
+    lines: list[bytes],
+    tmp: Path,
+    root: Path | None,
+    allow_urls: bool,
+    limits: Limits,
+    fetch: Callable[[str, Path, Limits], None],
+) -> tuple[list[tuple[int, object]], list[dict[str, Any]]]:
     """Parse jsonl lines and put each image in tmp (copied from under root, or fetched); return rows for check_rows and errors."""
     rows, errors = [], []
 
@@ -229,7 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1", help="a non-loopback host needs a token or --insecure")
     p.add_argument("--port", type=int, default=8095)
     p.add_argument("--model", choices=("best", "final"), default="best")
-    p.add_argument("--token-file", help=f"file with the API token (else $FEDMEMES_TOKEN; clients send it as {TOKEN_HEADER})")
+    p.add_argument(
+        "--token-file", help=f"file with the API token (else $FEDMEMES_TOKEN; clients send it as {TOKEN_HEADER})"
+    )
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback host without a token")
     p.add_argument("--image-root", help="folder that /predict/batch image paths are relative to")
     p.add_argument("--allow-urls", action="store_true", help="let /predict/batch fetch http(s) image URLs")
@@ -244,8 +285,10 @@ def main(argv: list[str] | None = None) -> None:
 
     token = read_token(args.token_file) if args.token_file or os.environ.get(TOKEN_ENV) else None
     if not _loopback(args.host) and token is None and not args.insecure:
-        raise SystemExit(f"error: --host {args.host} lets other machines score memes; set a token "
-                         f"(--token-file FILE or ${TOKEN_ENV}) or pass --insecure")
+        raise SystemExit(
+            f"error: --host {args.host} lets other machines score memes; set a token "
+            f"(--token-file FILE or ${TOKEN_ENV}) or pass --insecure"
+        )
     try:
         run = load_run(args.run_dir, args.model, args.device)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
@@ -253,9 +296,16 @@ def main(argv: list[str] | None = None) -> None:
     limits = Limits(int(args.max_request_mb * 1024 * 1024), args.max_image_pixels, args.max_text_chars)
     import uvicorn
 
-    print(f"serving {run.run_dir}/{run.which}.safetensors (threshold {run.threshold:.3f}) on http://{args.host}:{args.port}"
-          + (" (token required)" if token else ""))
-    uvicorn.run(create_app(run, token, args.image_root, args.allow_urls, limits), host=args.host, port=args.port, log_level="warning")
+    print(
+        f"serving {run.run_dir}/{run.which}.safetensors (threshold {run.threshold:.3f}) on http://{args.host}:{args.port}"
+        + (" (token required)" if token else "")
+    )
+    uvicorn.run(
+        create_app(run, token, args.image_root, args.allow_urls, limits),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

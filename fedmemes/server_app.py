@@ -55,7 +55,9 @@ class ServerRun:
         self.best_state = engine.trainable_state(self.model)
         self.started = time.monotonic()
         self.trained = 0
-        self.replies: dict[int, dict[str, Any]] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
+        self.replies: dict[
+            int, dict[str, Any]
+        ] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
         self.partitions: list[int] = []  # the partitions whose replies were aggregated in the latest round
         self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
@@ -88,7 +90,10 @@ class ServerRun:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         scored = self.scored(server_round)
         scores: dict[str, Any] = (
-            engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device, self.amp) if scored else {})
+            engine.evaluate(self.model, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)
+            if scored
+            else {}
+        )
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
         scores.update(replies)
         if server_round > 0:
@@ -99,29 +104,56 @@ class ServerRun:
         self.trackers.log_metrics(server_round, round_metrics(scores, self.train_metrics))
         if server_round > 0:
             state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
-            checkpoint.save(self.history.run_dir, checkpoint.Checkpoint(
-                server_round, state, self.history.state(), self.best_state, checkpoint.strategy_state(self.strategy),
-                checkpoint.setup_of(self.cfg)))
+            checkpoint.save(
+                self.history.run_dir,
+                checkpoint.Checkpoint(
+                    server_round,
+                    state,
+                    self.history.state(),
+                    self.best_state,
+                    checkpoint.strategy_state(self.strategy),
+                    checkpoint.setup_of(self.cfg),
+                ),
+            )
         if not scored:
-            log.info("round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
-                     server_round, self.cfg.num_rounds, self.trained, scores["seconds"])
+            log.info(
+                "round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
+                server_round,
+                self.cfg.num_rounds,
+                self.trained,
+                scores["seconds"],
+            )
             return None
         log.info(
             "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
-            server_round, self.cfg.num_rounds, self.trained, scores["auroc"], scores["accuracy"], scores["loss"], scores["seconds"],
+            server_round,
+            self.cfg.num_rounds,
+            self.trained,
+            scores["auroc"],
+            scores["accuracy"],
+            scores["loss"],
+            scores["seconds"],
         )
         return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
 
     def record_node(self, node_id: int, metrics: dict[str, Any]) -> None:
         """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its claim)."""
-        facts: dict[str, Any] = {k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics}
-        facts.update(n_train=metrics.get("num-examples"), label_counts=[metrics.get("label_0", 0), metrics.get("label_1", 0)])
+        facts: dict[str, Any] = {
+            k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics
+        }
+        facts.update(
+            n_train=metrics.get("num-examples"), label_counts=[metrics.get("label_0", 0), metrics.get("label_1", 0)]
+        )
         self.history.add_node(node_id, facts)
 
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Average the clients' train metrics (their data facts arrive per node through record_node)."""
         self.trained = len(records)
-        self.partitions = sorted(int(cast(int, m["partition_id"])) for r in records if "partition_id" in (m := next(iter(r.metric_records.values()))))
+        self.partitions = sorted(
+            int(cast(int, m["partition_id"]))
+            for r in records
+            if "partition_id" in (m := next(iter(r.metric_records.values())))
+        )
         averaged = aggregate_metricrecords(records, weighting_key)
         # Clients send scalar metrics only (the reply checks require it), so every average is a float.
         self.train_metrics = {k: cast(float, v) for k, v in averaged.items() if k not in CLIENT_FACTS}
@@ -133,14 +165,21 @@ class ServerRun:
         self.history.save_model("best", self.best_state)
         best = self._load(self.best_state)
         # The decision threshold is picked on the hold-out (dev) split, never on test: max macro-F1 there.
-        threshold = engine.pick_threshold(*engine.predict(best, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)[:2])
+        threshold = engine.pick_threshold(
+            *engine.predict(best, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)[:2]
+        )
         prob, label, loss = engine.predict(best, self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
         self.history.test = engine.threshold_metrics(prob, label, loss, threshold)
         save_test_predictions(self.history.run_dir, prob, label)  # the report's ROC/PR curves and confusion matrix
         self.history.write()
         write_report_safely(self.history.run_dir)
         self.trackers.finish(max((r["round"] for r in self.history.rounds), default=0), self.history.test)
-        log.info("best round %s | test AUROC %.3f on %d memes", self.history.best_round, self.history.test["auroc"], self.history.test["n"])
+        log.info(
+            "best round %s | test AUROC %.3f on %d memes",
+            self.history.best_round,
+            self.history.test["auroc"],
+            self.history.test["n"],
+        )
 
     def _load(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         self.model.load_state_dict(state)
@@ -153,7 +192,9 @@ def main(grid: Grid, context: Context) -> None:
     overrides = overrides_of(context.run_config)
     cfg = load_config(overrides)
     run_dir = run_dir_of(cfg)
-    run_dirs.check_fresh(run_dir, cfg.resume, bool(cfg.get("overwrite", False)))  # never overwrite an earlier run's results
+    run_dirs.check_fresh(
+        run_dir, cfg.resume, bool(cfg.get("overwrite", False))
+    )  # never overwrite an earlier run's results
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)

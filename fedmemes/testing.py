@@ -36,8 +36,9 @@ class LocalGrid(Grid):
         """Refuse: no SuperLink run exists in process."""
         raise NotImplementedError
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         """Build a message the way the real Grid does."""
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
 
@@ -59,10 +60,20 @@ class LocalGrid(Grid):
         for msg in messages:
             self.sent += 1
             md = msg.metadata  # the SuperLink gives every message an id; replies point back to it
-            msg = make_message(Metadata(
-                run_id=md.run_id, message_id=f"m{self.sent}", src_node_id=md.src_node_id, dst_node_id=md.dst_node_id,
-                reply_to_message_id="", group_id=md.group_id, created_at=md.created_at, ttl=md.ttl,
-                message_type=md.message_type), msg.content)
+            msg = make_message(
+                Metadata(
+                    run_id=md.run_id,
+                    message_id=f"m{self.sent}",
+                    src_node_id=md.src_node_id,
+                    dst_node_id=md.dst_node_id,
+                    reply_to_message_id="",
+                    group_id=md.group_id,
+                    created_at=md.created_at,
+                    ttl=md.ttl,
+                    message_type=md.message_type,
+                ),
+                msg.content,
+            )
             node = md.dst_node_id
             node_config: dict[str, bool | float | int | str] = {"partition-id": node, "num-partitions": self.num_nodes}
             context = Context(run_id=1, node_id=node, node_config=node_config, state=self.states[node], run_config={})
@@ -131,8 +142,17 @@ class StaticGrid:
 
 def reply_from(node: int, content: RecordDict | Error, message_type: str = "train") -> Message:
     """Build the reply `node` sends the server, as the SuperLink delivers it (content, or an Error)."""
-    metadata = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
-                        group_id="1", created_at=0.0, ttl=60.0, message_type=message_type)
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=message_type,
+    )
     if isinstance(content, Error):
         return make_message(metadata, error=content)
     return make_message(metadata, content)

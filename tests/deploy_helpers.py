@@ -29,8 +29,9 @@ def ports(n: int) -> list[int]:
 
 def http(method: str, url: str, token: str | None = None, ca: Path | None = None) -> tuple[int, dict]:
     """Return (status, JSON body); (0, {}) while nothing listens. https URLs are verified against `ca`."""
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
-                                 headers={TOKEN_HEADER: token} if token else {})
+    req = urllib.request.Request(
+        url, method=method, data=b"" if method == "POST" else None, headers={TOKEN_HEADER: token} if token else {}
+    )
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
         with urllib.request.urlopen(req, timeout=30, context=context) as resp:
@@ -66,7 +67,9 @@ def until(check, timeout_s: float, what: str, procs=()):
 
 def spawn(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     """Start `fedmemes ARGS` in its own process group, output to `log`."""
-    return subprocess.Popen([*FEDMEMES, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [*FEDMEMES, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def kill(proc: subprocess.Popen, sig: signal.Signals | None = None) -> None:

@@ -25,7 +25,9 @@ def test_client_train_replies_with_trainable_weights_and_metrics(server_identity
     overrides = f"{tiny_data.overrides} num_clients=2"  # what the ClientApp composes: the same config
     model = build_model(cfg)
     sent = engine.trainable_state(model)
-    content = RecordDict({"arrays": ArrayRecord(sent), "config": ConfigRecord({"lr": 0.003, "num_epochs": 1, "server-round": 1})})
+    content = RecordDict(
+        {"arrays": ArrayRecord(sent), "config": ConfigRecord({"lr": 0.003, "num_epochs": 1, "server-round": 1})}
+    )
     msg = Message(content=content, dst_node_id=7, message_type="train")
     reply = client_app.train(msg, _context(overrides))
 
@@ -37,7 +39,10 @@ def test_client_train_replies_with_trainable_weights_and_metrics(server_identity
     assert metrics["num-examples"] == metrics["label_0"] + metrics["label_1"] > 0
     assert 0.0 <= metrics["val_accuracy"] <= 1.0 and math.isfinite(metrics["train_loss"])
 
-    evaluated = client_app.evaluate(Message(content=RecordDict({"arrays": reply.content["arrays"]}), dst_node_id=7, message_type="evaluate"), _context(overrides))
+    evaluated = client_app.evaluate(
+        Message(content=RecordDict({"arrays": reply.content["arrays"]}), dst_node_id=7, message_type="evaluate"),
+        _context(overrides),
+    )
     assert evaluated.content["metrics"]["num-examples"] == metrics["val_n"]
 
 

@@ -19,8 +19,12 @@ def test_fedadam_moments_survive_a_restart(tmp_path):
     before.m_t = {"w": np.array([0.1, -0.2], np.float32)}
     before.v_t = {"w": np.array([0.01, 0.04], np.float32)}
     state = {"w": torch.tensor([1.0, 2.0])}
-    checkpoint.save(tmp_path, checkpoint.Checkpoint(3, state, {"rounds": [], "clients": {}, "best_round": None}, state,
-                                                    checkpoint.strategy_state(before)))
+    checkpoint.save(
+        tmp_path,
+        checkpoint.Checkpoint(
+            3, state, {"rounds": [], "clients": {}, "best_round": None}, state, checkpoint.strategy_state(before)
+        ),
+    )
     after = FedAdam()
     ckpt = checkpoint.load(tmp_path)
     checkpoint.restore_strategy(after, ckpt.strategy)
@@ -41,7 +45,11 @@ def test_load_without_checkpoint_names_the_fix(tmp_path):
 
 def _server_run(tmp_path, monkeypatch) -> ServerRun:
     """A ServerRun without data: the hold-out score is the mean weight, so each round's AUROC is known."""
-    monkeypatch.setattr(engine, "evaluate", lambda model, *_: {"auroc": float(model.w.detach().mean()), "accuracy": 0.5, "loss": 1.0, "n": 4})
+    monkeypatch.setattr(
+        engine,
+        "evaluate",
+        lambda model, *_: {"auroc": float(model.w.detach().mean()), "accuracy": 0.5, "loss": 1.0, "n": 4},
+    )
     run = ServerRun.__new__(ServerRun)
     run.cfg = OmegaConf.create({"num_rounds": 4, "batch_size": 2, "server": {}})
     run.device, run.val = torch.device("cpu"), type("Val", (), {"dataset": lambda self: None})()

@@ -26,19 +26,34 @@ def clip_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config={"vocab_size": len(WORDS), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "eos_token_id": 9,
-                     "bos_token_id": 9, "pad_token_id": 0},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(WORDS),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "eos_token_id": 9,
+            "bos_token_id": 9,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=8,
     )
     CLIPModel(config).save_pretrained(folder)
     raw = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     raw.pre_tokenizer = Whitespace()
     raw.post_processor = TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 9)])  # CLIP pools at <eos>
-    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>",
-                            eos_token="<eos>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
+    ).save_pretrained(folder)
     return folder
 
 
@@ -69,8 +84,10 @@ def test_missing_folder_names_the_key():
 
 def test_feature_interaction_on_clip_features_trains_only_the_head(clip_dir, tmp_path):
     path = str(clip_dir)
-    cfg = load_config(f"model=feature_interaction model/text_encoder=clip model/image_encoder=clip "
-                      f"model.text_encoder.name_or_path={path} model.image_encoder.name_or_path={path} image_size=32")
+    cfg = load_config(
+        f"model=feature_interaction model/text_encoder=clip model/image_encoder=clip "
+        f"model.text_encoder.name_or_path={path} model.image_encoder.name_or_path={path} image_size=32"
+    )
     model = build_model(cfg)
     state = model.state_dict()
     assert all("vision_model" not in k and "text_model" not in k for k in state)  # frozen towers never travel

@@ -22,12 +22,19 @@ WITH_IMAGES = "cross_attention, early_fusion, feature_interaction, image_only, l
 BAD = [
     ("num_clients=0", "num_clients=0 is not allowed: num_clients must be a whole number >= 1"),
     ("num_clients=abc", "num_clients=abc is not allowed: num_clients must be a whole number >= 1"),
-    ("clients_per_round=5", "clients_per_round=5 is not allowed: clients_per_round must be null or a whole number "
-                            "in 1..2 (num_clients=2)"),
-    ("clients_per_round=0", "clients_per_round=0 is not allowed: clients_per_round must be null or a whole number "
-                            "in 1..2 (num_clients=2)"),
-    ("num_clients=4 clients_per_eval_round=9", "clients_per_eval_round=9 is not allowed: clients_per_eval_round must "
-                                               "be null or a whole number in 1..4 (num_clients=4)"),
+    (
+        "clients_per_round=5",
+        "clients_per_round=5 is not allowed: clients_per_round must be null or a whole number in 1..2 (num_clients=2)",
+    ),
+    (
+        "clients_per_round=0",
+        "clients_per_round=0 is not allowed: clients_per_round must be null or a whole number in 1..2 (num_clients=2)",
+    ),
+    (
+        "num_clients=4 clients_per_eval_round=9",
+        "clients_per_eval_round=9 is not allowed: clients_per_eval_round must "
+        "be null or a whole number in 1..4 (num_clients=4)",
+    ),
     ("lr=abc", "lr=abc is not allowed: lr must be a number > 0"),
     ("lr=0", "lr=0 is not allowed: lr must be a number > 0"),
     ("lr=-0.1", "lr=-0.1 is not allowed: lr must be a number > 0"),
@@ -42,41 +49,79 @@ BAD = [
     ("verbose=maybe", "verbose=maybe is not allowed: verbose must be true or false"),
     ("model=foo", f"model=foo is not allowed: model must be one of {MODELS}"),
     ("strategy=nope", f"strategy=nope is not allowed: strategy must be one of {STRATEGIES}"),
-    ("model/image_encoder=bar", "model/image_encoder=bar is not allowed: model/image_encoder must be one of "
-                                "clip, efficientnet_lite0, resnet18, small_cnn"),
+    (
+        "model/image_encoder=bar",
+        "model/image_encoder=bar is not allowed: model/image_encoder must be one of "
+        "clip, efficientnet_lite0, resnet18, small_cnn",
+    ),
     ("logger=[csv,foo]", "logger=foo is not allowed: logger must be one of csv, mlflow, none, tensorboard"),
     ("experiment=nope", "experiment=nope is not allowed: experiment must be one of harmeme, label_skew, real_memes"),
-    ("experiment=real_memes model=text_only", "experiment=real_memes sets model/image_encoder, but model=text_only "
-     f"has no image_encoder: pick a model that has one ({WITH_IMAGES}) or leave out experiment=real_memes"),
-    ("server.status_port=70000", "server.status_port=70000 is not allowed: server.status_port must be null or a whole "
-                                 "number in 1..65535"),
-    ("server.control_port=0", "server.control_port=0 is not allowed: server.control_port must be a whole number "
-                              "in 1..65535"),
-    ("server.address=localhost", "server.address=localhost is not allowed: server.address must be HOST:PORT with a "
-                                 "port in 1..65535"),
+    (
+        "experiment=real_memes model=text_only",
+        "experiment=real_memes sets model/image_encoder, but model=text_only "
+        f"has no image_encoder: pick a model that has one ({WITH_IMAGES}) or leave out experiment=real_memes",
+    ),
+    (
+        "server.status_port=70000",
+        "server.status_port=70000 is not allowed: server.status_port must be null or a whole number in 1..65535",
+    ),
+    (
+        "server.control_port=0",
+        "server.control_port=0 is not allowed: server.control_port must be a whole number in 1..65535",
+    ),
+    (
+        "server.address=localhost",
+        "server.address=localhost is not allowed: server.address must be HOST:PORT with a port in 1..65535",
+    ),
     ("server.eval_every=0", "server.eval_every=0 is not allowed: server.eval_every must be a whole number >= 1"),
     ("server.heartbeat_s=0", "server.heartbeat_s=0 is not allowed: server.heartbeat_s must be a number > 0"),
     ("server.round_timeout=-5", "server.round_timeout=-5 is not allowed: server.round_timeout must be a number > 0"),
-    ("server.max_update_norm=big", "server.max_update_norm=big is not allowed: server.max_update_norm must be null, "
-                                   "K*median (e.g. 3*median), a number > 0 or a list of both"),
-    ("server.max_client_weight=1.5", "server.max_client_weight=1.5 is not allowed: server.max_client_weight must be "
-                                     "null or a share in (0, 1]"),
-    ("simulation.client_cpus=0", "simulation.client_cpus=0 is not allowed: simulation.client_cpus must be a "
-                                 "number > 0"),
-    ("simulation.client_gpus=-1", "simulation.client_gpus=-1 is not allowed: simulation.client_gpus must be a number "
-                                  ">= 0, e.g. 0.5"),
-    ("partition.missing_text_rate=1.0", "partition.missing_text_rate=1.0 is not allowed: partition.missing_text_rate "
-                                        "must be a rate in [0, 1)"),
-    ("partition.label_noise=[0.1,1.2]", "partition.label_noise=[0.1,1.2] is not allowed: partition.label_noise must "
-                                        "be a rate in [0, 1) or a list of num_clients rates"),
-    ("partition.text_only_clients=1.5", "partition.text_only_clients=1.5 is not allowed: partition.text_only_clients "
-                                        "must be a share in [0, 1) or a whole count of clients >= 0"),
-    ("nonsense=1", "nonsense=1 is not allowed: there is no key nonsense in the config; check the spelling, or add a "
-                   "new key with +nonsense=1"),
-    ("server.staus_port=1", "server.staus_port=1 is not allowed: there is no key server.staus_port in the config; "
-                            "check the spelling, or add a new key with +server.staus_port=1"),
-    ("lr=[1", "lr=[1 is not an override Hydra can read (no viable alternative at input '[1'); write key=value, "
-              "e.g. lr=0.01 or partition.label_noise=[0.0,0.3]"),
+    (
+        "server.max_update_norm=big",
+        "server.max_update_norm=big is not allowed: server.max_update_norm must be null, "
+        "K*median (e.g. 3*median), a number > 0 or a list of both",
+    ),
+    (
+        "server.max_client_weight=1.5",
+        "server.max_client_weight=1.5 is not allowed: server.max_client_weight must be null or a share in (0, 1]",
+    ),
+    (
+        "simulation.client_cpus=0",
+        "simulation.client_cpus=0 is not allowed: simulation.client_cpus must be a number > 0",
+    ),
+    (
+        "simulation.client_gpus=-1",
+        "simulation.client_gpus=-1 is not allowed: simulation.client_gpus must be a number >= 0, e.g. 0.5",
+    ),
+    (
+        "partition.missing_text_rate=1.0",
+        "partition.missing_text_rate=1.0 is not allowed: partition.missing_text_rate must be a rate in [0, 1)",
+    ),
+    (
+        "partition.label_noise=[0.1,1.2]",
+        "partition.label_noise=[0.1,1.2] is not allowed: partition.label_noise must "
+        "be a rate in [0, 1) or a list of num_clients rates",
+    ),
+    (
+        "partition.text_only_clients=1.5",
+        "partition.text_only_clients=1.5 is not allowed: partition.text_only_clients "
+        "must be a share in [0, 1) or a whole count of clients >= 0",
+    ),
+    (
+        "nonsense=1",
+        "nonsense=1 is not allowed: there is no key nonsense in the config; check the spelling, or add a "
+        "new key with +nonsense=1",
+    ),
+    (
+        "server.staus_port=1",
+        "server.staus_port=1 is not allowed: there is no key server.staus_port in the config; "
+        "check the spelling, or add a new key with +server.staus_port=1",
+    ),
+    (
+        "lr=[1",
+        "lr=[1 is not an override Hydra can read (no viable alternative at input '[1'); write key=value, "
+        "e.g. lr=0.01 or partition.label_noise=[0.0,0.3]",
+    ),
 ]
 
 
@@ -92,8 +137,10 @@ def test_bad_override_stops_with_one_line(overrides, line, capsys):
     assert (code, err) == (2, f"error: {line}\n")
 
 
-@pytest.mark.parametrize("command", [["data", "generate"], ["data", "inspect"], ["server"],
-                                     ["simulate", "--cfg", "job"], ["server", "--cfg", "job"]])
+@pytest.mark.parametrize(
+    "command",
+    [["data", "generate"], ["data", "inspect"], ["server"], ["simulate", "--cfg", "job"], ["server", "--cfg", "job"]],
+)
 def test_every_command_taking_overrides_checks_them(command, capsys):
     code, err = _run_cli([*command, "lr=abc"], capsys)
     assert (code, err) == (2, "error: lr=abc is not allowed: lr must be a number > 0\n")
@@ -106,26 +153,54 @@ def test_apps_get_the_same_error_from_load_config():
 
 
 def test_real_command_line_prints_no_traceback():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(fedmemes.__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "fedmemes.cli", "simulate", "num_clients=2", "clients_per_round=5"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(fedmemes.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "fedmemes.cli", "simulate", "num_clients=2", "clients_per_round=5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == ("error: clients_per_round=5 is not allowed: clients_per_round must be null or a whole "
-                           "number in 1..2 (num_clients=2)\n")
+    assert done.stderr == (
+        "error: clients_per_round=5 is not allowed: clients_per_round must be null or a whole "
+        "number in 1..2 (num_clients=2)\n"
+    )
 
 
 def _presets(group: str) -> list[str]:
     return [f"{group}={name}" for name in group_options(group)]
 
 
-GOOD = ["", "debug=tiny", "lr=1", "amp=false", "amp=bf16", "device=cuda:1", "local_steps=3", "local_val_share=0",
-        "num_clients=5 clients_per_round=5 clients_per_eval_round=1", "server.status_port=null",
-        "server.max_update_norm=[3*median,10.0]", "server.max_client_weight=null", "partition.label_noise=[0.0,0.3]",
-        "partition.text_only_clients=1", "logger=[csv,tensorboard]", "+server.strategy.fraction_fit=0.5",
-        "experiment=real_memes model=image_only", "hydra.run.dir=/tmp/somewhere",
-        *_presets("experiment"), *_presets("debug"), *_presets("loss"), *_presets("logger"),
-        *_presets("model/text_encoder"), *_presets("model/image_encoder")]
+GOOD = [
+    "",
+    "debug=tiny",
+    "lr=1",
+    "amp=false",
+    "amp=bf16",
+    "device=cuda:1",
+    "local_steps=3",
+    "local_val_share=0",
+    "num_clients=5 clients_per_round=5 clients_per_eval_round=1",
+    "server.status_port=null",
+    "server.max_update_norm=[3*median,10.0]",
+    "server.max_client_weight=null",
+    "partition.label_noise=[0.0,0.3]",
+    "partition.text_only_clients=1",
+    "logger=[csv,tensorboard]",
+    "+server.strategy.fraction_fit=0.5",
+    "experiment=real_memes model=image_only",
+    "hydra.run.dir=/tmp/somewhere",
+    *_presets("experiment"),
+    *_presets("debug"),
+    *_presets("loss"),
+    *_presets("logger"),
+    *_presets("model/text_encoder"),
+    *_presets("model/image_encoder"),
+]
 # Every model, strategy, partition, optimizer and dataset option goes through load_config (the same checks) in
 # tests/test_config.py, which builds each one too: not repeated here to keep this file fast.
 
@@ -148,7 +223,11 @@ def test_defaults_stay_in_the_yaml():
     assert "- fedmemes_schema" in text.split("- dataset:")[0]
     cfg = compose_checked([])
     assert (cfg.lr, cfg.batch_size, cfg.server.status_port, cfg.server.flwr_home.endswith("flower/server")) == (
-        0.001, 32, 8090, True)
+        0.001,
+        32,
+        8090,
+        True,
+    )
 
 
 def test_an_own_search_path_adds_group_options(tmp_path):

@@ -30,23 +30,42 @@ def _free_port() -> int:
 
 
 def test_page_script_and_run_summary_are_served_without_paths(tmp_path):
-    (tmp_path / "config.yaml").write_text("num_rounds: 7\nnum_clients: 3\nmodel: {_target_: fedmemes.models.EarlyFusion}\n"
-                                          "server: {strategy: {_target_: flwr.serverapp.strategy.FedAvg}}\n")
+    (tmp_path / "config.yaml").write_text(
+        "num_rounds: 7\nnum_clients: 3\nmodel: {_target_: fedmemes.models.EarlyFusion}\n"
+        "server: {strategy: {_target_: flwr.serverapp.strategy.FedAvg}}\n"
+    )
     api = TestClient(create_app(RunStatus(tmp_path, 10), "token"))
     page = api.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert all(f'id="{i}"' in page.text for i in ("state", "round", "auroc-chart", "rounds-table", "clients-table", "dropped-total"))
-    assert '<script src="dashboard.js">' in page.text and "http" not in page.text.split("<body>")[1].replace("X-Fedmemes", "")
+    assert all(
+        f'id="{i}"' in page.text
+        for i in ("state", "round", "auroc-chart", "rounds-table", "clients-table", "dropped-total")
+    )
+    assert '<script src="dashboard.js">' in page.text and "http" not in page.text.split("<body>")[1].replace(
+        "X-Fedmemes", ""
+    )
     script = api.get("/dashboard.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"] and 'fetch("status"' in script.text
+    assert (
+        script.status_code == 200 and "javascript" in script.headers["content-type"] and 'fetch("status"' in script.text
+    )
     summary = api.get("/dashboard/run").json()
-    assert summary == {"num_rounds": 7, "num_clients": 3, "model": "EarlyFusion", "strategy": "FedAvg", "partition": None}
+    assert summary == {
+        "num_rounds": 7,
+        "num_clients": 3,
+        "model": "EarlyFusion",
+        "strategy": "FedAvg",
+        "partition": None,
+    }
     assert str(tmp_path) not in json.dumps(summary)
 
 
 def _cfg(port):
-    return OmegaConf.create({"server": {"status_port": port, "status_host": "127.0.0.1", "heartbeat_s": 10, "token_file": None},
-                             "simulation": {"status_linger_s": 0}})
+    return OmegaConf.create(
+        {
+            "server": {"status_port": port, "status_host": "127.0.0.1", "heartbeat_s": 10, "token_file": None},
+            "simulation": {"status_linger_s": 0},
+        }
+    )
 
 
 def test_simulation_serves_the_dashboard_only_when_the_port_is_asked_for(tmp_path):
@@ -55,20 +74,38 @@ def test_simulation_serves_the_dashboard_only_when_the_port_is_asked_for(tmp_pat
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(SystemExit, match=rf"server.status_port={port}: 127.0.0.1:{port} is in use; pick a free port"):
+        with pytest.raises(
+            SystemExit, match=rf"server.status_port={port}: 127.0.0.1:{port} is in use; pick a free port"
+        ):
             SimulationStatus(_cfg(port), tmp_path, [f"server.status_port={port}"])
 
 
 def _chromium(url: str, *flags: str) -> str:
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                          "--virtual-time-budget=5000", *flags, url], check=False, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+            *flags,
+            url,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
 
 def _rows(dom: str) -> dict[int, str]:
     """Return {round: AUROC text} from the rendered rounds table."""
-    return {int(r): a for r, a in re.findall(r'<tr data-round="(\d+)"[^>]*><td>\d+</td><td class="auroc">([^<]*)</td>', dom)}
+    return {
+        int(r): a for r, a in re.findall(r'<tr data-round="(\d+)"[^>]*><td>\d+</td><td class="auroc">([^<]*)</td>', dom)
+    }
 
 
 @pytest.mark.slow
@@ -78,10 +115,23 @@ def test_dashboard_in_headless_chromium_follows_a_live_simulation(tmp_path):
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest)
     log = (tmp_path / "simulate.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "fedmemes.cli", "simulate", "debug=tiny", "num_rounds=2",
-                             f"server.status_port={port}", "simulation.status_linger_s=300",
-                             "logger=[csv,tensorboard,mlflow]", f"hydra.run.dir={run_dir}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedmemes.cli",
+            "simulate",
+            "debug=tiny",
+            "num_rounds=2",
+            f"server.status_port={port}",
+            "simulation.status_linger_s=300",
+            "logger=[csv,tensorboard,mlflow]",
+            f"hydra.run.dir={run_dir}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         status, mid_dom, deadline = {}, None, time.monotonic() + 900
         while not status.get("state", "").startswith("finished"):
@@ -117,6 +167,8 @@ def test_dashboard_in_headless_chromium_follows_a_live_simulation(tmp_path):
     assert abs(auroc - metrics["test"]["auroc"]) < 1e-6 and len(rows) == metrics["test"]["n"]
     assert (run_dir / "report.html").stat().st_size > 50_000 and (run_dir / "report" / "test_curves.png").is_file()
     tracked = [r for r in csv.DictReader((run_dir / "tracking" / "metrics.csv").open()) if r["name"] == "holdout/auroc"]
-    assert [(int(r["step"]), round(float(r["value"]), 6)) for r in tracked] == [(r["round"], round(r["auroc"], 6)) for r in metrics["rounds"]]
+    assert [(int(r["step"]), round(float(r["value"]), 6)) for r in tracked] == [
+        (r["round"], round(r["auroc"], 6)) for r in metrics["rounds"]
+    ]
     assert list((run_dir / "tracking" / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "tracking" / "mlflow.db").is_file()

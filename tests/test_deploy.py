@@ -14,8 +14,21 @@ from fedmemes.deploy.processes import wait_for_port
 pytestmark = pytest.mark.slow
 TOKEN = "test-token-123"
 # What `fedmemes simulate` leaves in a run directory.
-RUN_FILES = {".hydra", "best.safetensors", "checkpoint.pt", "clients.json", "clients.png", "config.yaml",
-             "fedmemes.log", "final.safetensors", "metrics.json", "test_predictions.csv", "report", "report.html", "report.md"}
+RUN_FILES = {
+    ".hydra",
+    "best.safetensors",
+    "checkpoint.pt",
+    "clients.json",
+    "clients.png",
+    "config.yaml",
+    "fedmemes.log",
+    "final.safetensors",
+    "metrics.json",
+    "test_predictions.csv",
+    "report",
+    "report.html",
+    "report.md",
+}
 
 
 _ports, _http, _until, _spawn, _kill = ports, http, until, spawn, kill
@@ -39,25 +52,62 @@ def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):
     certs = make_tls(tmp_path / "certs", ["127.0.0.1"])
     env = {**os.environ, "FEDMEMES_TOKEN": TOKEN}  # FEDMEMES_CACHE: the session cache (conftest)
     run_dir = tmp_path / "run"
-    server_args = ["server", "debug=tiny", "num_rounds=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}",
-                   f"server.control_port={control}", f"server.certs={certs.ca.parent}", f"server.flwr_home={tmp_path / 'flwr'}", f"server.status_port={status}",
-                   "server.heartbeat_s=2"]
+    server_args = [
+        "server",
+        "debug=tiny",
+        "num_rounds=2",
+        f"run_dir={run_dir}",
+        f"hydra.run.dir={run_dir}",
+        f"server.address=127.0.0.1:{link}",
+        f"server.control_port={control}",
+        f"server.certs={certs.ca.parent}",
+        f"server.flwr_home={tmp_path / 'flwr'}",
+        f"server.status_port={status}",
+        "server.heartbeat_s=2",
+    ]
     procs = []
     try:
         server = _spawn(server_args, tmp_path / "server.log", env)
         procs.append(server)
         for i, port in enumerate((m0, m1)):
-            procs.append(_spawn(["manager", "--name", f"c{i}", "--port", str(port), "--status-url", f"https://127.0.0.1:{status}",
-                                 "--heartbeat-s", "2", "--superlink", f"127.0.0.1:{link}", "--partition-id", str(i),
-                                 "--num-partitions", "2", "--root-certificates", str(certs.ca), "--flwr-home", str(tmp_path / f"n{i}")],
-                                tmp_path / f"manager{i}.log", env))
+            procs.append(
+                _spawn(
+                    [
+                        "manager",
+                        "--name",
+                        f"c{i}",
+                        "--port",
+                        str(port),
+                        "--status-url",
+                        f"https://127.0.0.1:{status}",
+                        "--heartbeat-s",
+                        "2",
+                        "--superlink",
+                        f"127.0.0.1:{link}",
+                        "--partition-id",
+                        str(i),
+                        "--num-partitions",
+                        "2",
+                        "--root-certificates",
+                        str(certs.ca),
+                        "--flwr-home",
+                        str(tmp_path / f"n{i}"),
+                    ],
+                    tmp_path / f"manager{i}.log",
+                    env,
+                )
+            )
         for port in (m0, m1):
             wait_for_port("127.0.0.1", port, 60)
             assert _http("GET", f"http://127.0.0.1:{port}/health")[0] == 200
             assert _http("GET", f"http://127.0.0.1:{port}/info")[0] == 401  # no token
             code, info = _http("GET", f"http://127.0.0.1:{port}/info", TOKEN)
             assert code == 200 and info["supernode_running"] is False and info["tls"] is True
-            assert _http("POST", f"http://127.0.0.1:{port}/start", TOKEN) == (200, {"started": True, "supernode_running": True})
+            assert _http("POST", f"http://127.0.0.1:{port}/start", TOKEN) == (
+                200,
+                {"started": True, "supernode_running": True},
+            )
+
         def online() -> list[str]:  # the status API serves TLS from server.certs; names need the token
             clients = _http("GET", f"https://127.0.0.1:{status}/status", TOKEN, ca=certs.ca)[1].get("clients", [])
             return sorted(c["name"] for c in clients if c["online"])
@@ -80,7 +130,10 @@ def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):
             assert _http("POST", f"http://127.0.0.1:{port}/start", TOKEN)[1]["started"] is True
         assert resumed.wait(600) == 0, (tmp_path / "server2.log").read_text()[-3000:]
         assert [r["round"] for r in json.loads((run_dir / "metrics.json").read_text())["rounds"]] == [0, 1, 2, 3]
-        assert _http("POST", f"http://127.0.0.1:{m0}/stop", TOKEN) == (200, {"stopped": True, "supernode_running": False})
+        assert _http("POST", f"http://127.0.0.1:{m0}/stop", TOKEN) == (
+            200,
+            {"stopped": True, "supernode_running": False},
+        )
         assert not list(run_dir.glob("*.tmp"))  # checkpoint and metrics writes completed
     finally:
         for p in procs:

@@ -26,18 +26,47 @@ def _rounds(run_dir: Path) -> list[dict]:
 
 
 def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -> subprocess.Popen:
-    return spawn(["client", "--superlink", f"127.0.0.1:{link}", "--partition-id", str(i), "--num-partitions", str(n),
-                  "--flwr-home", str(tmp_path / f"n{i}-{time.monotonic_ns()}"), *flags], tmp_path / f"client{i}.log", env)
+    return spawn(
+        [
+            "client",
+            "--superlink",
+            f"127.0.0.1:{link}",
+            "--partition-id",
+            str(i),
+            "--num-partitions",
+            str(n),
+            "--flwr-home",
+            str(tmp_path / f"n{i}-{time.monotonic_ns()}"),
+            *flags,
+        ],
+        tmp_path / f"client{i}.log",
+        env,
+    )
 
 
 def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
     link, control = ports(2)
     env, run_dir = dict(os.environ), tmp_path / "run"  # FEDMEMES_CACHE: the session cache (conftest)
     # 3 clients, no fixed sample (clients_per_round=null): fraction_train=1.0 trains every connected node, at least 2.
-    server = spawn(["server", "debug=tiny", "num_rounds=4", "num_clients=3", "clients_per_round=null",
-                    "server.strategy.min_train_nodes=2", "server.strategy.min_available_nodes=2", f"run_dir={run_dir}",
-                    f"hydra.run.dir={run_dir}", f"server.address=127.0.0.1:{link}", f"server.control_port={control}",
-                    f"server.flwr_home={tmp_path / 'flwr'}", "server.status_port=null"], tmp_path / "server.log", env)
+    server = spawn(
+        [
+            "server",
+            "debug=tiny",
+            "num_rounds=4",
+            "num_clients=3",
+            "clients_per_round=null",
+            "server.strategy.min_train_nodes=2",
+            "server.strategy.min_available_nodes=2",
+            f"run_dir={run_dir}",
+            f"hydra.run.dir={run_dir}",
+            f"server.address=127.0.0.1:{link}",
+            f"server.control_port={control}",
+            f"server.flwr_home={tmp_path / 'flwr'}",
+            "server.status_port=null",
+        ],
+        tmp_path / "server.log",
+        env,
+    )
     procs, started = [server], time.monotonic()
     try:
         # Clients started once the SuperLink listens connect at once (no retry back-off): all three are in round 1.
@@ -72,9 +101,12 @@ def _control_calls(rogue_pub: Path, run_id: int) -> dict[str, bytes]:
         StopRunRequest,
     )
 
-    return {"list-runs": ListRunsRequest().SerializeToString(), "start-run": StartRunRequest().SerializeToString(),
-            "stop-run": StopRunRequest(run_id=run_id).SerializeToString(),
-            "register-node": RegisterNodeRequest(public_key=try_load_public_key(rogue_pub)).SerializeToString()}
+    return {
+        "list-runs": ListRunsRequest().SerializeToString(),
+        "start-run": StartRunRequest().SerializeToString(),
+        "stop-run": StopRunRequest(run_id=run_id).SerializeToString(),
+        "register-node": RegisterNodeRequest(public_key=try_load_public_key(rogue_pub)).SerializeToString(),
+    }
 
 
 def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superlink(tmp_path):
@@ -83,12 +115,32 @@ def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superli
     registered SuperNodes finish a 2-round run."""
     link, control = ports(2)
     env, run_dir, certs = dict(os.environ), tmp_path / "run", tmp_path / "certs"
-    subprocess.run([*FEDMEMES, "certs", str(certs), "--host", "127.0.0.1", "--nodes", "2"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [*FEDMEMES, "certs", str(certs), "--host", "127.0.0.1", "--nodes", "2"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     rogue_key, rogue_pub = make_node_key(tmp_path / "rogue", "rogue")  # a valid key pair the server never registered
-    server = spawn(["server", "debug=tiny", "num_rounds=2", "num_clients=2", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
-                    f"server.address=127.0.0.1:{link}", f"server.control_port={control}", f"server.flwr_home={tmp_path / 'flwr'}",
-                    f"server.certs={certs}", "server.status_port=null", "server.supernode_auth=true",
-                    f"server.authorized_keys=[{certs / 'node-0.pub'},{certs / 'node-1.pub'}]"], tmp_path / "server.log", env)
+    server = spawn(
+        [
+            "server",
+            "debug=tiny",
+            "num_rounds=2",
+            "num_clients=2",
+            f"run_dir={run_dir}",
+            f"hydra.run.dir={run_dir}",
+            f"server.address=127.0.0.1:{link}",
+            f"server.control_port={control}",
+            f"server.flwr_home={tmp_path / 'flwr'}",
+            f"server.certs={certs}",
+            "server.status_port=null",
+            "server.supernode_auth=true",
+            f"server.authorized_keys=[{certs / 'node-0.pub'},{certs / 'node-1.pub'}]",
+        ],
+        tmp_path / "server.log",
+        env,
+    )
     tls = ("--root-certificates", str(certs / "ca.crt"))
     procs = [server]
     superlink = SuperLink(f"127.0.0.1:{link}", tmp_path / "flwr", TlsFiles.in_dir(certs), control_port=control)
@@ -112,14 +164,22 @@ def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superli
         assert len(runs) == 1
         run_id = int(runs[0]["run-id"])
         # An outsider with only the public ca.crt, on the address the clients dial: every Control call is refused.
-        replies = {name: protobuf_post(f"https://127.0.0.1:{link}/v1/control/{name}", body, certs / "ca.crt")
-                   for name, body in _control_calls(rogue_pub, run_id).items()}
+        replies = {
+            name: protobuf_post(f"https://127.0.0.1:{link}/v1/control/{name}", body, certs / "ca.crt")
+            for name, body in _control_calls(rogue_pub, run_id).items()
+        }
         print("Control calls on the public address:", json.dumps(replies, indent=1))
         assert {name: code for name, (code, _) in replies.items()} == dict.fromkeys(replies, 403)
         assert all("loopback control port" in body for _, body in replies.values())
         # The same list-runs on the control port answers (so the refusal above is the gate, not a bad request).
-        assert protobuf_post(f"https://127.0.0.1:{control}/v1/control/list-runs", _control_calls(rogue_pub, run_id)["list-runs"],
-                             certs / "ca.crt")[0] == 200
+        assert (
+            protobuf_post(
+                f"https://127.0.0.1:{control}/v1/control/list-runs",
+                _control_calls(rogue_pub, run_id)["list-runs"],
+                certs / "ca.crt",
+            )[0]
+            == 200
+        )
         # The SuperLink knows the two registered keys (node-1 not yet connected) and nothing of the rogue.
         assert sorted(n["status"] for n in nodes()) == ["online", "registered"]
         assert [r["round"] for r in _rounds(run_dir)] in ([], [0])  # the run still waits for its 2 clients

@@ -23,7 +23,7 @@ def _check_command(argv: list[str]) -> None:
     """Fail unless `fedmemes argv...` names a command of ours and its flags parse."""
     name = next((n for n in cli.COMMANDS if argv[: len(n.split())] == n.split()), None)
     assert name is not None, f"unknown command fedmemes {argv}"
-    rest = argv[len(name.split()):]
+    rest = argv[len(name.split()) :]
     if name == "client":
         supernode.command_from_args(supernode.parser().parse_args(rest))
     elif name == "manager":
@@ -51,14 +51,18 @@ def test_compose_runs_server_two_clients_two_managers_with_our_commands():
     assert server["entrypoint"] == ["sh", "-c"]
     for argv in _resuming_server(server["command"][0], "/runs/compose"):
         _check_command(argv)
-        assert "server.certs=/certs" in argv and "server.address=0.0.0.0:9092" in argv and "run_dir=/runs/compose" in argv
+        assert (
+            "server.certs=/certs" in argv and "server.address=0.0.0.0:9092" in argv and "run_dir=/runs/compose" in argv
+        )
     roles = sorted(s["command"][0] for s in services.values())
     assert roles == ["client", "client", "manager", "manager"]
     for service in services.values():
         _check_command(service["command"])
         if service["command"][0] == "manager":  # heartbeats carry the token: https, checked against the CA
             command = service["command"]
-            assert command[command.index("--status-url") + 1].startswith("https://") and "--root-certificates" in command
+            assert (
+                command[command.index("--status-url") + 1].startswith("https://") and "--root-certificates" in command
+            )
             assert all(port.startswith("127.0.0.1:") for port in service["ports"])  # plain-HTTP API: host loopback only
 
 
@@ -75,7 +79,7 @@ def test_k8s_manifests_have_every_piece_and_valid_commands():
                 continue
             if container.get("command") == ["sh", "-c"]:  # a shell line: check the fedmemes part
                 words = shlex.split(args[0].replace("${HOSTNAME##*-}", "0").replace('"$HOSTNAME"', "c-0"))
-                args = words[words.index("fedmemes") + 1:]
+                args = words[words.index("fedmemes") + 1 :]
                 assert args[args.index("--status-url") + 1].startswith("https://")
             _check_command(args)
     job = next(d for d in docs if d["kind"] == "Job")

@@ -31,14 +31,23 @@ class _FakeEncoder:
 def _data(n: int) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    return TensorDataset(torch.randn(n, 8, generator=g), image, torch.ones(n, 2), torch.randint(0, 2, (n,), generator=g))
+    return TensorDataset(
+        torch.randn(n, 8, generator=g), image, torch.ones(n, 2), torch.randint(0, 2, (n,), generator=g)
+    )
 
 
 def _trained(seed: int, draws_before: int) -> dict[str, torch.Tensor]:
     """Train a fresh copy of one model with dropout and modality dropout after other draws on the global RNG."""
     torch.manual_seed(123)
-    model = EarlyFusion(_FakeEncoder(), text_hidden_dim=8, image_output_dim=8, fusion_output_dim=8,
-                                    image_width=8, dropout=0.5, modality_dropout=0.5)
+    model = EarlyFusion(
+        _FakeEncoder(),
+        text_hidden_dim=8,
+        image_output_dim=8,
+        fusion_output_dim=8,
+        image_width=8,
+        dropout=0.5,
+        modality_dropout=0.5,
+    )
     torch.rand(draws_before)  # what this process happened to run before: another client, another round
     engine.train(model, _data(64), epochs=2, lr=1e-2, batch_size=16, device=torch.device("cpu"), seed=seed)
     return engine.trainable_state(model)
@@ -67,13 +76,27 @@ def _simulate(run_dir: Path) -> list[dict]:
     # 3 clients on 2 actors with dropout and modality dropout: which actor serves which client each
     # round is up to Ray, so any draw left to a process's own RNG history would show up here.
     out = subprocess.run(
-        [sys.executable, "-m", "fedmemes.cli", "simulate", "debug=tiny", "num_clients=3", "num_rounds=3",
-         "model.modality_dropout=0.3", f"hydra.run.dir={run_dir}"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fedmemes.cli",
+            "simulate",
+            "debug=tiny",
+            "num_clients=3",
+            "num_rounds=3",
+            "model.modality_dropout=0.3",
+            f"hydra.run.dir={run_dir}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return [{k: v for k, v in r.items() if k not in CLOCK_KEYS | NODE_ID_KEYS} for r in metrics["rounds"]] + [metrics["test"]]
+    return [{k: v for k, v in r.items() if k not in CLOCK_KEYS | NODE_ID_KEYS} for r in metrics["rounds"]] + [
+        metrics["test"]
+    ]
 
 
 @pytest.mark.slow

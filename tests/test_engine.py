@@ -49,8 +49,12 @@ def test_proximal_term_keeps_weights_close():
     for mu in (0.0, 10.0):
         model = EarlyFusion(_FakeEncoder(), 16, 16, 16, image_width=8)
         model.load_state_dict(start.state_dict())
-        engine.train(model, _xor_data(200, 0), epochs=3, lr=3e-3, batch_size=32, device=torch.device("cpu"), proximal_mu=mu)
-        drift[mu] = sum(((p - q) ** 2).sum().item() for p, q in zip(model.parameters(), start.parameters(), strict=True))
+        engine.train(
+            model, _xor_data(200, 0), epochs=3, lr=3e-3, batch_size=32, device=torch.device("cpu"), proximal_mu=mu
+        )
+        drift[mu] = sum(
+            ((p - q) ** 2).sum().item() for p, q in zip(model.parameters(), start.parameters(), strict=True)
+        )
     assert drift[10.0] < 0.5 * drift[0.0]
 
 
@@ -81,11 +85,21 @@ def test_max_steps_caps_local_batches_and_the_optimizer_is_pluggable():
 
     model = EarlyFusion(_FakeEncoder(), 16, 16, 16, image_width=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stats = engine.train(model, _xor_data(200, 0), epochs=3, lr=0.1, batch_size=32, device=torch.device("cpu"),
-                         optimizer=CountingSGD, max_steps=4)
+    stats = engine.train(
+        model,
+        _xor_data(200, 0),
+        epochs=3,
+        lr=0.1,
+        batch_size=32,
+        device=torch.device("cpu"),
+        optimizer=CountingSGD,
+        max_steps=4,
+    )
     assert len(steps) == 4  # 7 batches an epoch, 3 epochs: stopped after 4 in all
     assert stats["train_loss"] > 0.0 and 0.0 <= stats["train_accuracy"] <= 1.0
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     steps.clear()
-    engine.train(model, _xor_data(200, 0), epochs=2, lr=0.1, batch_size=32, device=torch.device("cpu"), optimizer=CountingSGD)
+    engine.train(
+        model, _xor_data(200, 0), epochs=2, lr=0.1, batch_size=32, device=torch.device("cpu"), optimizer=CountingSGD
+    )
     assert len(steps) == 14  # no cap: every batch of every epoch

@@ -101,5 +101,8 @@ def test_real_encoder_identity_follows_settings_and_weight_files(tmp_path):
     before = enc.identity()
     (folder / "model.safetensors").write_bytes(b"y" * 11)  # re-trained checkpoint, same folder
     assert enc.identity() != before
-    ids = {FrozenTextEncoder(str(folder), **kw).identity() for kw in ({}, {"pooling": "cls"}, {"output": "tokens"}, {"max_length": 32})}
+    ids = {
+        FrozenTextEncoder(str(folder), **kw).identity()
+        for kw in ({}, {"pooling": "cls"}, {"output": "tokens"}, {"max_length": 32})
+    }
     assert len(ids) == 4

@@ -11,8 +11,14 @@ from fedmemes.config import build_model, load_config
 from fedmemes.models.cross_attention import CrossAttentionFusion
 
 MODELS = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "model").glob("*.yaml"))
-CAPTIONS = ["my neighbours never change", "pizza slices make no sense", "when tourists show up",
-            "", "traffic jams ruin the whole weekend", "the interns test my patience"]
+CAPTIONS = [
+    "my neighbours never change",
+    "pizza slices make no sense",
+    "when tourists show up",
+    "",
+    "traffic jams ruin the whole weekend",
+    "the interns test my patience",
+]
 # Complete memes, text missing, image missing: every placeholder is used in one batch.
 MASK = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 1], [1, 1], [1, 0]], dtype=torch.float32)
 

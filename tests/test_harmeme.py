@@ -23,7 +23,9 @@ def make_harmeme(root: Path, sizes=(("train", 9), ("val", 3), ("test", 3))) -> P
         with (root / "annotations" / f"{split}.jsonl").open("w") as f:
             for i in range(n):
                 mid = f"covid_memes_{split}_{i}"
-                Image.fromarray(np.full((24, 24, 3), (20 * i) % 256, dtype=np.uint8)).save(root / "images" / f"{mid}.png")
+                Image.fromarray(np.full((24, 24, 3), (20 * i) % 256, dtype=np.uint8)).save(
+                    root / "images" / f"{mid}.png"
+                )
                 labels = [LEVELS[i % 3]] + (["individual"] if i % 3 else [])
                 f.write(json.dumps({"id": mid, "image": f"{mid}.png", "labels": labels, "text": f"caption {i}"}) + "\n")
     return root

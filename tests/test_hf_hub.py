@@ -14,6 +14,7 @@ from fedmemes.data.hf_hub import HFHubSource
 
 def _fake_download(root: Path, calls: list[dict]):
     """Return a snapshot_download stand-in that writes a small hub-like folder under root."""
+
     def fake(**kwargs: object) -> str:
         calls.append(kwargs)
         folder = root / "snapshot"
@@ -27,10 +28,14 @@ def _fake_download(root: Path, calls: list[dict]):
             "dev_unseen": [(2, 1)],  # downloaded earlier for another run; must not leak in
         }
         for split, items in rows.items():
-            (folder / f"{split}.jsonl").write_text("".join(
-                json.dumps({"id": f"{i:05d}", "img": f"img/{i:05d}.png", "label": y, "text": f"t{i}"}) + "\n"
-                for i, y in items))
+            (folder / f"{split}.jsonl").write_text(
+                "".join(
+                    json.dumps({"id": f"{i:05d}", "img": f"img/{i:05d}.png", "label": y, "text": f"t{i}"}) + "\n"
+                    for i, y in items
+                )
+            )
         return str(folder)
+
     return fake
 
 
@@ -39,11 +44,15 @@ def test_load_explicit_splits_and_skip_missing_image(tmp_path: Path, monkeypatch
     monkeypatch.setattr(huggingface_hub, "snapshot_download", _fake_download(tmp_path, calls))
     src = HFHubSource(revision="abc123", cache_dir=str(tmp_path / "cache"))
     splits = src.load()
-    assert calls == [{
-        "repo_id": "neuralcatcher/hateful_memes", "repo_type": "dataset", "revision": "abc123",
-        "cache_dir": str(tmp_path / "cache"),
-        "allow_patterns": ["train.jsonl", "dev_seen.jsonl", "test_seen.jsonl", "img/*"],
-    }]
+    assert calls == [
+        {
+            "repo_id": "neuralcatcher/hateful_memes",
+            "repo_type": "dataset",
+            "revision": "abc123",
+            "cache_dir": str(tmp_path / "cache"),
+            "allow_patterns": ["train.jsonl", "dev_seen.jsonl", "test_seen.jsonl", "img/*"],
+        }
+    ]
     assert set(splits) == {"train", "dev_seen", "test_seen"}
     assert [(m.id, m.label) for m in splits["train"]] == [("00001", 0), ("00002", 1)]
     assert [m.id for m in splits["dev_seen"]] == ["00003"]

@@ -22,11 +22,12 @@ def _save(img: Image.Image, path: Path, fmt: str, **kw: object) -> Path:
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """Write a PNG whose header claims width x height but whose pixel data is garbage."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage")
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage") + chunk(b"IEND", b""))
     return path
 
 
@@ -63,10 +64,16 @@ def test_palette_with_transparency_composites_on_white(tmp_path: Path) -> None:
     assert arr[:, 10, 17].tolist() == [255, 255, 255]
 
 
-@pytest.mark.parametrize("mode,fmt,color", [
-    ("L", "PNG", 128), ("LA", "PNG", (128, 255)), ("1", "PNG", 1), ("CMYK", "JPEG", (0, 255, 255, 0)),
-    ("I;16", "PNG", 40000),
-])
+@pytest.mark.parametrize(
+    "mode,fmt,color",
+    [
+        ("L", "PNG", 128),
+        ("LA", "PNG", (128, 255)),
+        ("1", "PNG", 1),
+        ("CMYK", "JPEG", (0, 255, 255, 0)),
+        ("I;16", "PNG", 40000),
+    ],
+)
 def test_other_modes_become_rgb(tmp_path: Path, mode: str, fmt: str, color: object) -> None:
     path = _save(Image.new(mode, (12, 12), color), tmp_path / "m.png", fmt)
     img = open_rgb(path)

@@ -29,7 +29,8 @@ def _owner(name: str, modules: dict[str, Path]) -> str | None:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST) -> list[str]:
@@ -92,8 +93,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_import_graph_has_no_cycle() -> None:
     cycle = find_cycle(import_graph())
-    assert cycle is None, (f"import cycle: {' -> '.join(cycle or [])}. Move what both modules need into a third "
-                           "module that imports neither (e.g. fedmemes/run_steps.py, strategies/strategy_utils.py)")
+    assert cycle is None, (
+        f"import cycle: {' -> '.join(cycle or [])}. Move what both modules need into a third "
+        "module that imports neither (e.g. fedmemes/run_steps.py, strategies/strategy_utils.py)"
+    )
 
 
 def test_the_graph_sees_top_level_and_lazy_imports() -> None:
@@ -117,6 +120,9 @@ def test_no_module_imports_another_modules_private_names() -> None:
     for path in (p for root in roots if root.is_dir() for p in sorted(root.rglob("*.py"))):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("fedmemes", "flwr"):
-                found += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.module}.{alias.name}"
-                          for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+                found += [
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
     assert found == [], "private names imported across modules (make them public where they live):\n" + "\n".join(found)

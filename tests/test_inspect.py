@@ -21,7 +21,9 @@ def _folder(root: Path, n: int = 60, broken: bool = False) -> Path:
     (root / "img").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (40, 90, 200)).save(root / "img" / "a.png")
     lines = {
-        "train": [json.dumps({"id": i, "img": "img/a.png", "label": int(i % 3 == 0), "text": f"t {i}"}) for i in range(n)],
+        "train": [
+            json.dumps({"id": i, "img": "img/a.png", "label": int(i % 3 == 0), "text": f"t {i}"}) for i in range(n)
+        ],
         "dev_seen": [json.dumps({"id": 500 + i, "img": "img/a.png", "label": i % 2, "text": "d"}) for i in range(10)],
         "test_seen": [json.dumps({"id": 600 + i, "img": "img/a.png", "label": i % 2, "text": "e"}) for i in range(10)],
     }
@@ -35,8 +37,10 @@ def _folder(root: Path, n: int = 60, broken: bool = False) -> Path:
 
 def test_split_facts_count_labels_and_modalities(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d")
-    cfg = load_config(f"dataset=hateful_memes dataset.root={root} partition=stratified num_clients=3 "
-                      "partition.text_only_clients=1 partition.label_noise=[0,0,0.5] local_val_share=0")
+    cfg = load_config(
+        f"dataset=hateful_memes dataset.root={root} partition=stratified num_clients=3 "
+        "partition.text_only_clients=1 partition.label_noise=[0,0,0.5] local_val_share=0"
+    )
     facts = split_facts(cfg)
     assert [f["n_train"] for f in facts] == [20, 20, 20]
     assert [f["modality"] for f in facts].count("text_only") == 1
@@ -53,8 +57,22 @@ def test_split_facts_count_labels_and_modalities(tmp_path: Path) -> None:
 
 
 def test_report_files_and_table(tmp_path: Path) -> None:
-    facts = [{"partition_id": i, "n_train": 10, "n_val": 1, "label_counts": [10 - i, i], "n_text": 10, "n_image": 10 - i,
-              "n_both": 10 - i, "modality": "both", "label_noise": 0.0, "n_flipped": 0, "n_dropped": 0} for i in range(3)]
+    facts = [
+        {
+            "partition_id": i,
+            "n_train": 10,
+            "n_val": 1,
+            "label_counts": [10 - i, i],
+            "n_text": 10,
+            "n_image": 10 - i,
+            "n_both": 10 - i,
+            "modality": "both",
+            "label_noise": 0.0,
+            "n_flipped": 0,
+            "n_dropped": 0,
+        }
+        for i in range(3)
+    ]
     json_path, png_path = write_report(facts, tmp_path / "run", {"bad_json": 2})
     assert json.loads(json_path.read_text()) == {"clients": facts, "data_issues": {"bad_json": 2}}
     assert read_client_facts(tmp_path / "run") == facts and read_client_facts(tmp_path) == []
@@ -71,19 +89,29 @@ def test_history_keeps_split_facts_when_clients_report() -> None:
     history.add_client(0, {"n_train": 10, "label_counts": [4, 6]})
     history.data_issues = {"missing_image": 3}
     out = history.as_dict()
-    assert out["clients"] == [{"partition_id": 0, "n_train": 10, "n_text": 10, "modality": "text_only", "label_counts": [4, 6]}]
+    assert out["clients"] == [
+        {"partition_id": 0, "n_train": 10, "n_text": 10, "modality": "text_only", "label_counts": [4, 6]}
+    ]
     assert out["data_issues"] == {"missing_image": 3}
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # The child inherits FEDMEMES_CACHE, the session cache (conftest).
-    return subprocess.run([sys.executable, "-m", "fedmemes.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fedmemes.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_data_inspect_stops_on_a_broken_folder_naming_file_and_line(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d", broken=True)
-    out = _cli("data", "inspect", "dataset=hateful_memes", f"dataset.root={root}",
-               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = _cli(
+        "data",
+        "inspect",
+        "dataset=hateful_memes",
+        f"dataset.root={root}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     text = out.stdout + out.stderr
     assert out.returncode != 0
     assert f"{root / 'train.jsonl'}:2: bad_json" in text and f"{root / 'train.jsonl'}:5: missing_image" in text
@@ -97,7 +125,10 @@ def test_check_data_with_skip_records_issue_counts(tmp_path: Path) -> None:
     cfg = load_config(f"dataset=hateful_memes dataset.root={root} dataset.on_error=skip")
     table = check_data(cfg, tmp_path / "run")
     assert "data issues: bad_json=1, missing_image=1" in table
-    assert json.loads((tmp_path / "run" / "clients.json").read_text())["data_issues"] == {"bad_json": 1, "missing_image": 1}
+    assert json.loads((tmp_path / "run" / "clients.json").read_text())["data_issues"] == {
+        "bad_json": 1,
+        "missing_image": 1,
+    }
     assert sum(f["n_train"] + f["n_val"] for f in read_client_facts(tmp_path / "run")) == 58
     assert (tmp_path / "run" / "clients.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match=r"train.jsonl:2: bad_json"):

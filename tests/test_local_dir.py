@@ -83,36 +83,48 @@ def data_messy(tmp_path: Path) -> Path:
     good = _img(tmp_path, "00001.png")
     (tmp_path / "img" / "broken.png").write_bytes(b"not a png at all")
     big = _img(tmp_path, "big.png", (300, 300))
-    _jsonl(tmp_path / "train.jsonl", [
-        _row(1, good),                                          # 1 ok
-        '{"id": 2, "img": ',                                    # 2 bad_json
-        {"id": 3, "img": good, "label": 0},                     # 3 missing_key text
-        _row(4, good, label=2),                                 # 4 bad_label
-        _row(5, good, label=True),                              # 5 bad_label (bool)
-        _row(6, good, label="1"),                               # 6 bad_label (string)
-        _row(7, good, text=""),                                 # 7 bad_text
-        _row(8, good, text=["list"]),                           # 8 bad_text
-        _row(1, good),                                          # 9 duplicate_id of line 1
-        _row(10, "img/nope.png"),                               # 10 missing_image
-        _row(11, "img/broken.png"),                             # 11 unreadable_image
-        _row(12, big),                                          # 12 image_too_large
-        _row("00013", good),                                    # 13 holdout_overlap (dev has 13)
-        _row(14, "../outside.png"),                             # 14 bad_img
-        _row(None, good),                                       # 15 bad_id
-        "[1, 2]",                                               # 16 bad_json (not an object)
-        _row(17, good, 1, "last good"),                         # 17 ok
-    ])
+    _jsonl(
+        tmp_path / "train.jsonl",
+        [
+            _row(1, good),  # 1 ok
+            '{"id": 2, "img": ',  # 2 bad_json
+            {"id": 3, "img": good, "label": 0},  # 3 missing_key text
+            _row(4, good, label=2),  # 4 bad_label
+            _row(5, good, label=True),  # 5 bad_label (bool)
+            _row(6, good, label="1"),  # 6 bad_label (string)
+            _row(7, good, text=""),  # 7 bad_text
+            _row(8, good, text=["list"]),  # 8 bad_text
+            _row(1, good),  # 9 duplicate_id of line 1
+            _row(10, "img/nope.png"),  # 10 missing_image
+            _row(11, "img/broken.png"),  # 11 unreadable_image
+            _row(12, big),  # 12 image_too_large
+            _row("00013", good),  # 13 holdout_overlap (dev has 13)
+            _row(14, "../outside.png"),  # 14 bad_img
+            _row(None, good),  # 15 bad_id
+            "[1, 2]",  # 16 bad_json (not an object)
+            _row(17, good, 1, "last good"),  # 17 ok
+        ],
+    )
     _jsonl(tmp_path / "dev_seen.jsonl", [_row(13, good), {"id": 20, "img": good, "text": "x"}])
     return tmp_path
 
 
 EXPECTED = {
-    ("train.jsonl", 2, "bad_json"), ("train.jsonl", 3, "missing_key"), ("train.jsonl", 4, "bad_label"),
-    ("train.jsonl", 5, "bad_label"), ("train.jsonl", 6, "bad_label"), ("train.jsonl", 7, "bad_text"),
-    ("train.jsonl", 8, "bad_text"), ("train.jsonl", 9, "duplicate_id"),
-    ("train.jsonl", 10, "missing_image"), ("train.jsonl", 11, "unreadable_image"),
-    ("train.jsonl", 12, "image_too_large"), ("train.jsonl", 13, "holdout_overlap"),
-    ("train.jsonl", 14, "bad_img"), ("train.jsonl", 15, "bad_id"), ("train.jsonl", 16, "bad_json"),
+    ("train.jsonl", 2, "bad_json"),
+    ("train.jsonl", 3, "missing_key"),
+    ("train.jsonl", 4, "bad_label"),
+    ("train.jsonl", 5, "bad_label"),
+    ("train.jsonl", 6, "bad_label"),
+    ("train.jsonl", 7, "bad_text"),
+    ("train.jsonl", 8, "bad_text"),
+    ("train.jsonl", 9, "duplicate_id"),
+    ("train.jsonl", 10, "missing_image"),
+    ("train.jsonl", 11, "unreadable_image"),
+    ("train.jsonl", 12, "image_too_large"),
+    ("train.jsonl", 13, "holdout_overlap"),
+    ("train.jsonl", 14, "bad_img"),
+    ("train.jsonl", 15, "bad_id"),
+    ("train.jsonl", 16, "bad_json"),
     ("dev_seen.jsonl", 2, "missing_key"),
 }
 
@@ -167,6 +179,7 @@ def test_shared_image_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     _jsonl(tmp_path / "train.jsonl", [_row(1, a), _row(2, a)])
     _jsonl(tmp_path / "dev_seen.jsonl", [_row(3, a)])
     import fedmemes.data.local_dir as local_dir
+
     calls: list[Path] = []
     real = local_dir.open_rgb
     monkeypatch.setattr(local_dir, "open_rgb", lambda p, m: calls.append(p) or real(p, m))
@@ -207,8 +220,19 @@ def _bad_rows(root: Path, good: str) -> dict[str, tuple[str, object]]:
     }
 
 
-KINDS = ["bad_json", "missing_key", "bad_label", "bad_text", "bad_id", "bad_img", "duplicate_id",
-         "missing_image", "unreadable_image", "image_too_large", "holdout_overlap"]
+KINDS = [
+    "bad_json",
+    "missing_key",
+    "bad_label",
+    "bad_text",
+    "bad_id",
+    "bad_img",
+    "duplicate_id",
+    "missing_image",
+    "unreadable_image",
+    "image_too_large",
+    "holdout_overlap",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -260,8 +284,11 @@ def test_keep_text_never_loads_the_bad_image(data_messy: Path, tmp_path: Path) -
         def encode(self, texts: list[str]) -> torch.Tensor:
             return torch.ones(len(texts), 4)
 
-    train = [m for m in LocalDirSource(data_messy, on_error="keep_text", max_image_pixels=200 * 200).load()["train"]
-             if m.id in ("1", "11")]  # 11's image is not a PNG at all
+    train = [
+        m
+        for m in LocalDirSource(data_messy, on_error="keep_text", max_image_pixels=200 * 200).load()["train"]
+        if m.id in ("1", "11")
+    ]  # 11's image is not a PNG at all
     t = build_tensors(train, Enc(), 8, tmp_path / "cache")
     assert t.mask.tolist() == [[1.0, 1.0], [1.0, 0.0]]
     assert t.image[1].abs().sum() == 0 and t.image[0].float().mean() > 0  # masked row stays empty, never decoded
@@ -281,9 +308,14 @@ def _nested(depth: int) -> object:
     return value
 
 
-@pytest.mark.parametrize("line", ["[" * 100_000 + "]" * 100_000,  # deeper than Python's stack: RecursionError
-                                  json.dumps(_row(2, "img/x.png", text=_nested(40))),
-                                  '{"id": 2, "img": "img/x.png", "label": ' + "9" * 5000 + ', "text": "t"}'])  # int over 4300 digits
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[" * 100_000 + "]" * 100_000,  # deeper than Python's stack: RecursionError
+        json.dumps(_row(2, "img/x.png", text=_nested(40))),
+        '{"id": 2, "img": "img/x.png", "label": ' + "9" * 5000 + ', "text": "t"}',
+    ],
+)  # int over 4300 digits
 def test_pathological_json_line_is_one_bad_json_issue(tmp_path: Path, line: str) -> None:
     good = _img(tmp_path, "00001.png")
     _jsonl(tmp_path / "train.jsonl", [_row(1, good, 1, "fine"), line, _row(3, good, 0, "also fine")])

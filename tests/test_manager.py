@@ -17,8 +17,17 @@ TOKEN = "m-token"
 
 
 def _args(**kw) -> argparse.Namespace:
-    return supernode.parser().parse_args(["--superlink", "127.0.0.1:9", "--partition-id", "1", "--num-partitions", "2",
-                                          *[x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]])
+    return supernode.parser().parse_args(
+        [
+            "--superlink",
+            "127.0.0.1:9",
+            "--partition-id",
+            "1",
+            "--num-partitions",
+            "2",
+            *[x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))],
+        ]
+    )
 
 
 def test_requests_without_the_token_are_refused_but_health_is_open(tmp_path):
@@ -31,7 +40,9 @@ def test_requests_without_the_token_are_refused_but_health_is_open(tmp_path):
 
 def test_info_start_and_stop_a_supernode_process(tmp_path, monkeypatch):
     # A stand-in for flower-supernode: a process that lives until stopped.
-    monkeypatch.setattr(supernode, "command_from_args", lambda args: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(
+        supernode, "command_from_args", lambda args: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     (tmp_path / "own" / "img").mkdir(parents=True)
     (tmp_path / "own" / "train.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
     mgr = Manager("a", _args(data_dir=tmp_path / "own"), tmp_path / "home")
@@ -39,7 +50,13 @@ def test_info_start_and_stop_a_supernode_process(tmp_path, monkeypatch):
     auth = {TOKEN_HEADER: TOKEN}
     info = api.get("/info", headers=auth).json()
     assert info["name"] == "a" and info["device"] in ("cpu", "cuda") and info["supernode_running"] is False
-    assert info["data"] == {"partition_id": 1, "num_partitions": 2, "data_dir": str(tmp_path / "own"), "train_rows": 2, "images": 0}
+    assert info["data"] == {
+        "partition_id": 1,
+        "num_partitions": 2,
+        "data_dir": str(tmp_path / "own"),
+        "train_rows": 2,
+        "images": 0,
+    }
     try:
         assert api.post("/start", headers=auth).json() == {"started": True, "supernode_running": True}
         assert api.post("/start", headers=auth).json()["started"] is False  # already running: not twice
@@ -114,7 +131,10 @@ def test_heartbeats_go_on_after_any_error_and_info_never_fails(tmp_path, monkeyp
 def test_manager_refuses_plain_text_beyond_loopback_and_big_bodies(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FEDMEMES_TOKEN", TOKEN)
     base = ["--superlink", "127.0.0.1:9", "--partition-id", "0", "--num-partitions", "2"]
-    for extra, needle in ((["--host", "0.0.0.0"], "--host '0.0.0.0'"), (["--status-url", "http://server:8090"], "--status-url 'server'")):
+    for extra, needle in (
+        (["--host", "0.0.0.0"], "--host '0.0.0.0'"),
+        (["--status-url", "http://server:8090"], "--status-url 'server'"),
+    ):
         with pytest.raises(SystemExit) as done:
             manager_module.main([*base, *extra])
         assert done.value.code == 2 and needle in capsys.readouterr().err

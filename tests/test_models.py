@@ -4,9 +4,9 @@ import torch
 
 from fedmemes import engine
 from fedmemes.config import build_model, load_config
-from fedmemes.models.early_fusion import EarlyFusion
 from fedmemes.models.components.image_encoder import SmallCNN
 from fedmemes.models.components.text_encoder import FrozenTextEncoder
+from fedmemes.models.early_fusion import EarlyFusion
 
 
 def test_minilm_encodes_meaningfully():

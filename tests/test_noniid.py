@@ -49,6 +49,7 @@ def scaffold_reply(node: int, value: float, delta: float, n: int = 10) -> Messag
 
 # --- FedLC --------------------------------------------------------------------------------
 
+
 def test_fedlc_loss_equals_the_formula():
     logits, label = torch.tensor([[1.0, 2.0], [0.5, -1.0], [0.0, 0.0]]), torch.tensor([1, 0, 1])
     counts, tau = [16, 1], 2.0
@@ -56,7 +57,7 @@ def test_fedlc_loss_equals_the_formula():
     # by hand: z_y - tau * n_y^(-1/4) with n = (16, 1): offsets (1.0, 2.0)
     expected = 0.0
     for z, y in zip(logits.tolist(), label.tolist(), strict=True):
-        adj = [z[0] - 2.0 * 16 ** -0.25, z[1] - 2.0 * 1 ** -0.25]
+        adj = [z[0] - 2.0 * 16**-0.25, z[1] - 2.0 * 1**-0.25]
         expected += -(adj[y] - math.log(math.exp(adj[0]) + math.exp(adj[1])))
     assert loss.item() == pytest.approx(expected / 3, rel=1e-6)
 
@@ -70,7 +71,7 @@ def test_fedlc_on_a_sigmoid_head_is_the_two_logit_case():
 def test_fedlc_with_tau_zero_is_cross_entropy_and_an_absent_label_gets_the_largest_offset():
     logits, label = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
     assert FedLCLoss([3, 0], tau=0.0)(logits, label).item() == pytest.approx(F.cross_entropy(logits, label).item())
-    assert FedLCLoss([3, 0], tau=1.0).offset.tolist() == pytest.approx([3 ** -0.25, 1.0])
+    assert FedLCLoss([3, 0], tau=1.0).offset.tolist() == pytest.approx([3**-0.25, 1.0])
     assert CrossEntropy([3, 0])(logits, label).item() == pytest.approx(F.cross_entropy(logits, label).item())
 
 
@@ -133,7 +134,7 @@ def test_scaffold_control_variate_is_the_mean_raw_gradient_and_corrects_each_ste
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(3):
         opt.zero_grad()
-        (model.weight ** 2).sum().backward()  # gradient 2w
+        (model.weight**2).sum().backward()  # gradient 2w
         raw.append(float(model.weight.grad))
         corr(model)
         assert float(model.weight.grad) == pytest.approx(raw[-1] + 0.3)  # + (c - c_i)
@@ -155,7 +156,9 @@ def test_feddyn_state_update_is_the_formula():
 def test_local_setup_keeps_control_variates_in_the_node_state_across_rounds():
     model, state = nn.Linear(2, 1), RecordDict()
     c = ArrayRecord({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), SCAFFOLD_C: c, "config": ConfigRecord({FEDDYN_ALPHA: 0.1})})
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), SCAFFOLD_C: c, "config": ConfigRecord({FEDDYN_ALPHA: 0.1})}
+    )
     setup = local_setup(content, state, model, [3, 5])
     assert setup.loss_fn is None and setup.grad_hook is not None
     model(torch.ones(4, 2)).sum().backward()
@@ -180,6 +183,7 @@ def test_loss_group_builds_fedlc_with_the_client_label_counts():
 
 # --- server side ----------------------------------------------------------------------------
 
+
 def test_server_lr_steps_from_the_global_model_along_the_average():
     strategy = ServerLRFedAvg(server_lr=2.0)
     strategy.configure_train(1, _global(1.0), ConfigRecord(), StaticGrid(1, 2, 3))
@@ -191,7 +195,9 @@ def test_server_lr_steps_from_the_global_model_along_the_average():
 
 def test_scaffold_sends_c_and_folds_the_deltas_into_it():
     strategy = with_reply_checks(Scaffold)()
-    strategy.update_bounds = UpdateBounds.parse(None, None)  # the plain SCAFFOLD rule; bounds are tested in test_update_bounds
+    strategy.update_bounds = UpdateBounds.parse(
+        None, None
+    )  # the plain SCAFFOLD rule; bounds are tested in test_update_bounds
     messages = list(strategy.configure_train(1, _global(0.0), ConfigRecord(), StaticGrid(1, 2, 3)))
     assert len(messages) == 3 and all(np.allclose(_np(m.content[SCAFFOLD_C])["t.w"], 0.0) for m in messages)
     arrays, _ = strategy.aggregate_train(1, [scaffold_reply(1, 1.0, 0.3, n=10), scaffold_reply(2, 4.0, 0.9, n=30)])

@@ -38,14 +38,17 @@ def test_every_moved_path_maps_to_an_importable_one(old: str) -> None:
 def test_old_config_is_rewritten_in_every_nested_target() -> None:
     """model, its encoders and a wrapped strategy are rewritten; other strings are not."""
     text = {"_target_": OLD_TEXT, "name": "fedmemes.models.clip."}
-    old = {"model": {"_target_": OLD_MODEL, "text_encoder": text,
-                     "image_encoder": {"_target_": OLD_IMAGE}},
-           "server": {"strategy": {"_target_": "x.Wrapper", "strategy": {"_target_": "flwr.serverapp.strategy.Krum"}}},
-           "logger": [{"_target_": "fedmemes.models.clip.ClipTextEncoder"}]}
+    old = {
+        "model": {"_target_": OLD_MODEL, "text_encoder": text, "image_encoder": {"_target_": OLD_IMAGE}},
+        "server": {"strategy": {"_target_": "x.Wrapper", "strategy": {"_target_": "flwr.serverapp.strategy.Krum"}}},
+        "logger": [{"_target_": "fedmemes.models.clip.ClipTextEncoder"}],
+    }
     new = upgrade_targets(old)
     assert new["model"]["_target_"] == "fedmemes.models.early_fusion.EarlyFusion"
-    assert new["model"]["text_encoder"] == {"_target_": "fedmemes.models.components.text_encoder.FrozenTextEncoder",
-                                            "name": "fedmemes.models.clip."}
+    assert new["model"]["text_encoder"] == {
+        "_target_": "fedmemes.models.components.text_encoder.FrozenTextEncoder",
+        "name": "fedmemes.models.clip.",
+    }
     assert new["model"]["image_encoder"]["_target_"] == "fedmemes.models.components.image_encoder.SmallCNN"
     assert new["server"] == old["server"]
     assert new["logger"][0]["_target_"] == "fedmemes.models.components.clip.ClipTextEncoder"
@@ -72,9 +75,15 @@ def test_old_run_dir_loads_for_predict(tmp_path: Path) -> None:
 def test_old_checkpoint_fits_the_same_setup() -> None:
     """resume= compares the saved targets after rewriting them: an old checkpoint fits, another model does not."""
     cfg = load_config("")
-    old = Checkpoint(server_round=1, arrays={}, history={}, best_state={}, setup={"model": OLD_MODEL,
-                     "strategy": ["flwr.serverapp.strategy.FedAvg"]})
+    old = Checkpoint(
+        server_round=1,
+        arrays={},
+        history={},
+        best_state={},
+        setup={"model": OLD_MODEL, "strategy": ["flwr.serverapp.strategy.FedAvg"]},
+    )
     assert differences(old, setup_of(cfg), None) == []
     other = setup_of(load_config("model=late_fusion"))
-    assert differences(old, other, None) == [f"model: the checkpoint has fedmemes.models.early_fusion.EarlyFusion, "
-                                             f"this configuration {other['model']}"]
+    assert differences(old, other, None) == [
+        f"model: the checkpoint has fedmemes.models.early_fusion.EarlyFusion, this configuration {other['model']}"
+    ]

@@ -22,8 +22,16 @@ POOLED = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "per_client_dir
 
 def _pool(n: int = 300, clients: int = 3) -> list[Meme]:
     """n memes, 40% hateful, each naming one of `clients` sites (for partition=natural)."""
-    return [Meme(id=str(i), img=Path(f"/x/{i}.png"), text=f"t{i}", label=int(i % 5 < 2),
-                 meta=(("client", f"site{i % clients}"),)) for i in range(n)]
+    return [
+        Meme(
+            id=str(i),
+            img=Path(f"/x/{i}.png"),
+            text=f"t{i}",
+            label=int(i % 5 < 2),
+            meta=(("client", f"site{i % clients}"),),
+        )
+        for i in range(n)
+    ]
 
 
 def _parts(name: str, num: int = 3, seed: int = 42, extra: str = "") -> list[list[Meme]]:
@@ -99,7 +107,9 @@ def test_per_client_dirs_reads_each_clients_own_folder(tmp_path: Path) -> None:
 
 def test_empty_client_stops_with_its_name_and_the_fix(tmp_path: Path) -> None:
     root = _folder(tmp_path / "d", 8)
-    cfg = load_config(f"dataset=hateful_memes dataset.root={root} dataset.validation_split=0.5 partition=iid num_clients=6")
+    cfg = load_config(
+        f"dataset=hateful_memes dataset.root={root} dataset.validation_split=0.5 partition=iid num_clients=6"
+    )
     with pytest.raises(ValueError, match=r"client \d of 6 .*num_clients=5"):
         split_facts(cfg)
 

@@ -49,7 +49,9 @@ def test_server_picks_the_threshold_on_dev_and_reports_test_at_it_and_at_half(ru
     run = load_run(run_dir)
     dev = run_split(run.cfg, "dev")
     dev_prob = run.score(dev.memes)
-    assert test["threshold"] == pytest.approx(engine.pick_threshold(dev_prob, np.array([m.label for m in dev.memes])), abs=1e-6)
+    assert test["threshold"] == pytest.approx(
+        engine.pick_threshold(dev_prob, np.array([m.label for m in dev.memes])), abs=1e-6
+    )
     assert run.threshold == pytest.approx(test["threshold"])
     tst = run_split(run.cfg, "test")
     prob, label = run.score(tst.memes), np.array([m.label for m in tst.memes])
@@ -73,7 +75,13 @@ def test_predict_on_the_runs_test_split_reproduces_metrics_json(run_dir, tiny_da
     main([str(run_dir), str(tiny_data.folder / "test_seen.jsonl"), "--out", str(csv_out)])
     by_file = _read(csv_out)
     assert [r["id"] for r in by_file] == [r["id"] for r in rows]
-    assert abs(roc_auc_score([int(r["label"]) for r in by_file], [float(r["p_hateful"]) for r in by_file]) - expected["auroc"]) < 1e-3
+    assert (
+        abs(
+            roc_auc_score([int(r["label"]) for r in by_file], [float(r["p_hateful"]) for r in by_file])
+            - expected["auroc"]
+        )
+        < 1e-3
+    )
     assert all(int(r["pred"]) == int(float(r["p_hateful"]) > expected["threshold"]) for r in by_file)
 
 
@@ -85,15 +93,30 @@ def test_bad_rows_are_reported_with_their_line_and_skipped_never_scored(run_dir,
         shutil.copy(data / row["img"], tmp_path / row["img"])
     (tmp_path / "img" / "broken.png").write_bytes(b"not an image at all")
     unlabelled = {k: v for k, v in good[3].items() if k != "label"}
-    lines = [json.dumps(good[0]), "{not json", json.dumps({**good[1], "label": "yes"}),
-             json.dumps({**good[2], "id": 777, "img": "img/missing.png"}), json.dumps({**good[2], "id": 778, "img": "img/broken.png"}),
-             json.dumps(good[2]), json.dumps(unlabelled), json.dumps({**good[0], "text": "dup"}), json.dumps({**good[2], "img": "../x.png", "id": 5})]
+    lines = [
+        json.dumps(good[0]),
+        "{not json",
+        json.dumps({**good[1], "label": "yes"}),
+        json.dumps({**good[2], "id": 777, "img": "img/missing.png"}),
+        json.dumps({**good[2], "id": 778, "img": "img/broken.png"}),
+        json.dumps(good[2]),
+        json.dumps(unlabelled),
+        json.dumps({**good[0], "text": "dup"}),
+        json.dumps({**good[2], "img": "../x.png", "id": 5}),
+    ]
     src = tmp_path / "new.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "pred.jsonl"
     main([str(run_dir), str(src), "--out", str(out)])
     err = capsys.readouterr().err
-    for line, kind in [(2, "bad_json"), (3, "bad_label"), (4, "missing_image"), (5, "unreadable_image"), (8, "duplicate_id"), (9, "bad_img")]:
+    for line, kind in [
+        (2, "bad_json"),
+        (3, "bad_label"),
+        (4, "missing_image"),
+        (5, "unreadable_image"),
+        (8, "duplicate_id"),
+        (9, "bad_img"),
+    ]:
         assert f"{src}:{line}: {kind}" in err
     rows = _read(out)
     assert [str(r["id"]) for r in rows] == [str(good[0]["id"]), str(good[2]["id"]), str(good[3]["id"])]
@@ -142,15 +165,33 @@ def test_predict_after_a_real_simulation_matches_its_test_auroc(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "fedmemes.cli"]
-    done = subprocess.run([*cmd, "simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}"], env=env, capture_output=True, text=True, check=False, timeout=900)
+    done = subprocess.run(
+        [*cmd, "simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     test = json.loads((run / "metrics.json").read_text())["test"]
     data = next((tmp_path / "cache" / "data").glob("synthetic-*"))
-    out = subprocess.run([*cmd, "predict", str(run), str(data / "test_seen.jsonl"), "--out", str(tmp_path / "p.csv")],
-                         env=env, capture_output=True, text=True, check=False, timeout=600)
+    out = subprocess.run(
+        [*cmd, "predict", str(run), str(data / "test_seen.jsonl"), "--out", str(tmp_path / "p.csv")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _read(tmp_path / "p.csv")
     assert len(rows) == test["n"] == 80
-    assert abs(roc_auc_score([int(r["label"]) for r in rows], [float(r["p_hateful"]) for r in rows]) - test["auroc"]) < 1e-3
-    listed = subprocess.run([*cmd, "runs", str(tmp_path)], env=env, capture_output=True, text=True, check=False, timeout=120)
+    assert (
+        abs(roc_auc_score([int(r["label"]) for r in rows], [float(r["p_hateful"]) for r in rows]) - test["auroc"])
+        < 1e-3
+    )
+    listed = subprocess.run(
+        [*cmd, "runs", str(tmp_path)], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
     assert "finished" in listed.stdout and f"{test['auroc']:.3f}" in listed.stdout

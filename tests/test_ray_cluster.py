@@ -28,11 +28,25 @@ def _free_port() -> int:
 def _start_head(temp: str) -> tuple[subprocess.Popen, str] | None:
     """`ray start --head --block` on random ports in its own process group; None if it did not come up."""
     port = _free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=2",
-           "--include-dashboard=false", "--disable-usage-stats", f"--node-manager-port={_free_port()}",
-           f"--object-manager-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--ray-client-server-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--temp-dir={temp}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--node-manager-port={_free_port()}",
+        f"--object-manager-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+    ]
     head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     up = threading.Event()
 
@@ -85,17 +99,37 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest)
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([str(BIN / "fedmemes"), "simulate", "debug=tiny", "num_rounds=2", "num_clients=2",
-                           f"simulation.ray_address={address}", f"hydra.run.dir={run_dir}"],
-                          check=False, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            str(BIN / "fedmemes"),
+            "simulate",
+            "debug=tiny",
+            "num_rounds=2",
+            "num_clients=2",
+            f"simulation.ray_address={address}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
-    assert all(r["clients"] == 2 for r in metrics["rounds"][1:]) and sorted(metrics["rounds"][2]["partitions"]) == [0, 1]
-    assert metrics["test"]["n"] > 0 and metrics["rounds"][2]["loss"] != metrics["rounds"][0]["loss"]  # the clients trained it
+    assert all(r["clients"] == 2 for r in metrics["rounds"][1:]) and sorted(metrics["rounds"][2]["partitions"]) == [
+        0,
+        1,
+    ]
+    assert (
+        metrics["test"]["n"] > 0 and metrics["rounds"][2]["loss"] != metrics["rounds"][0]["loss"]
+    )  # the clients trained it
     assert f"attached to the Ray cluster at {address}" in (run_dir / "fedmemes.log").read_text()
     # The client actors ran as workers of that cluster: their logs are in its temp dir.
-    assert len(list((temp / "session_latest" / "logs").glob("*worker-*"))) >= 2, "the client actors did not run on the cluster"
+    assert len(list((temp / "session_latest" / "logs").glob("*worker-*"))) >= 2, (
+        "the client actors did not run on the cluster"
+    )
 
 
 def test_cluster_address_comes_from_the_config_then_ray_address(monkeypatch):

@@ -61,8 +61,10 @@ def folder(tmp_path_factory) -> Path:
 
 
 def _run(folder: Path, cache: Path, run_dir: Path, extra: str) -> dict:
-    base = (f"dataset=hateful_memes dataset.root={folder} cache_dir={cache} partition=iid num_clients=2 "
-            f"image_size=32 local_val_share=0.1 {extra}")
+    base = (
+        f"dataset=hateful_memes dataset.root={folder} cache_dir={cache} partition=iid num_clients=2 "
+        f"image_size=32 local_val_share=0.1 {extra}"
+    )
     return run_in_process(base, run_dir, 2)
 
 

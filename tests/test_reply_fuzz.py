@@ -57,7 +57,11 @@ def _step(seed: int, scale: float = HONEST_STEP) -> dict[str, np.ndarray]:
 def message(node: int, arrays: dict[str, Array] | None = None, records: dict | None = None, **metrics) -> Message:
     """A train reply: `arrays` (default: an honest-looking step) under 'arrays', metrics under 'metrics'."""
     arrays = arrays if arrays is not None else {k: Array(v) for k, v in _step(node).items()}
-    content = records if records is not None else {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({**BASE_METRICS, **metrics})}
+    content = (
+        records
+        if records is not None
+        else {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({**BASE_METRICS, **metrics})}
+    )
     return reply_from(node, RecordDict(content))
 
 
@@ -72,15 +76,32 @@ def _raw(data: bytes, shape=(4, 3), dtype="float32", stype="numpy.ndarray") -> A
 W = GLOBAL["enc.w"]
 # kind -> (expected outcome, builder of the hostile reply)
 CASES: dict[str, tuple[str, Callable[[], Message]]] = {
-    "payload shape != declared shape": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_npy(np.zeros((5, 3), np.float32)))))),
+    "payload shape != declared shape": (
+        "dropped",
+        lambda: message(HOSTILE, _with("enc.w", _raw(_npy(np.zeros((5, 3), np.float32))))),
+    ),
     'stype="torch.Tensor"': ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_npy(W), stype="torch.Tensor")))),
     "list-valued metric": ("dropped", lambda: message(HOSTILE, train_loss=[1.0, 2.0])),
-    "ArrayRecord under another name": ("dropped", lambda: message(HOSTILE, records={
-        "weights": ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()}), "metrics": MetricRecord(BASE_METRICS)})),
-    "finite huge values 1e38": ("clipped", lambda: message(HOSTILE, {k: Array(np.full_like(v, 1e38)) for k, v in GLOBAL.items()})),
+    "ArrayRecord under another name": (
+        "dropped",
+        lambda: message(
+            HOSTILE,
+            records={
+                "weights": ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()}),
+                "metrics": MetricRecord(BASE_METRICS),
+            },
+        ),
+    ),
+    "finite huge values 1e38": (
+        "clipped",
+        lambda: message(HOSTILE, {k: Array(np.full_like(v, 1e38)) for k, v in GLOBAL.items()}),
+    ),
     "num-examples=1e12": ("capped", lambda: message(HOSTILE, **{"num-examples": 1e12})),
     "truncated npy bytes": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_npy(W)[:-7])))),
-    "object dtype (pickle)": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_npy(W.astype(object), allow_pickle=True))))),
+    "object dtype (pickle)": (
+        "dropped",
+        lambda: message(HOSTILE, _with("enc.w", _raw(_npy(W.astype(object), allow_pickle=True)))),
+    ),
     "wrong byte order (>f4)": ("dropped", lambda: message(HOSTILE, _with("enc.w", Array(W.astype(">f4"))))),
     "empty ArrayRecord": ("dropped", lambda: message(HOSTILE, {})),
     "empty RecordDict": ("dropped", lambda: message(HOSTILE, records={})),
@@ -89,21 +110,47 @@ CASES: dict[str, tuple[str, Callable[[], Message]]] = {
     # more kinds
     "padded npy bytes": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_npy(W) + b"\0" * 16)))),
     "declared dtype != payload": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_npy(W), dtype="float64")))),
-    "npy header claims 1e12 values": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(_huge_header() + W.tobytes())))),
+    "npy header claims 1e12 values": (
+        "dropped",
+        lambda: message(HOSTILE, _with("enc.w", _raw(_huge_header() + W.tobytes()))),
+    ),
     "not an npy payload": ("dropped", lambda: message(HOSTILE, _with("enc.w", _raw(b"\x80\x04cos\nsystem\n")))),
-    "infinite tensor value": ("dropped", lambda: message(HOSTILE, _with("head.b", Array(np.array([math.inf, 0, 0], np.float32))))),
-    "missing tensor": ("dropped", lambda: message(HOSTILE, {k: Array(v) for k, v in _step(HOSTILE).items() if k != "head.b"})),
+    "infinite tensor value": (
+        "dropped",
+        lambda: message(HOSTILE, _with("head.b", Array(np.array([math.inf, 0, 0], np.float32)))),
+    ),
+    "missing tensor": (
+        "dropped",
+        lambda: message(HOSTILE, {k: Array(v) for k, v in _step(HOSTILE).items() if k != "head.b"}),
+    ),
     "extra tensor": ("dropped", lambda: message(HOSTILE, _with("x.w", Array(np.zeros(2, np.float32))))),
-    "extra ConfigRecord": ("dropped", lambda: message(HOSTILE, records={
-        "arrays": ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()}), "metrics": MetricRecord(BASE_METRICS),
-        "config": ConfigRecord({"x": 1})})),
+    "extra ConfigRecord": (
+        "dropped",
+        lambda: message(
+            HOSTILE,
+            records={
+                "arrays": ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()}),
+                "metrics": MetricRecord(BASE_METRICS),
+                "config": ConfigRecord({"x": 1}),
+            },
+        ),
+    ),
     "fractional num-examples": ("dropped", lambda: message(HOSTILE, **{"num-examples": 10.5})),
     "extra metric key": ("dropped", lambda: message(HOSTILE, surprise=1.0)),
     "client error": ("dropped", lambda: reply_from(HOSTILE, Error(code=0, reason="crashed"))),
-    "sign-flip update x1000": ("clipped", lambda: message(HOSTILE, {k: Array((GLOBAL[k] - 1000 * (v - GLOBAL[k])).astype(np.float32))
-                                                                    for k, v in _step(HOSTILE).items()})),
-    "1e38 values and num-examples=1e12": ("clipped+capped", lambda: message(
-        HOSTILE, {k: Array(np.full_like(v, -1e38)) for k, v in GLOBAL.items()}, **{"num-examples": 1e12})),
+    "sign-flip update x1000": (
+        "clipped",
+        lambda: message(
+            HOSTILE,
+            {k: Array((GLOBAL[k] - 1000 * (v - GLOBAL[k])).astype(np.float32)) for k, v in _step(HOSTILE).items()},
+        ),
+    ),
+    "1e38 values and num-examples=1e12": (
+        "clipped+capped",
+        lambda: message(
+            HOSTILE, {k: Array(np.full_like(v, -1e38)) for k, v in GLOBAL.items()}, **{"num-examples": 1e12}
+        ),
+    ),
 }
 
 
@@ -111,7 +158,9 @@ def _strategy(cls: type):
     reports: dict[int, dict[str, int]] = {}
     strategy = with_reply_checks(cls)(min_train_nodes=1)
     strategy.reply_report_fn = reports.__setitem__
-    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, HOSTILE))
+    strategy.configure_train(
+        1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, HOSTILE)
+    )
     return strategy, reports
 
 
@@ -130,12 +179,18 @@ def run_case(cls: type, build: Callable[[], Message]) -> tuple[np.ndarray, np.nd
 
 def outcome(report: dict[str, int]) -> str:
     """Name what happened to the hostile reply."""
-    parts = [name for name, key in (("dropped", "dropped_replies"), ("clipped", "clipped_replies"), ("capped", "capped_weights")) if report[key]]
+    parts = [
+        name
+        for name, key in (("dropped", "dropped_replies"), ("clipped", "clipped_replies"), ("capped", "capped_weights"))
+        if report[key]
+    ]
     return "+".join(parts) or "accepted"
 
 
 def _honest_norm() -> float:
-    return max(float(np.sqrt(sum(((_step(n)[k] - GLOBAL[k]).astype(np.float64) ** 2).sum() for k in GLOBAL))) for n in (1, 2))
+    return max(
+        float(np.sqrt(sum(((_step(n)[k] - GLOBAL[k]).astype(np.float64) ** 2).sum() for k in GLOBAL))) for n in (1, 2)
+    )
 
 
 def test_at_least_twelve_kinds():
@@ -184,17 +239,23 @@ def test_client_facts_are_told_under_the_sending_node():
     strategy, _ = _strategy(FedAvg)
     strategy.reply_facts_fn = lambda node, metrics: told.append((node, metrics))
     # Both claim partition 0; the hostile one also lies about its size: each lands under its own node id.
-    strategy.aggregate_train(1, [message(1, partition_id=0), message(HOSTILE, partition_id=0, **{"num-examples": 10**9})])
+    strategy.aggregate_train(
+        1, [message(1, partition_id=0), message(HOSTILE, partition_id=0, **{"num-examples": 10**9})]
+    )
     assert [(node, m["partition_id"], m["num-examples"]) for node, m in told] == [(1, 0, 10), (HOSTILE, 0, 10**9)]
 
 
 def fuzz_table(cls: type = FedAvg, compare: bool = False) -> str:
     """Return the table: kind, outcome, max |model - honest aggregate|, and what the bare strategy makes of it."""
-    lines = [f"strategy: with_reply_checks({cls.__name__}); honest update L2 norm <= {_honest_norm():.3f}",
-             f"{'kind':<36} {'outcome':<15} {'max|diff| vs honest':>19}   {'bare ' + cls.__name__ + ' (no checks)' if compare else ''}"]
+    lines = [
+        f"strategy: with_reply_checks({cls.__name__}); honest update L2 norm <= {_honest_norm():.3f}",
+        f"{'kind':<36} {'outcome':<15} {'max|diff| vs honest':>19}   {'bare ' + cls.__name__ + ' (no checks)' if compare else ''}",
+    ]
     for kind, (_, build) in CASES.items():
         model, honest, report = run_case(cls, build)
-        lines.append(f"{kind:<36} {outcome(report):<15} {np.abs(model - honest).max():>19.3g}   {unchecked(cls, build) if compare else ''}")
+        lines.append(
+            f"{kind:<36} {outcome(report):<15} {np.abs(model - honest).max():>19.3g}   {unchecked(cls, build) if compare else ''}"
+        )
     return "\n".join(lines)
 
 

@@ -16,18 +16,46 @@ from fedmemes.report.command import main as report_main
 def _fake_run(path, lr, aurocs, dropped, seed):
     """A run directory as the ServerApp leaves it: metrics.json, config.yaml, test_predictions.csv."""
     path.mkdir(parents=True)
-    rounds = [{"round": i, "auroc": a, "accuracy": 0.5 + a / 4, "loss": 1 - a / 2, "n": 80, "clients": 2 if i else 0,
-               **({"replies": 3, "dropped_replies": d, "kept_previous_model": 0} if i else {})}
-              for i, (a, d) in enumerate(zip(aurocs, dropped, strict=True))]
-    clients = [{"partition_id": 0, "n_train": 300, "label_counts": [200, 100], "n_text": 300, "n_image": 150, "n_both": 150},
-               {"partition_id": 1, "n_train": 240, "label_counts": [60, 180], "n_text": 100, "n_image": 240, "n_both": 100}]
+    rounds = [
+        {
+            "round": i,
+            "auroc": a,
+            "accuracy": 0.5 + a / 4,
+            "loss": 1 - a / 2,
+            "n": 80,
+            "clients": 2 if i else 0,
+            **({"replies": 3, "dropped_replies": d, "kept_previous_model": 0} if i else {}),
+        }
+        for i, (a, d) in enumerate(zip(aurocs, dropped, strict=True))
+    ]
+    clients = [
+        {"partition_id": 0, "n_train": 300, "label_counts": [200, 100], "n_text": 300, "n_image": 150, "n_both": 150},
+        {"partition_id": 1, "n_train": 240, "label_counts": [60, 180], "n_text": 100, "n_image": 240, "n_both": 100},
+    ]
     best = int(np.argmax(aurocs))
-    (path / "metrics.json").write_text(json.dumps({"rounds": rounds, "best_round": best, "clients": clients,
-                                                   "test": {"auroc": 0.9, "accuracy": 0.8, "f1_macro": 0.79, "n": 200}}))
+    (path / "metrics.json").write_text(
+        json.dumps(
+            {
+                "rounds": rounds,
+                "best_round": best,
+                "clients": clients,
+                "test": {"auroc": 0.9, "accuracy": 0.8, "f1_macro": 0.79, "n": 200},
+            }
+        )
+    )
     cache = f"/caches/{seed}"  # each run on its own cache: paths under it are no experiment choice
-    (path / "config.yaml").write_text(yaml.safe_dump({"lr": lr, "num_rounds": len(aurocs) - 1, "run_dir": str(path),
-                                                      "cache_dir": cache, "dataset": {"root": f"{cache}/data"},
-                                                      "model": {"_target_": "fedmemes.models.EarlyFusion"}}))
+    (path / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "lr": lr,
+                "num_rounds": len(aurocs) - 1,
+                "run_dir": str(path),
+                "cache_dir": cache,
+                "dataset": {"root": f"{cache}/data"},
+                "model": {"_target_": "fedmemes.models.EarlyFusion"},
+            }
+        )
+    )
     rng = np.random.default_rng(seed)
     label = rng.integers(0, 2, 200)
     prob = np.clip(0.5 * label + rng.uniform(0, 0.6, 200), 0, 1)  # informative but not perfect
@@ -53,7 +81,14 @@ def test_report_of_two_runs_has_every_figure_inline_and_the_config_difference(tm
     assert html_path == tmp_path / "a" / "report.html" and md_path == tmp_path / "a" / "report.md"
 
     pngs = sorted(p.name for p in (tmp_path / "a" / "report").glob("*.png"))
-    assert pngs == ["clients_0.png", "clients_1.png", "confusion.png", "holdout.png", "participation.png", "test_curves.png"]
+    assert pngs == [
+        "clients_0.png",
+        "clients_1.png",
+        "confusion.png",
+        "holdout.png",
+        "participation.png",
+        "test_curves.png",
+    ]
     for name in pngs:  # real images of a readable size
         width, height = Image.open(tmp_path / "a" / "report" / name).size
         assert width >= 600 and height >= 250, (name, width, height)
@@ -65,7 +100,7 @@ def test_report_of_two_runs_has_every_figure_inline_and_the_config_difference(tm
     assert "src='report/" not in page and "http" not in page.split("<body>")[1].split("<details>")[0]
     # config differences: lr differs, num_rounds does not, run_dir is no experiment choice
     table = page.split("Keys whose values differ")[1].split("</table>")[0]
-    assert "<td class=\"\">lr</td>" in table and "0.001" in table and "0.003" in table
+    assert '<td class="">lr</td>' in table and "0.001" in table and "0.003" in table
     assert "num_rounds" not in table and "run_dir" not in table and "dataset.root" not in table
     # summary: best hold-out AUROC of each run and test AUROC
     assert "0.710" in page and "0.740" in page and "0.900" in page

@@ -13,14 +13,24 @@ from fedmemes import checkpoint
 from fedmemes.history import RunHistory
 from fedmemes.run_dir import RunDirError, check_fresh, prepare
 
-CFG = OmegaConf.create({"resume": None, "overwrite": False, "model": {"_target_": "fedmemes.models.EarlyFusion"},
-                        "server": {"strategy": {"_target_": "flwr.serverapp.strategy.FedAvg"}}})
+CFG = OmegaConf.create(
+    {
+        "resume": None,
+        "overwrite": False,
+        "model": {"_target_": "fedmemes.models.EarlyFusion"},
+        "server": {"strategy": {"_target_": "flwr.serverapp.strategy.FedAvg"}},
+    }
+)
 
 
 def _ckpt(tmp_path: Path, cfg=CFG, shape=(2,)) -> None:
     state = {"w": torch.zeros(shape)}
-    checkpoint.save(tmp_path, checkpoint.Checkpoint(1, state, {"rounds": [], "clients": {}, "best_round": None}, state, {},
-                                                    checkpoint.setup_of(cfg)))
+    checkpoint.save(
+        tmp_path,
+        checkpoint.Checkpoint(
+            1, state, {"rounds": [], "clients": {}, "best_round": None}, state, {}, checkpoint.setup_of(cfg)
+        ),
+    )
 
 
 @pytest.mark.parametrize("name", ["metrics.json", "checkpoint.pt"])
@@ -56,14 +66,23 @@ def test_resume_passes_when_the_checkpoint_fits(tmp_path):
 
 def test_resume_names_what_differs(tmp_path):
     _ckpt(tmp_path)
-    other = OmegaConf.merge(CFG, {"resume": str(tmp_path), "model": {"_target_": "fedmemes.models.LateFusion"},
-                                  "server": {"strategy": {"_target_": "flwr.serverapp.strategy.FedAdam"}}})
+    other = OmegaConf.merge(
+        CFG,
+        {
+            "resume": str(tmp_path),
+            "model": {"_target_": "fedmemes.models.LateFusion"},
+            "server": {"strategy": {"_target_": "flwr.serverapp.strategy.FedAdam"}},
+        },
+    )
     with pytest.raises(SystemExit) as err:
         prepare(tmp_path, other)
     assert "EarlyFusion" in str(err.value) and "LateFusion" in str(err.value) and "FedAdam" in str(err.value)
     ckpt = checkpoint.load(tmp_path)
     found = checkpoint.differences(ckpt, checkpoint.setup_of(CFG), {"w": torch.zeros(3), "v": torch.zeros(1)})
-    assert found == ["tensors the model has but the checkpoint lacks: ['v']", "tensor shapes differ (checkpoint -> model): ['w [2] -> [3]']"]
+    assert found == [
+        "tensors the model has but the checkpoint lacks: ['v']",
+        "tensor shapes differ (checkpoint -> model): ['w [2] -> [3]']",
+    ]
 
 
 def test_resume_without_checkpoint_names_the_fix(tmp_path):
@@ -80,8 +99,10 @@ class _Pwn:
 
 
 def test_checkpoint_never_unpickles_objects(tmp_path):
-    torch.save({"server_round": 1, "arrays": {}, "history": {}, "best_state": {}, "strategy": {"x": _Pwn(tmp_path / "pwned")}},
-               tmp_path / "checkpoint.pt")
+    torch.save(
+        {"server_round": 1, "arrays": {}, "history": {}, "best_state": {}, "strategy": {"x": _Pwn(tmp_path / "pwned")}},
+        tmp_path / "checkpoint.pt",
+    )
     with pytest.raises(ValueError, match="cannot be read safely"):
         checkpoint.load(tmp_path)
     assert not (tmp_path / "pwned").exists()
@@ -95,7 +116,12 @@ def test_strategy_state_with_numpy_and_nested_values_round_trips(tmp_path):
     checkpoint.save(tmp_path, ckpt)
     back = checkpoint.load(tmp_path).strategy
     np.testing.assert_array_equal(back["m_t"]["w"], state["m_t"]["w"])
-    assert back["m_t"]["w"].dtype == np.float32 and back["steps"] == 4 and back["lr"] == 0.5 and back["names"] == ["a", "b"]
+    assert (
+        back["m_t"]["w"].dtype == np.float32
+        and back["steps"] == 4
+        and back["lr"] == 0.5
+        and back["names"] == ["a", "b"]
+    )
     with pytest.raises(TypeError, match="strategy.bad"):
         ckpt.strategy = {"bad": object()}
         checkpoint.save(tmp_path, ckpt)

@@ -11,19 +11,36 @@ import yaml
 from fedmemes.runs import find_runs, main, run_info
 
 
-def _run(root: Path, name: str, *, rounds: list[float] | None = None, test: float | None = None, weights: bool = False,
-         checkpoint: bool = False, model: str = "early_fusion", strategy: str = "fedavg") -> Path:
+def _run(
+    root: Path,
+    name: str,
+    *,
+    rounds: list[float] | None = None,
+    test: float | None = None,
+    weights: bool = False,
+    checkpoint: bool = False,
+    model: str = "early_fusion",
+    strategy: str = "fedavg",
+) -> Path:
     d = root / name
     (d / ".hydra").mkdir(parents=True)
     choices = {"model": model, "strategy": strategy, "partition": "dirichlet", "dataset": "synthetic"}
     (d / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
-    cfg = {"num_clients": 4, "num_rounds": 3, "model": {"_target_": "x.Model"}, "server": {"strategy": {"_target_": "flwr.FedAvg"}},
-           "partition": {"_target_": "p.Dirichlet"}}
+    cfg = {
+        "num_clients": 4,
+        "num_rounds": 3,
+        "model": {"_target_": "x.Model"},
+        "server": {"strategy": {"_target_": "flwr.FedAvg"}},
+        "partition": {"_target_": "p.Dirichlet"},
+    }
     (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     if rounds is not None:
         (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-        metrics = {"rounds": [{"round": i, "auroc": a} for i, a in enumerate(rounds)], "best_round": None,
-                   "test": None if test is None else {"auroc": test, "n": 10}}
+        metrics = {
+            "rounds": [{"round": i, "auroc": a} for i, a in enumerate(rounds)],
+            "best_round": None,
+            "test": None if test is None else {"auroc": test, "n": 10},
+        }
         (d / "metrics.json").write_text(json.dumps(metrics))
     if weights:
         (d / "best.safetensors").write_bytes(b"x")
@@ -45,11 +62,20 @@ def outputs(tmp_path) -> Path:
 
 def test_each_run_gets_its_config_scores_and_status(outputs):
     found = find_runs(outputs)
-    assert [d.relative_to(outputs).as_posix() for d in found] == ["2026-01-01/10-00-00", "2026-01-02/11-00-00", "2026-01-03/12-00-00"]
+    assert [d.relative_to(outputs).as_posix() for d in found] == [
+        "2026-01-01/10-00-00",
+        "2026-01-02/11-00-00",
+        "2026-01-03/12-00-00",
+    ]
     done, paused, dead = (run_info(d) for d in found)
     assert (done.status, done.best_holdout_auroc, done.test_auroc, done.rounds) == ("finished", 0.83, 0.812, "3/3")
     assert (done.model, done.strategy, done.partition, done.clients) == ("early_fusion", "fedavg", "dirichlet", 4)
-    assert (paused.status, paused.best_holdout_auroc, paused.test_auroc, paused.rounds) == ("resumable", 0.64, None, "1/3")
+    assert (paused.status, paused.best_holdout_auroc, paused.test_auroc, paused.rounds) == (
+        "resumable",
+        0.64,
+        None,
+        "1/3",
+    )
     assert (paused.model, paused.strategy) == ("late_fusion", "fedprox")
     assert (dead.status, dead.best_holdout_auroc, dead.rounds) == ("stopped", None, "0/3")
 

@@ -28,12 +28,16 @@ class FakeGrid:
 
 def _rounds(overrides: str, n: int, rounds: int = 8, phase: str = "train") -> tuple[list[list[int]], dict]:
     reports: dict[int, dict] = {}
-    strategy = build_strategy(load_config(overrides), sample_report_fn=lambda r, facts: reports.setdefault(r, {}).update(facts))
+    strategy = build_strategy(
+        load_config(overrides), sample_report_fn=lambda r, facts: reports.setdefault(r, {}).update(facts)
+    )
     grid, picked = FakeGrid(n), []
     for r in range(1, rounds + 1):
         configure = strategy.configure_train if phase == "train" else strategy.configure_evaluate
         msgs = list(configure(r, ARRAYS, ConfigRecord(), grid))
-        assert all(m.metadata.message_type == (MessageType.TRAIN if phase == "train" else MessageType.EVALUATE) for m in msgs)
+        assert all(
+            m.metadata.message_type == (MessageType.TRAIN if phase == "train" else MessageType.EVALUATE) for m in msgs
+        )
         picked.append(sorted(m.metadata.dst_node_id for m in msgs))
         assert set(picked[-1]) <= grid.nodes
     return picked, reports
@@ -69,7 +73,9 @@ def test_clients_per_round_wins_over_fraction_train():
 def test_evaluation_sampling_is_configured_the_same_way():
     none, _ = _rounds("num_clients=20 clients_per_round=5", 20, rounds=2, phase="evaluate")
     assert none == [[], []]  # fraction_evaluate=0.0: the server scores its hold-out itself
-    picked, reports = _rounds("num_clients=20 clients_per_round=5 clients_per_eval_round=4", 20, rounds=3, phase="evaluate")
+    picked, reports = _rounds(
+        "num_clients=20 clients_per_round=5 clients_per_eval_round=4", 20, rounds=3, phase="evaluate"
+    )
     assert [len(p) for p in picked] == [4, 4, 4] and reports[2]["sampled_eval"] == picked[1]
 
 
@@ -100,7 +106,10 @@ def test_too_many_clients_per_round_names_the_key():
 
 def test_dp_gets_the_sample_size_when_clients_per_round_is_unset():
     strategy = build_strategy(load_config("strategy=dp_fixed num_clients=4 server.strategy.noise_multiplier=0.0"))
-    assert strategy.num_sampled_clients == 4 and len(list(strategy.configure_train(1, ARRAYS, ConfigRecord(), FakeGrid(4)))) == 4
+    assert (
+        strategy.num_sampled_clients == 4
+        and len(list(strategy.configure_train(1, ARRAYS, ConfigRecord(), FakeGrid(4)))) == 4
+    )
 
 
 def test_rules():

@@ -29,9 +29,11 @@ from fedmemes.server_app import ServerRun
 def _folder(root: Path, n: int = 200) -> Path:
     (root / "img").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (40, 90, 200)).save(root / "img" / "a.png")
-    rows = {"train": [{"id": i, "img": "img/a.png", "label": int(i % 3 == 0), "text": f"t {i}"} for i in range(n)],
-            "dev_seen": [{"id": 900 + i, "img": "img/a.png", "label": i % 2, "text": "d"} for i in range(10)],
-            "test_seen": [{"id": 950 + i, "img": "img/a.png", "label": i % 2, "text": "e"} for i in range(10)]}
+    rows = {
+        "train": [{"id": i, "img": "img/a.png", "label": int(i % 3 == 0), "text": f"t {i}"} for i in range(n)],
+        "dev_seen": [{"id": 900 + i, "img": "img/a.png", "label": i % 2, "text": "d"} for i in range(10)],
+        "test_seen": [{"id": 950 + i, "img": "img/a.png", "label": i % 2, "text": "e"} for i in range(10)],
+    }
     for split, lines in rows.items():
         (root / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     return root
@@ -39,8 +41,10 @@ def _folder(root: Path, n: int = 200) -> Path:
 
 @pytest.mark.parametrize("name", ["iid", "dirichlet", "stratified", "pathological", "quantity", "quantity_exponential"])
 def test_shared_partition_gives_each_client_what_a_fresh_partitioner_would(tmp_path, name):
-    cfg = load_config(f"dataset=hateful_memes dataset.root={_folder(tmp_path / 'd')} partition={name} num_clients=7 "
-                      "partition.min_partition_size=2" * (name == "dirichlet"))
+    cfg = load_config(
+        f"dataset=hateful_memes dataset.root={_folder(tmp_path / 'd')} partition={name} num_clients=7 "
+        "partition.min_partition_size=2" * (name == "dirichlet")
+    )
     pool = holdout(cfg).pool
     spec = partitioner_spec(OmegaConf.to_container(cfg.partition, resolve=True))
     for pid in range(7):
@@ -50,7 +54,9 @@ def test_shared_partition_gives_each_client_what_a_fresh_partitioner_would(tmp_p
 
 
 def test_many_clients_partition_the_pool_once(tmp_path):
-    cfg = load_config(f"dataset=hateful_memes dataset.root={_folder(tmp_path / 'd', n=400)} partition=iid num_clients=150")
+    cfg = load_config(
+        f"dataset=hateful_memes dataset.root={_folder(tmp_path / 'd', n=400)} partition=iid num_clients=150"
+    )
     before = _attached.cache_info().misses
     facts = split_facts(cfg)
     assert _attached.cache_info().misses == before + 1  # one partitioner for 150 clients
@@ -108,6 +114,10 @@ def test_training_under_autocast_on_cpu_learns_and_keeps_fp32_weights(amp):
 
 
 def test_scale_benchmark_parses_its_arguments():
-    out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "scale.py"), "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "scale.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--clients" in out and "--per-round" in out and "bare Flower" in out

@@ -43,9 +43,20 @@ def test_public_socket_passes_only_fleet_and_health_while_loopback_control_passe
     public, control = ("0.0.0.0", 9092), ("127.0.0.1", CONTROL)
     for path in ("/v1/fleet/pull-messages", "/v1/fleet/push-messages", "/v1/fleet/activate-node", "/health"):
         assert _call(gate, path, public) == 200, path
-    for path in ("/v1/control/list-runs", "/v1/control/start-run", "/v1/control/stop-run", "/v1/control/register-node",
-                 "/v1/runtime/pull-task-input", "/docs", "/openapi.json", "/v1/fleet/../control/list-runs", "/v1/fleet",
-                 "/v1/fleet/pull-messages/", "//v1/control/list-runs", "/"):
+    for path in (
+        "/v1/control/list-runs",
+        "/v1/control/start-run",
+        "/v1/control/stop-run",
+        "/v1/control/register-node",
+        "/v1/runtime/pull-task-input",
+        "/docs",
+        "/openapi.json",
+        "/v1/fleet/../control/list-runs",
+        "/v1/fleet",
+        "/v1/fleet/pull-messages/",
+        "//v1/control/list-runs",
+        "/",
+    ):
         assert _call(gate, path, public) == 403, path
         assert _call(gate, path, control) == 200, path
     # The control port on a non-loopback address (or an unknown socket) is treated as public.
@@ -62,14 +73,25 @@ def test_flower_processes_never_see_the_token(monkeypatch, tmp_path):
 
 
 def _server_cfg(**server):
-    base = {"address": "127.0.0.1:9092", "superlink": None, "certs": None, "insecure": False, "status_host": "127.0.0.1",
-            "status_port": 8090}
+    base = {
+        "address": "127.0.0.1:9092",
+        "superlink": None,
+        "certs": None,
+        "insecure": False,
+        "status_host": "127.0.0.1",
+        "status_port": 8090,
+    }
     return OmegaConf.create({"server": {**base, **server}})
 
 
 def test_plain_text_beyond_loopback_needs_insecure():
     _check_exposure(_server_cfg())  # loopback: fine
-    for bad in ({"address": "0.0.0.0:9092"}, {"status_host": "0.0.0.0"}, {"address": "[::]:9092"}, {"address": "10.1.2.3:9092"}):
+    for bad in (
+        {"address": "0.0.0.0:9092"},
+        {"status_host": "0.0.0.0"},
+        {"address": "[::]:9092"},
+        {"address": "10.1.2.3:9092"},
+    ):
         with pytest.raises(SystemExit, match="server.insecure=true"):
             _check_exposure(_server_cfg(**bad))
         _check_exposure(_server_cfg(**bad, insecure=True))
@@ -130,8 +152,15 @@ def _cert_without_loopback(tmp_path) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "server.example.org")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("server.example.org")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("server.example.org")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.PEM)

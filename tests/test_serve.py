@@ -108,10 +108,16 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
         fetched.append(url)
         dest.write_bytes((data / rows[2]["img"]).read_bytes())
 
-    lines = [json.dumps(rows[0]), "{broken", json.dumps({**rows[1], "img": "../outside.png"}),
-             json.dumps({**rows[1], "img": "/etc/passwd"}), json.dumps({**rows[1], "img": "img/escape.png"}),
-             json.dumps({**rows[2], "img": "http://example.com/a.png"}), json.dumps({"id": 9, "text": "no image"}),
-             json.dumps({k: v for k, v in rows[4].items() if k != "label"})]
+    lines = [
+        json.dumps(rows[0]),
+        "{broken",
+        json.dumps({**rows[1], "img": "../outside.png"}),
+        json.dumps({**rows[1], "img": "/etc/passwd"}),
+        json.dumps({**rows[1], "img": "img/escape.png"}),
+        json.dumps({**rows[2], "img": "http://example.com/a.png"}),
+        json.dumps({"id": 9, "text": "no image"}),
+        json.dumps({k: v for k, v in rows[4].items() if k != "label"}),
+    ]
     body = "\n".join(lines).encode()
     closed = TestClient(create_app(run, image_root=root, fetch=fake_fetch)).post("/predict/batch", content=body).json()
     assert [r["id"] for r in closed["results"]] == [str(rows[0]["id"]), str(rows[4]["id"])]
@@ -123,14 +129,22 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
     assert "--allow-urls" in errors[6]["detail"] and "key 'img' is missing" in errors[7]["detail"]
     assert fetched == []  # never fetched without --allow-urls
 
-    opened = TestClient(create_app(run, image_root=root, allow_urls=True, fetch=fake_fetch)).post("/predict/batch", content=body).json()
+    opened = (
+        TestClient(create_app(run, image_root=root, allow_urls=True, fetch=fake_fetch))
+        .post("/predict/batch", content=body)
+        .json()
+    )
     assert fetched == ["http://example.com/a.png"]
     by_id = {r["id"]: r for r in opened["results"]}
-    assert by_id[str(rows[2]["id"])]["p_hateful"] == pytest.approx(expected[str(rows[2]["id"])], abs=1e-5)  # the fetched bytes
+    assert by_id[str(rows[2]["id"])]["p_hateful"] == pytest.approx(
+        expected[str(rows[2]["id"])], abs=1e-5
+    )  # the fetched bytes
 
     no_root = TestClient(create_app(run)).post("/predict/batch", content=json.dumps(rows[0]).encode()).json()
     assert no_root["results"] == [] and "--image-root" in no_root["errors"][0]["detail"]
-    many = TestClient(create_app(run, image_root=root, limits=Limits(max_batch_lines=2))).post("/predict/batch", content=body)
+    many = TestClient(create_app(run, image_root=root, limits=Limits(max_batch_lines=2))).post(
+        "/predict/batch", content=body
+    )
     assert many.status_code == 413
 
 

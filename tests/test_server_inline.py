@@ -26,8 +26,13 @@ class InlineGrid:
         return [*HONEST, HOSTILE]
 
     def _context(self, node: int) -> Context:
-        return Context(run_id=1, node_id=node, node_config={"partition-id": HONEST.get(node, 0), "num-partitions": 2},
-                       state=RecordDict(), run_config={"overrides": self.overrides})
+        return Context(
+            run_id=1,
+            node_id=node,
+            node_config={"partition-id": HONEST.get(node, 0), "num-partitions": 2},
+            state=RecordDict(),
+            run_config={"overrides": self.overrides},
+        )
 
     def send_and_receive(self, messages, timeout=None):
         messages = list(messages)
@@ -39,7 +44,9 @@ class InlineGrid:
             if node == HOSTILE:  # trains like partition 0, then sends 1e38 everywhere and claims 10^9 memes
                 metrics = reply.content["metrics"]
                 metrics["num-examples"] = 10**9
-                arrays = ArrayRecord({k: Array(np.full_like(a.numpy(), 1e38)) for k, a in reply.content["arrays"].items()})
+                arrays = ArrayRecord(
+                    {k: Array(np.full_like(a.numpy(), 1e38)) for k, a in reply.content["arrays"].items()}
+                )
                 reply = Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
             replies.append(reply)
         return replies
@@ -47,7 +54,9 @@ class InlineGrid:
 
 def _main(overrides: str) -> InlineGrid:
     grid = InlineGrid(overrides)
-    server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"overrides": overrides}))
+    server_app.main(
+        grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={"overrides": overrides})
+    )
     return grid
 
 
@@ -66,7 +75,9 @@ def test_server_survives_a_hostile_node_and_guards_its_run_dir(tmp_path, server_
 
     with pytest.raises(RunDirError, match="overwrite=true"):  # a fresh run never overwrites that run
         _main(f"{base} num_rounds=1")
-    with pytest.raises(ValueError, match="late_fusion|LateFusion") as err:  # resume with another model: refused before training
+    with pytest.raises(
+        ValueError, match="late_fusion|LateFusion"
+    ) as err:  # resume with another model: refused before training
         _main(f"{base} num_rounds=2 resume={run} model=late_fusion")
     assert "tensors" in str(err.value)
     grid = _main(f"{base} num_rounds=2 resume={run}")

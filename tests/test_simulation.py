@@ -15,7 +15,10 @@ def test_simulation_learns_and_writes_a_readable_run_dir(tmp_path):
     env = dict(os.environ)  # FEDMEMES_CACHE: the session cache (conftest)
     out = subprocess.run(
         [sys.executable, "-m", "fedmemes.cli", "simulate", "debug=tiny", f"hydra.run.dir={run_dir}"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "round 5/5" in out.stdout and "hold-out AUROC" in out.stdout and str(run_dir) in out.stdout

@@ -26,8 +26,11 @@ def test_share_or_count_of_clients() -> None:
 def test_text_only_clients_really_have_no_images_and_image_only_no_text() -> None:
     skew = Skew(text_only_clients=0.25, image_only_clients=1, seed=3)
     roles = skew.roles(8)
-    assert roles.count("text_only") == 2 and roles.count("image_only") == 1 and roles == Skew(
-        text_only_clients=0.25, image_only_clients=1, seed=3).roles(8)
+    assert (
+        roles.count("text_only") == 2
+        and roles.count("image_only") == 1
+        and roles == Skew(text_only_clients=0.25, image_only_clients=1, seed=3).roles(8)
+    )
     for pid, role in enumerate(roles):
         memes, facts = apply_skew(_memes(50), skew, pid, 8)
         assert facts.modality == role and len(memes) == 50
@@ -65,8 +68,10 @@ def test_label_noise_one_rate_or_a_list_seeded() -> None:
 
 
 def test_memes_left_with_nothing_are_dropped_and_counted() -> None:
-    memes = [Meme(id="a", img=Path("/x"), text="", label=0, has_text=False),
-             Meme(id="b", img=Path("/y"), text="ok", label=1)]
+    memes = [
+        Meme(id="a", img=Path("/x"), text="", label=0, has_text=False),
+        Meme(id="b", img=Path("/y"), text="ok", label=1),
+    ]
     out, facts = apply_skew(memes, Skew(text_only_clients=1), 0, 1)
     assert [m.id for m in out] == ["b"] and facts.n_dropped == 1 and not out[0].has_image
 

@@ -10,7 +10,10 @@ from fedmemes.data.split import client_partition, local_validation, server_split
 
 
 def _memes(n: int, start: int = 0, hateful_every: int = 3) -> list[Meme]:
-    return [Meme(id=str(i), img=Path(f"/x/{i}.png"), text=f"t{i}", label=int(i % hateful_every == 0)) for i in range(start, start + n)]
+    return [
+        Meme(id=str(i), img=Path(f"/x/{i}.png"), text=f"t{i}", label=int(i % hateful_every == 0))
+        for i in range(start, start + n)
+    ]
 
 
 def test_original_layout_gives_dev_and_test_to_the_server_only():
@@ -46,7 +49,9 @@ def test_missing_train_is_a_clear_error():
         server_splits({"dev_seen": _memes(10)}, 0.2, 0)
 
 
-@pytest.mark.parametrize("make", [lambda: IidPartitioner(4), lambda: DirichletPartitioner(4, "label", 0.5, seed=3, min_partition_size=5)])
+@pytest.mark.parametrize(
+    "make", [lambda: IidPartitioner(4), lambda: DirichletPartitioner(4, "label", 0.5, seed=3, min_partition_size=5)]
+)
 def test_partitions_are_disjoint_complete_and_seeded(make):
     pool = _memes(400)
     parts = [client_partition(pool, make(), pid, seed=7) for pid in range(4)]
@@ -64,7 +69,13 @@ def test_iid_shuffles_sorted_files():
 
 def test_dirichlet_small_alpha_skews_labels():
     pool = _memes(600, hateful_every=2)
-    rates = [sum(m.label for m in p) / len(p) for p in (client_partition(pool, DirichletPartitioner(4, "label", 0.1, seed=0, min_partition_size=5), pid, 0) for pid in range(4))]
+    rates = [
+        sum(m.label for m in p) / len(p)
+        for p in (
+            client_partition(pool, DirichletPartitioner(4, "label", 0.1, seed=0, min_partition_size=5), pid, 0)
+            for pid in range(4)
+        )
+    ]
     assert max(rates) - min(rates) > 0.5
 
 

@@ -12,7 +12,9 @@ TOKEN = "s3cret-token"
 
 
 def test_heartbeat_needs_the_token_and_status_shows_clients_and_rounds(tmp_path):
-    (tmp_path / "metrics.json").write_text(json.dumps({"rounds": [{"round": 0, "auroc": 0.5}, {"round": 1, "auroc": 0.61}]}))
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"rounds": [{"round": 0, "auroc": 0.5}, {"round": 1, "auroc": 0.61}]})
+    )
     status = RunStatus(tmp_path, heartbeat_s=10)
     status.state = "running"
     api = TestClient(create_app(status, TOKEN))
@@ -21,7 +23,11 @@ def test_heartbeat_needs_the_token_and_status_shows_clients_and_rounds(tmp_path)
     reply = api.post("/heartbeat", json={"name": "a", "info": {"device": "cpu"}}, headers={TOKEN_HEADER: TOKEN})
     assert reply.status_code == 200 and reply.json()["current_round"] == 1
     body = api.get("/status", headers={TOKEN_HEADER: TOKEN}).json()
-    assert body["state"] == "running" and body["current_round"] == 1 and [r["auroc"] for r in body["rounds"]] == [0.5, 0.61]
+    assert (
+        body["state"] == "running"
+        and body["current_round"] == 1
+        and [r["auroc"] for r in body["rounds"]] == [0.5, 0.61]
+    )
     assert [(c["name"], c["online"], c["info"]["device"]) for c in body["clients"]] == [("a", True, "cpu")]
     assert TOKEN not in json.dumps(body)
 
@@ -47,14 +53,17 @@ def test_token_comes_from_file_or_env_with_a_fix_when_missing(tmp_path, monkeypa
 def test_open_status_names_nothing_and_bodies_are_capped_before_parsing(tmp_path):
     (tmp_path / "secret-run-dir").mkdir()
     (tmp_path / "secret-run-dir" / "metrics.json").write_text(
-        json.dumps({"rounds": [{"round": 1, "auroc": 0.6, "dropped": {"alice-laptop": "nan"}, "note": "from alice"}]}))
+        json.dumps({"rounds": [{"round": 1, "auroc": 0.6, "dropped": {"alice-laptop": "nan"}, "note": "from alice"}]})
+    )
     status = RunStatus(tmp_path / "secret-run-dir", heartbeat_s=10)
     api = TestClient(create_app(status, TOKEN))
     auth = {TOKEN_HEADER: TOKEN}
     info = {"data": {"data_dir": "/home/alice/memes"}, "superlink": "server.example.org:9092"}
     assert api.post("/heartbeat", json={"name": "alice-laptop", "info": info}, headers=auth).status_code == 200
     open_view = api.get("/status").json()
-    assert open_view["clients"] == [{"online": True, "seconds_since_heartbeat": open_view["clients"][0]["seconds_since_heartbeat"]}]
+    assert open_view["clients"] == [
+        {"online": True, "seconds_since_heartbeat": open_view["clients"][0]["seconds_since_heartbeat"]}
+    ]
     for secret in ("secret-run-dir", "alice", "example.org", "memes"):
         assert secret not in json.dumps(open_view)
     assert open_view["rounds"] == [{"round": 1, "auroc": 0.6}] and open_view["current_round"] == 1

@@ -23,14 +23,17 @@ def reply(node: int, value: float | dict[str, np.ndarray] = 0.0, **metrics) -> M
     """A train reply: every tensor filled with `value` (or the given tensors) plus metrics."""
     arrays = value if isinstance(value, dict) else {k: np.full_like(v, value) for k, v in GLOBAL.items()}
     base = {"num-examples": 10, "train_loss": 0.5, "val_accuracy": 0.5, "n_text": 10, "n_image": 10, "n_both": 10}
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                          "metrics": MetricRecord({**base, **metrics})})
+    content = RecordDict(
+        {"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}), "metrics": MetricRecord({**base, **metrics})}
+    )
     return reply_from(node, content)
 
 
 def configured(strategy):
     """Send the global model once, so the strategy knows the round's reference arrays."""
-    strategy.configure_train(1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, 3))
+    strategy.configure_train(
+        1, ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}), ConfigRecord(), StaticGrid(1, 2, 3)
+    )
     return strategy
 
 
@@ -39,6 +42,7 @@ def _np(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 # --- performance_weighted ---------------------------------------------------------------
+
 
 def test_performance_weights_exact():
     # alpha=0.5: 0.5*[0.9, 0.5] + 0.5*[30/40, 10/40] = [0.825, 0.375] -> /1.2
@@ -49,8 +53,13 @@ def test_performance_weights_exact():
 
 def test_performance_weighted_averages_with_those_weights():
     strategy = configured(PerformanceWeightedAvg(alpha=0.5, min_train_nodes=2))
-    arrays, metrics = strategy.aggregate_train(1, [reply(1, 1.0, **{"num-examples": 30, "val_accuracy": 0.9}),
-                                                   reply(2, 5.0, **{"num-examples": 10, "val_accuracy": 0.5})])
+    arrays, metrics = strategy.aggregate_train(
+        1,
+        [
+            reply(1, 1.0, **{"num-examples": 30, "val_accuracy": 0.9}),
+            reply(2, 5.0, **{"num-examples": 10, "val_accuracy": 0.5}),
+        ],
+    )
     expected = 1.0 * 0.825 / 1.2 + 5.0 * 0.375 / 1.2  # 2.25
     for value in _np(arrays).values():
         np.testing.assert_allclose(value, [expected, expected], rtol=1e-6)
@@ -64,11 +73,13 @@ def test_performance_weighted_rejects_bad_alpha():
 
 # --- modality_aware -------------------------------------------------------------------
 
+
 def test_modality_aware_averages_each_block_over_its_clients():
     strategy = configured(ModalityAwareAvg(branches=BRANCHES, min_train_nodes=2))
     # client 1: 8 memes with text, 2 with an image, 2 with both; client 2: text only (no images)
-    arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0, n_text=8, n_image=2, n_both=2),
-                                             reply(2, 4.0, n_text=2, n_image=0, n_both=0)])
+    arrays, _ = strategy.aggregate_train(
+        1, [reply(1, 1.0, n_text=8, n_image=2, n_both=2), reply(2, 4.0, n_text=2, n_image=0, n_both=0)]
+    )
     out = _np(arrays)
     np.testing.assert_allclose(out["t.w"], [1.0 * 0.8 + 4.0 * 0.2] * 2, rtol=1e-6)  # 1.6
     np.testing.assert_allclose(out["i.w"], [1.0, 1.0])  # only client 1 trained the image branch
@@ -102,6 +113,7 @@ def test_server_passes_the_model_branch_map():
 
 # --- reply checks -----------------------------------------------------------------------
 
+
 def _checked(cls=FedAvg, min_valid_replies=1, **kwargs):
     reports = {}
     strategy = with_reply_checks(cls)(min_train_nodes=1, **kwargs)
@@ -128,7 +140,13 @@ def test_bad_reply_is_dropped_and_counted(case):
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), reply(2, 4.0), BAD_REPLIES[case]()])
     for value in _np(arrays).values():
         np.testing.assert_allclose(value, [3.0, 3.0])  # the two sound replies, equal weights
-    assert reports[1] == {"replies": 3, "dropped_replies": 1, "clipped_replies": 0, "capped_weights": 0, "kept_previous_model": 0}
+    assert reports[1] == {
+        "replies": 3,
+        "dropped_replies": 1,
+        "clipped_replies": 0,
+        "capped_weights": 0,
+        "kept_previous_model": 0,
+    }
 
 
 def test_missing_num_examples_is_dropped():
@@ -151,7 +169,13 @@ def test_too_few_sound_replies_keep_the_previous_model():
     arrays, _ = strategy.aggregate_train(1, [reply(1, 2.0), BAD_REPLIES["non-finite"]()])
     for key, value in _np(arrays).items():
         np.testing.assert_array_equal(value, GLOBAL[key])
-    assert reports[1] == {"replies": 2, "dropped_replies": 1, "clipped_replies": 0, "capped_weights": 0, "kept_previous_model": 1}
+    assert reports[1] == {
+        "replies": 2,
+        "dropped_replies": 1,
+        "clipped_replies": 0,
+        "capped_weights": 0,
+        "kept_previous_model": 1,
+    }
 
 
 @pytest.mark.parametrize("cls", [FedMedian, Krum, PerformanceWeightedAvg])
@@ -171,6 +195,7 @@ def test_checks_sit_in_front_of_central_dp():
 
 
 # --- config -----------------------------------------------------------------------------
+
 
 def test_seed_keys_without_a_flower_142_name_are_rejected_with_the_new_place():
     with pytest.raises(ValueError, match="train_metrics_aggr_fn"):

@@ -34,7 +34,9 @@ def _model(run_dir: Path, name: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_runs_two_rounds(name, tmp_path, cache_dir, one_thread):
     extra = EXTRA.get(name, "num_clients=2")
-    metrics = run_in_process(f"{SMALL} strategy={name} cache_dir={cache_dir} {extra}", tmp_path, int(extra.split("=")[1]))
+    metrics = run_in_process(
+        f"{SMALL} strategy={name} cache_dir={cache_dir} {extra}", tmp_path, int(extra.split("=")[1])
+    )
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     for row in metrics["rounds"][1:]:
         assert row["dropped_replies"] == 0 and row["kept_previous_model"] == 0
@@ -61,14 +63,20 @@ def nan_client(bad_partition: int) -> Callable[[Message, Context], Message]:
 @pytest.mark.slow
 def test_a_client_sending_nan_is_dropped_every_round(tmp_path, cache_dir, one_thread):
     metrics = run_in_process(f"{SMALL} num_clients=3 cache_dir={cache_dir}", tmp_path, 3, client=nan_client(1))
-    assert [(r["replies"], r["dropped_replies"], r["kept_previous_model"]) for r in metrics["rounds"][1:]] == [(3, 1, 0)] * 2
+    assert [(r["replies"], r["dropped_replies"], r["kept_previous_model"]) for r in metrics["rounds"][1:]] == [
+        (3, 1, 0)
+    ] * 2
     assert all(np.isfinite(v).all() for v in _model(tmp_path, "final").values())
     assert math.isfinite(metrics["test"]["auroc"])
 
 
 @pytest.mark.slow
 def test_too_few_sound_replies_keep_the_global_model(tmp_path, cache_dir, one_thread):
-    metrics = run_in_process(f"{SMALL} num_clients=2 server.strategy.min_valid_replies=2 cache_dir={cache_dir}", tmp_path, 2,
-                             client=nan_client(1))
+    metrics = run_in_process(
+        f"{SMALL} num_clients=2 server.strategy.min_valid_replies=2 cache_dir={cache_dir}",
+        tmp_path,
+        2,
+        client=nan_client(1),
+    )
     assert [r["kept_previous_model"] for r in metrics["rounds"][1:]] == [1, 1]
     assert {r["loss"] for r in metrics["rounds"]} == {metrics["rounds"][0]["loss"]}  # never moved

@@ -13,8 +13,14 @@ from fedmemes.config import load_config
 
 FLWR = "flwr.serverapp.strategy."
 # fedavg.yaml's keys, with clients_per_round=3 so the ${clients_per_round} interpolations show.
-SHARED: dict[str, Any] = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 3,
-                          "min_evaluate_nodes": 3, "min_available_nodes": 3, "min_valid_replies": 1}
+SHARED: dict[str, Any] = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 0.0,
+    "min_train_nodes": 3,
+    "min_evaluate_nodes": 3,
+    "min_available_nodes": 3,
+    "min_valid_replies": 1,
+}
 FEDAVG = {"_target_": FLWR + "FedAvg", **SHARED}
 ADAM = {"eta": 0.01, "eta_l": 0.001, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.001}
 # strategy -> its own keys on top of SHARED (the values main had before the YAMLs inherited).
@@ -33,18 +39,34 @@ OWN: dict[str, dict[str, Any]] = {
     "krum": {"_target_": FLWR + "Krum", "num_malicious_nodes": 1},
     "modality_aware": {"_target_": "fedmemes.strategies.ModalityAwareAvg"},
     "multikrum": {"_target_": FLWR + "MultiKrum", "num_malicious_nodes": 1, "num_nodes_to_select": 2},
-    "performance_weighted": {"_target_": "fedmemes.strategies.PerformanceWeightedAvg", "alpha": 0.7,
-                             "accuracy_key": "val_accuracy"},
+    "performance_weighted": {
+        "_target_": "fedmemes.strategies.PerformanceWeightedAvg",
+        "alpha": 0.7,
+        "accuracy_key": "val_accuracy",
+    },
     "qfedavg": {"_target_": FLWR + "QFedAvg", "q": 0.1, "client_learning_rate": 0.1, "train_loss_key": "train_loss"},
     "scaffold": {"_target_": "fedmemes.strategies.scaffold.Scaffold", "server_lr": 1.0},
 }
 # The DP wrappers keep their own keys and nest a whole strategy (FedAvg by default).
 WRAPPERS: dict[str, dict[str, Any]] = {
-    "dp_adaptive": {"_target_": FLWR + "DifferentialPrivacyServerSideAdaptiveClipping", "noise_multiplier": 0.1,
-                    "num_sampled_clients": 3, "initial_clipping_norm": 5.0, "target_clipped_quantile": 0.5,
-                    "clip_norm_lr": 0.2, "min_valid_replies": 1, "strategy": FEDAVG},
-    "dp_fixed": {"_target_": FLWR + "DifferentialPrivacyServerSideFixedClipping", "noise_multiplier": 0.1,
-                 "clipping_norm": 5.0, "num_sampled_clients": 3, "min_valid_replies": 1, "strategy": FEDAVG},
+    "dp_adaptive": {
+        "_target_": FLWR + "DifferentialPrivacyServerSideAdaptiveClipping",
+        "noise_multiplier": 0.1,
+        "num_sampled_clients": 3,
+        "initial_clipping_norm": 5.0,
+        "target_clipped_quantile": 0.5,
+        "clip_norm_lr": 0.2,
+        "min_valid_replies": 1,
+        "strategy": FEDAVG,
+    },
+    "dp_fixed": {
+        "_target_": FLWR + "DifferentialPrivacyServerSideFixedClipping",
+        "noise_multiplier": 0.1,
+        "clipping_norm": 5.0,
+        "num_sampled_clients": 3,
+        "min_valid_replies": 1,
+        "strategy": FEDAVG,
+    },
 }
 OPTIONS = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "strategy").glob("*.yaml"))
 

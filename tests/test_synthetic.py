@@ -117,6 +117,7 @@ def test_failed_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 # ---- version 2 -------------------------------------------------------------------------------
 
+
 def _auroc_of_logreg(features: np.ndarray, y: np.ndarray) -> float:
     """Fit a logistic regression on half the rows; return its AUROC on the other half."""
     half = len(y) // 2
@@ -181,10 +182,10 @@ def test_v2_picture_has_several_objects_and_the_caption_drawn_on_it() -> None:
     img = np.asarray(render_v2(np.random.default_rng(0), 1, (mask, outline), size, top=False)).astype(int)
     bare = np.asarray(render_v2(np.random.default_rng(0), 1, (empty, empty), size, top=False)).astype(int)
     where = np.zeros((size, size), bool)
-    where[size - 1 - mask.height: size - 1] = np.asarray(outline) > 0
+    where[size - 1 - mask.height : size - 1] = np.asarray(outline) > 0
     changed = (img != bare).any(axis=2)
     assert changed.sum() > 150 and not (changed & ~where).any()
-    band = img[size - 1 - mask.height: size - 1]
+    band = img[size - 1 - mask.height : size - 1]
     ink, rim = np.asarray(mask) > 200, (np.asarray(outline) > 200) & (np.asarray(mask) == 0)
     assert band[ink].min() >= 190 and band[rim].max() <= 60  # light letters, dark outline: readable anywhere
     hsv = np.asarray(Image.fromarray(bare.astype(np.uint8)).convert("HSV"))

@@ -32,7 +32,10 @@ def test_csv_logger_writes_every_round_the_test_scores_and_the_artifact_list(tmp
     rows = list(csv.DictReader((tmp_path / "tracking" / "metrics.csv").open()))
     auroc = [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "holdout/auroc"]
     assert auroc == [(0, 0.5), (1, 0.64), (2, 0.81)]
-    assert [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "clients/train_loss"] == [(1, 0.9), (2, 0.8)]
+    assert [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "clients/train_loss"] == [
+        (1, 0.9),
+        (2, 0.8),
+    ]
     assert [float(r["value"]) for r in rows if r["name"] == "test/auroc"] == [0.77]
     assert '"num_rounds": 4' in (tmp_path / "tracking" / "config.json").read_text()
     artifacts = (tmp_path / "tracking" / "artifacts.csv").read_text()
@@ -52,13 +55,19 @@ def test_tensorboard_and_mlflow_together_offline(tmp_path, monkeypatch):
     assert [round(e.value, 3) for e in events.Scalars("test/auroc")] == [0.77]
     assert "config/text_summary" in events.Tags()["tensors"]  # add_text lands as a tensor summary
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}")  # the local store under the run dir
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
+    )  # the local store under the run dir
     run = client.search_runs([client.get_experiment_by_name("fedmemes").experiment_id])[0]
     history = client.get_metric_history(run.info.run_id, "holdout/auroc")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 0.64), (2, 0.81)]
     assert run.data.params["num_rounds"] == "4" and run.data.params["optimizer._target_"]
     assert run.data.metrics["test/auroc"] == 0.77 and run.info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"best.safetensors", "metrics.json", "config.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "best.safetensors",
+        "metrics.json",
+        "config.json",
+    }
     assert (tmp_path / "tracking" / "mlartifacts").is_dir()  # artifacts beside the run, not in the working directory
 
 
@@ -83,5 +92,7 @@ def test_a_failing_tracker_is_switched_off_and_the_run_goes_on(tmp_path, caplog)
 def test_a_missing_optional_package_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if `fedmemes[tracking]` were not installed
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
-    with pytest.raises(ImportError, match=r"logger=mlflow needs an optional package .*pip install 'fedmemes\[tracking\]'"):
+    with pytest.raises(
+        ImportError, match=r"logger=mlflow needs an optional package .*pip install 'fedmemes\[tracking\]'"
+    ):
         build_trackers(load_config("logger=mlflow"), tmp_path)

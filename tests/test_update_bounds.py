@@ -36,7 +36,9 @@ def test_norm_rule_uses_the_lower_median_and_clips_onto_the_bound():
     assert norm_bound([1.0, 2.0], UpdateBounds.parse(["3*median", 4.0], None)) == 3.0
     assert norm_bound([1.0, 2.0], UpdateBounds.parse(None, None)) is None
     ref = {"w": np.zeros(4, np.float32)}
-    clipped = clip_update({"w": np.full(4, 1e38, np.float32)}, ref, update_norm({"w": np.full(4, 1e38, np.float32)}, ref), 2.0)
+    clipped = clip_update(
+        {"w": np.full(4, 1e38, np.float32)}, ref, update_norm({"w": np.full(4, 1e38, np.float32)}, ref), 2.0
+    )
     assert clipped["w"].dtype == np.float32 and update_norm(clipped, ref) == pytest.approx(2.0, rel=1e-6)
 
 

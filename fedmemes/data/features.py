@@ -108,7 +108,9 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
         if k not in known:
             first.setdefault(k, i)
     missing = list(first.items())
-    for start in range(0, len(missing), SHARD_ROWS):  # a shard per chunk: an interrupted first encoding keeps its progress
+    for start in range(
+        0, len(missing), SHARD_ROWS
+    ):  # a shard per chunk: an interrupted first encoding keeps its progress
         chunk = dict(missing[start : start + SHARD_ROWS])
         x = compute(list(chunk.values()))
         store.mkdir(parents=True, exist_ok=True)
@@ -135,8 +137,11 @@ def encode_texts(texts: list[str | None], encoder: TextEncoder, cache_dir: Path)
         # Per caption in a store shared by every list (each client's share, the hold-out, another
         # partition or seed): a caption is encoded once per node, not once per list it is in.
         store = cache_dir / f"textrows-{_digest([encoder.identity().encode()])}"
-        vectors = _stack(_store_rows(store, [_digest([t.encode()]) for t in unique],
-                                     lambda idx: encoder.encode([unique[i] for i in idx])))
+        vectors = _stack(
+            _store_rows(
+                store, [_digest([t.encode()]) for t in unique], lambda idx: encoder.encode([unique[i] for i in idx])
+            )
+        )
         row = {t: i for i, t in enumerate(unique)}
         # Any row shape: pooled (D,), token states (L, D) or token ids (L,); zero = padding.
         out = torch.zeros((len(texts), *vectors.shape[1:]), dtype=vectors.dtype)
@@ -170,7 +175,9 @@ def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, ca
 
     Images are read batch by batch, never all held as pixels; a None path gets a zero row.
     """
-    key = _digest([f"{encoder.identity()}|{size}".encode()] + [b"\0missing" if p is None else p.read_bytes() for p in paths])
+    key = _digest(
+        [f"{encoder.identity()}|{size}".encode()] + [b"\0missing" if p is None else p.read_bytes() for p in paths]
+    )
 
     def build() -> torch.Tensor:
         present = [i for i, p in enumerate(paths) if p is not None]
@@ -180,8 +187,13 @@ def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, ca
         def compute(idx: list[int]) -> torch.Tensor:
             chunks = []
             # disable=None: a bar on a terminal, silent in logs and under Ray.
-            for start in tqdm(range(0, len(idx), step), desc=f"encoding {len(idx)} images ({size} px)",
-                              unit="batch", disable=None, leave=False):
+            for start in tqdm(
+                range(0, len(idx), step),
+                desc=f"encoding {len(idx)} images ({size} px)",
+                unit="batch",
+                disable=None,
+                leave=False,
+            ):
                 batch = [torch.from_numpy(load_image_array(kept[j], size)) for j in idx[start : start + step]]
                 chunks.append(encoder.encode_images(torch.stack(batch)))
             return torch.cat(chunks)
@@ -199,8 +211,9 @@ def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, ca
     return _cached(cache_dir / f"imgfeat-{key}.safetensors", build)
 
 
-def build_tensors(memes: list[Meme], encoder: TextEncoder, image_size: int, cache_dir: str | Path,
-                  image_encoder: object | None = None) -> MemeTensors:
+def build_tensors(
+    memes: list[Meme], encoder: TextEncoder, image_size: int, cache_dir: str | Path, image_encoder: object | None = None
+) -> MemeTensors:
     """Return model-ready tensors for `memes`, reusing the on-disk cache.
 
     With an `image_encoder` that has a frozen part (`encode_images`), the image column holds its
@@ -211,7 +224,8 @@ def build_tensors(memes: list[Meme], encoder: TextEncoder, image_size: int, cach
     frozen_images = image_encoder is not None and hasattr(image_encoder, "encode_images")
     return MemeTensors(
         text=encode_texts([m.text if m.has_text else None for m in memes], encoder, cache),
-        image=encode_images(paths, image_size, image_encoder, cache) if frozen_images  # type: ignore[arg-type]
+        image=encode_images(paths, image_size, image_encoder, cache)
+        if frozen_images  # type: ignore[arg-type]
         else load_images(paths, image_size, cache),
         label=torch.tensor([m.label for m in memes], dtype=torch.long),
         mask=torch.tensor([[m.has_text, m.has_image] for m in memes], dtype=torch.float32).reshape(-1, 2),

@@ -25,8 +25,14 @@ SPLIT_FILES = {"train": "train", "dev_seen": "val", "test_seen": "test"}
 class HarMemeSource(LocalDirSource):
     """A folder with `annotations/{train,val,test}.jsonl` and `images/`; labels mapped by `label_map`."""
 
-    def __init__(self, root: str | Path, on_error: str = "raise", label_map: Mapping[str, int] | None = None,
-                 images_dir: str = "images", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        on_error: str = "raise",
+        label_map: Mapping[str, int] | None = None,
+        images_dir: str = "images",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root, on_error=on_error, **kwargs)
         self.label_map = {str(k).strip().lower(): int(v) for k, v in (label_map or DEFAULT_LABEL_MAP).items()}
         bad = {k: v for k, v in self.label_map.items() if v not in (0, 1)}
@@ -57,8 +63,12 @@ class HarMemeSource(LocalDirSource):
         problems: list[tuple[str, str]] = []
         labels = row.get("labels")
         if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
-            problems.append(("missing_key" if "labels" not in row else "bad_label",
-                             f"labels must be a list whose first item is the harm level, got {labels!r}"))
+            problems.append(
+                (
+                    "missing_key" if "labels" not in row else "bad_label",
+                    f"labels must be a list whose first item is the harm level, got {labels!r}",
+                )
+            )
         elif labels[0].strip().lower() not in self.label_map:
             detail = f"harm level {labels[0]!r} is not in dataset.label_map ({sorted(self.label_map)}); add it there"
             problems.append(("bad_label", detail))

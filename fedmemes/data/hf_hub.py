@@ -69,8 +69,9 @@ class HFHubSource:
 
     def load(self) -> dict[str, list[Meme]]:
         """Download if needed, then validate and return the requested splits."""
-        source = LocalDirSource(self.download(), on_error=self.on_error,
-                                max_image_pixels=self.max_image_pixels, splits=self.splits)
+        source = LocalDirSource(
+            self.download(), on_error=self.on_error, max_image_pixels=self.max_image_pixels, splits=self.splits
+        )
         memes = source.load()
         self.issues = source.issues
         return memes

@@ -75,7 +75,8 @@ def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
         # Pillow signals unknown formats, truncated data and broken codecs with these types.
         raise ImageError(
-            path, "unreadable_image",
+            path,
+            "unreadable_image",
             f"cannot decode image ({type(e).__name__}: {e}); only {', '.join(ALLOWED_FORMATS)} are read: "
             "re-export it as PNG/JPEG or drop the row",
         ) from e

@@ -56,18 +56,25 @@ def id_key(meme_id: str) -> str:
 
 def _meta(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """Return the row's extra scalar keys (e.g. a 'client' column) as sorted (key, value) pairs."""
-    return tuple(sorted((k, str(v)) for k, v in row.items() if k not in REQUIRED_KEYS
-                        and isinstance(v, (str, int, float)) and not isinstance(v, bool)))
+    return tuple(
+        sorted(
+            (k, str(v))
+            for k, v in row.items()
+            if k not in REQUIRED_KEYS and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        )
+    )
 
 
 def _modality_kinds(problems: list[tuple[str, str]]) -> set[str]:
     """Map each problem to 'text', 'image' or 'row' (a missing 'text'/'img' key hits one modality)."""
+
     def of(kind: str, detail: str) -> str:
         if kind in TEXT_KINDS or (kind == "missing_key" and detail.startswith("key 'text'")):
             return "text"
         if kind in IMAGE_KINDS or (kind == "missing_key" and detail.startswith("key 'img'")):
             return "image"
         return "row"
+
     return {of(k, d) for k, d in problems}
 
 
@@ -78,40 +85,64 @@ def check_row(row: object, root: Path, on_error: str = "raise") -> tuple[list[tu
     still yields a Meme, with that modality marked missing.
     """
     if not isinstance(row, dict):
-        return [("bad_json", f"expected a JSON object, got {type(row).__name__}; "
-                             'write one {"id", "img", "label", "text"} object per line')], None
+        return [
+            (
+                "bad_json",
+                f"expected a JSON object, got {type(row).__name__}; "
+                'write one {"id", "img", "label", "text"} object per line',
+            )
+        ], None
     problems: list[tuple[str, str]] = []
     for key in REQUIRED_KEYS:
         if key not in row:
-            problems.append(("missing_key", f"key '{key}' is missing; every line needs "
-                                            f"{', '.join(REQUIRED_KEYS)}"))
+            problems.append(("missing_key", f"key '{key}' is missing; every line needs {', '.join(REQUIRED_KEYS)}"))
     meme_id, img, label, text = (row.get(k) for k in REQUIRED_KEYS)
-    if "id" in row and (isinstance(meme_id, bool) or not isinstance(meme_id, (int, str))
-                        or str(meme_id).strip() == ""):
+    if "id" in row and (isinstance(meme_id, bool) or not isinstance(meme_id, (int, str)) or str(meme_id).strip() == ""):
         problems.append(("bad_id", f"id must be an integer or a non-empty string, got {meme_id!r}"))
     if "img" in row:
         rel = PurePosixPath(img) if isinstance(img, str) else None
         if rel is None or not str(img).strip() or rel.is_absolute() or ".." in rel.parts:
-            problems.append(("bad_img", f"img must be a path relative to the dataset root "
-                                        f"(like 'img/01235.png'), got {img!r}"))
+            problems.append(
+                ("bad_img", f"img must be a path relative to the dataset root (like 'img/01235.png'), got {img!r}")
+            )
     # bool is an int subclass; true/false in the file is a mistake, not a label.
-    if "label" in row and (isinstance(label, bool) or label not in (0, 1)
-                           or not isinstance(label, int)):
-        problems.append(("bad_label", f"label must be the integer 0 or 1 (strings, floats and "
-                                      f"booleans are rejected), got {label!r}"))
+    if "label" in row and (isinstance(label, bool) or label not in (0, 1) or not isinstance(label, int)):
+        problems.append(
+            (
+                "bad_label",
+                f"label must be the integer 0 or 1 (strings, floats and booleans are rejected), got {label!r}",
+            )
+        )
     if "text" in row and (not isinstance(text, str) or not text.strip()):
         problems.append(("bad_text", f"text must be a non-empty string, got {text!r}"))
     if not problems:  # the checks above passed: img and text are strings, label an int
-        return [], Meme(id=str(meme_id).strip(), img=root / cast(str, img), text=cast(str, text), label=cast(int, label),
-                        meta=_meta(row))
+        return [], Meme(
+            id=str(meme_id).strip(),
+            img=root / cast(str, img),
+            text=cast(str, text),
+            label=cast(int, label),
+            meta=_meta(row),
+        )
     hit = _modality_kinds(problems)
     if on_error == "keep_text" and hit == {"image"}:
         img_path = root / img if isinstance(img, str) and img.strip() else root
-        return problems, Meme(id=str(meme_id).strip(), img=img_path, text=cast(str, text), label=cast(int, label),
-                              has_image=False, meta=_meta(row))
+        return problems, Meme(
+            id=str(meme_id).strip(),
+            img=img_path,
+            text=cast(str, text),
+            label=cast(int, label),
+            has_image=False,
+            meta=_meta(row),
+        )
     if on_error == "keep_image" and hit == {"text"}:
-        return problems, Meme(id=str(meme_id).strip(), img=root / cast(str, img), text="", label=cast(int, label),
-                              has_text=False, meta=_meta(row))
+        return problems, Meme(
+            id=str(meme_id).strip(),
+            img=root / cast(str, img),
+            text="",
+            label=cast(int, label),
+            has_text=False,
+            meta=_meta(row),
+        )
     return problems, None
 
 
@@ -142,8 +173,7 @@ class LocalDirSource:
         """Return the jsonl file of every split to read; raise if train (or a requested one) is absent."""
         wanted = self.splits or SPLITS
         files = {s: self.root / f"{s}.jsonl" for s in wanted}
-        missing = [p.name for s, p in files.items() if not p.is_file()
-                   and (s == "train" or self.splits is not None)]
+        missing = [p.name for s, p in files.items() if not p.is_file() and (s == "train" or self.splits is not None)]
         if missing or "train" not in files:
             raise FileNotFoundError(
                 f"{self.root}: missing {', '.join(missing) or 'train.jsonl'}; expected the Hateful "
@@ -175,13 +205,19 @@ class LocalDirSource:
                     # Decode per line so one bad byte costs one row; -sig drops a leading BOM.
                     row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n"))
                 except UnicodeDecodeError as e:
-                    issues.append(DataIssue(str(path), n, "bad_json",
-                                            f"not UTF-8 ({e.reason} at byte {e.start}); "
-                                            "re-save the file as UTF-8"))
+                    issues.append(
+                        DataIssue(
+                            str(path),
+                            n,
+                            "bad_json",
+                            f"not UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8",
+                        )
+                    )
                     continue
                 except json.JSONDecodeError as e:
-                    issues.append(DataIssue(str(path), n, "bad_json",
-                                            f"{e.msg} (column {e.colno}); fix or delete the line"))
+                    issues.append(
+                        DataIssue(str(path), n, "bad_json", f"{e.msg} (column {e.colno}); fix or delete the line")
+                    )
                     continue
                 except (RecursionError, ValueError) as e:
                     # Pathological lines (nesting deeper than Python's stack, 5000-digit numbers) cost one row, not the load.
@@ -189,8 +225,15 @@ class LocalDirSource:
                     issues.append(DataIssue(str(path), n, "bad_json", f"{detail}; fix or delete the line"))
                     continue
                 if _too_deep(row):
-                    issues.append(DataIssue(str(path), n, "bad_json", f"nested deeper than {MAX_JSON_DEPTH} levels; "
-                                            'write one flat {"id", "img", "label", "text"} object per line'))
+                    issues.append(
+                        DataIssue(
+                            str(path),
+                            n,
+                            "bad_json",
+                            f"nested deeper than {MAX_JSON_DEPTH} levels; "
+                            'write one flat {"id", "img", "label", "text"} object per line',
+                        )
+                    )
                     continue
                 problems, meme = self._check(row)
                 issues.extend(DataIssue(str(path), n, k, d) for k, d in problems)
@@ -198,9 +241,14 @@ class LocalDirSource:
                     continue
                 key = id_key(meme.id)
                 if key in first_line:
-                    issues.append(DataIssue(str(path), n, "duplicate_id",
-                                            f"id {meme.id} already used on line {first_line[key]}; "
-                                            "give each meme one row per split"))
+                    issues.append(
+                        DataIssue(
+                            str(path),
+                            n,
+                            "duplicate_id",
+                            f"id {meme.id} already used on line {first_line[key]}; give each meme one row per split",
+                        )
+                    )
                     continue
                 first_line[key] = n
                 rows.append((n, meme))
@@ -210,8 +258,11 @@ class LocalDirSource:
         """Check every distinct image once; return the failures by path."""
         if not self.check_images:
             # Without decoding, still catch missing files: a stat is cheap and they are common.
-            return {p: ImageError(p, "missing_image", "file not found; check the 'img' path")
-                    for p in paths if not p.is_file()}
+            return {
+                p: ImageError(p, "missing_image", "file not found; check the 'img' path")
+                for p in paths
+                if not p.is_file()
+            }
 
         def check(p: Path) -> ImageError | None:
             try:
@@ -225,8 +276,14 @@ class LocalDirSource:
         ordered = sorted(paths)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # disable=None: a progress bar on a terminal, silent in logs and under Ray.
-            checked = tqdm(pool.map(check, ordered), total=len(ordered), desc=f"checking {len(ordered)} images",
-                           unit="image", disable=None, leave=False)
+            checked = tqdm(
+                pool.map(check, ordered),
+                total=len(ordered),
+                desc=f"checking {len(ordered)} images",
+                unit="image",
+                disable=None,
+                leave=False,
+            )
             results = dict(zip(ordered, checked, strict=True))
         return {p: e for p, e in results.items() if e is not None}
 
@@ -258,10 +315,15 @@ class LocalDirSource:
                 if other is None:
                     kept.append((n, meme))
                 else:
-                    issues.append(DataIssue(
-                        str(files["train"]), n, "holdout_overlap",
-                        f"id {meme.id} is also in {other}.jsonl; a training row seen at evaluation "
-                        "inflates scores, so delete it from train.jsonl"))
+                    issues.append(
+                        DataIssue(
+                            str(files["train"]),
+                            n,
+                            "holdout_overlap",
+                            f"id {meme.id} is also in {other}.jsonl; a training row seen at evaluation "
+                            "inflates scores, so delete it from train.jsonl",
+                        )
+                    )
             rows["train"] = kept
 
         issues.sort(key=lambda i: (list(files.values()).index(Path(i.file)), i.line))
@@ -270,10 +332,18 @@ class LocalDirSource:
             raise DataError(issues)
         if issues:
             partial = sum(not (m.has_text and m.has_image) for r in rows.values() for _, m in r)
-            log.warning("%s: %d data issue(s) (on_error=%s): %s; %d row(s) kept with a modality "
-                        "marked missing; first: %s", self.root, len(issues), self.on_error,
-                        count_kinds(issues), partial, issues[0])
+            log.warning(
+                "%s: %d data issue(s) (on_error=%s): %s; %d row(s) kept with a modality marked missing; first: %s",
+                self.root,
+                len(issues),
+                self.on_error,
+                count_kinds(issues),
+                partial,
+                issues[0],
+            )
         if not rows["train"]:
-            raise DataError(issues, fix=f"no usable row left in {files['train']}; "
-                                        "fix the file or point dataset.root at another copy")
+            raise DataError(
+                issues,
+                fix=f"no usable row left in {files['train']}; fix the file or point dataset.root at another copy",
+            )
         return {s: [m for _, m in r] for s, r in rows.items()}

@@ -63,6 +63,5 @@ class DataError(ValueError):
             "is bad with that part marked missing"
         )
         super().__init__(
-            f"{len(self.issues)} data issue(s) found:\n" + "\n".join(shown)
-            + f"\nissues per kind: {counts}\nfix: {fix}"
+            f"{len(self.issues)} data issue(s) found:\n" + "\n".join(shown) + f"\nissues per kind: {counts}\nfix: {fix}"
         )

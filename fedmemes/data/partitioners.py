@@ -110,8 +110,10 @@ class PerClientDirs(Partitioner):
         self._num_partitions = num_partitions
         self.dirs = list(dirs or [])
         if self.dirs and len(self.dirs) != num_partitions:
-            raise ValueError(f"partition.dirs lists {len(self.dirs)} folders for num_clients={num_partitions}; "
-                             "give one folder per client")
+            raise ValueError(
+                f"partition.dirs lists {len(self.dirs)} folders for num_clients={num_partitions}; "
+                "give one folder per client"
+            )
 
     @property
     def num_partitions(self) -> int:

@@ -38,22 +38,28 @@ def format_issues(issues: dict[str, int]) -> str:
 
 def format_table(facts: list[dict[str, Any]], issues: dict[str, int] | None = None, max_rows: int | None = None) -> str:
     """Return a per-client table (train memes; val = the share each client keeps back); totals cover every client."""
-    head = (f"{'client':>6} {'train':>6} {'val':>5} {'benign':>7} {'hateful':>7} {'hate%':>6} "
-            f"{'text':>6} {'image':>6} {'both':>6}  {'modality':<10} {'noise':>5} {'flipped':>7}")
+    head = (
+        f"{'client':>6} {'train':>6} {'val':>5} {'benign':>7} {'hateful':>7} {'hate%':>6} "
+        f"{'text':>6} {'image':>6} {'both':>6}  {'modality':<10} {'noise':>5} {'flipped':>7}"
+    )
     lines = [head]
     for f in facts[:max_rows]:
         benign, hateful = f["label_counts"]
         share = 100.0 * hateful / max(1, f["n_train"])
-        lines.append(f"{f['partition_id']:>6} {f['n_train']:>6} {f['n_val']:>5} {benign:>7} {hateful:>7} {share:>5.1f}% "
-                     f"{f['n_text']:>6} {f['n_image']:>6} {f['n_both']:>6}  {f['modality']:<10} "
-                     f"{f['label_noise']:>5.2f} {f['n_flipped']:>7}")
+        lines.append(
+            f"{f['partition_id']:>6} {f['n_train']:>6} {f['n_val']:>5} {benign:>7} {hateful:>7} {share:>5.1f}% "
+            f"{f['n_text']:>6} {f['n_image']:>6} {f['n_both']:>6}  {f['modality']:<10} "
+            f"{f['label_noise']:>5.2f} {f['n_flipped']:>7}"
+        )
     if max_rows is not None and len(facts) > max_rows:
         lines.append(f"{'...':>6} {len(facts) - max_rows} more clients in {CLIENTS_JSON}")
     total = {k: sum(f[k] for f in facts) for k in ("n_train", "n_val", "n_text", "n_image", "n_both", "n_flipped")}
     benign, hateful = sum(f["label_counts"][0] for f in facts), sum(f["label_counts"][1] for f in facts)
-    lines.append(f"{'total':>6} {total['n_train']:>6} {total['n_val']:>5} {benign:>7} {hateful:>7} "
-                 f"{100.0 * hateful / max(1, total['n_train']):>5.1f}% {total['n_text']:>6} {total['n_image']:>6} "
-                 f"{total['n_both']:>6}  {'':<10} {'':>5} {total['n_flipped']:>7}")
+    lines.append(
+        f"{'total':>6} {total['n_train']:>6} {total['n_val']:>5} {benign:>7} {hateful:>7} "
+        f"{100.0 * hateful / max(1, total['n_train']):>5.1f}% {total['n_text']:>6} {total['n_image']:>6} "
+        f"{total['n_both']:>6}  {'':<10} {'':>5} {total['n_flipped']:>7}"
+    )
     if issues is not None:
         lines.append(f"data issues: {format_issues(issues)}")
     return "\n".join(lines)

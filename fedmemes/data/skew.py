@@ -18,14 +18,18 @@ ROLES = ("both", "text_only", "image_only")
 def client_count(share_or_count: float | int, num_clients: int, key: str) -> int:
     """Turn a share (float, 0..1.0) or a count (int) of clients into a count."""
     if isinstance(share_or_count, bool) or share_or_count < 0:
-        raise ValueError(f"partition.{key} must be a share (0.0..1.0) or a count (0..num_clients), got {share_or_count!r}")
+        raise ValueError(
+            f"partition.{key} must be a share (0.0..1.0) or a count (0..num_clients), got {share_or_count!r}"
+        )
     if isinstance(share_or_count, int):
         n = share_or_count
     elif share_or_count <= 1.0:
         # A positive share always names at least one client: 0.1 of 3 clients still means one.
         n = max(1, math.floor(share_or_count * num_clients + 0.5)) if share_or_count > 0 else 0
     else:
-        raise ValueError(f"partition.{key}={share_or_count} is a float above 1.0; give a share (0.5) or an int count (2)")
+        raise ValueError(
+            f"partition.{key}={share_or_count} is a float above 1.0; give a share (0.5) or an int count (2)"
+        )
     if n > num_clients:
         raise ValueError(f"partition.{key}={share_or_count} asks for {n} clients but num_clients={num_clients}")
     return n
@@ -62,8 +66,10 @@ class Skew:
         n_text = client_count(self.text_only_clients, num_clients, "text_only_clients")
         n_image = client_count(self.image_only_clients, num_clients, "image_only_clients")
         if n_text + n_image > num_clients:
-            raise ValueError(f"partition.text_only_clients ({n_text}) + image_only_clients ({n_image}) "
-                             f"exceed num_clients={num_clients}")
+            raise ValueError(
+                f"partition.text_only_clients ({n_text}) + image_only_clients ({n_image}) "
+                f"exceed num_clients={num_clients}"
+            )
         order = np.random.default_rng([self.seed, 7001]).permutation(num_clients).tolist()
         roles = ["both"] * num_clients
         for rank, client in enumerate(order):
@@ -78,8 +84,10 @@ class Skew:
         if isinstance(self.label_noise, (int, float)):
             return _rate(self.label_noise, "label_noise")
         if len(self.label_noise) != num_clients:
-            raise ValueError(f"partition.label_noise lists {len(self.label_noise)} rates for num_clients={num_clients}; "
-                             "give one rate per client or a single rate")
+            raise ValueError(
+                f"partition.label_noise lists {len(self.label_noise)} rates for num_clients={num_clients}; "
+                "give one rate per client or a single rate"
+            )
         return _rate(self.label_noise[partition_id], f"label_noise[{partition_id}]")
 
 

@@ -43,7 +43,9 @@ def server_splits(splits: dict[str, list[Meme]], validation_split: float, seed: 
     val, test = splits.get("dev_seen"), splits.get("test_seen")
     if val is None or test is None:
         if not 0.0 < validation_split < 1.0:
-            raise ValueError(f"dataset.validation_split={validation_split} must be in (0, 1) when the data has no dev_seen/test_seen")
+            raise ValueError(
+                f"dataset.validation_split={validation_split} must be in (0, 1) when the data has no dev_seen/test_seen"
+            )
         both = val is None and test is None
         pool, held = _stratified(pool, validation_split if both else validation_split / 2, seed)
         if both:

@@ -97,8 +97,16 @@ def render(rng: np.random.Generator, concept: int, text: tuple[Image.Image, Imag
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
 
 
-def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, image_size: int,
-             version: int = 2, label_noise: float = 0.05) -> Path:
+def generate(
+    out_dir: Path,
+    n_train: int,
+    n_dev: int,
+    n_test: int,
+    seed: int,
+    image_size: int,
+    version: int = 2,
+    label_noise: float = 0.05,
+) -> Path:
     """Write a synthetic dataset in the original layout into out_dir (new or empty) and return it.
 
     `label_noise` (the share of flipped labels) applies to version 2 only.
@@ -106,11 +114,15 @@ def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, im
     counts = {"train": n_train, "dev_seen": n_dev, "test_seen": n_test}
     total = sum(counts.values())
     if min(counts.values()) < 0 or n_train < 4 or total > 100_000 or image_size < 16:
-        raise ValueError(f"need n_train >= 4, n_dev/n_test >= 0, total <= 100000 (5-digit ids) "
-                         f"and image_size >= 16; got {counts}, image_size={image_size}")
+        raise ValueError(
+            f"need n_train >= 4, n_dev/n_test >= 0, total <= 100000 (5-digit ids) "
+            f"and image_size >= 16; got {counts}, image_size={image_size}"
+        )
     if version not in VERSIONS or not 0.0 <= label_noise < 0.5:
-        raise ValueError(f"dataset.source.version must be one of {VERSIONS} (got {version}) and "
-                         f"dataset.source.label_noise in [0, 0.5) (got {label_noise})")
+        raise ValueError(
+            f"dataset.source.version must be one of {VERSIONS} (got {version}) and "
+            f"dataset.source.label_noise in [0, 0.5) (got {label_noise})"
+        )
     out_dir = Path(out_dir)
     (out_dir / "img").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -123,7 +135,7 @@ def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, im
     for split, n in counts.items():
         cells = rng.permutation(np.arange(n) % 4)  # equal (t, v) cells make each modality alone useless
         rows = []
-        for meme_id, cell in zip(ids[start:start + n], cells, strict=True):
+        for meme_id, cell in zip(ids[start : start + n], cells, strict=True):
             topic, concept = int(cell // 2), int(cell % 2)
             text = caption(rng, topic)
             if text not in layers:
@@ -140,11 +152,27 @@ def generate(out_dir: Path, n_train: int, n_dev: int, n_test: int, seed: int, im
 class SyntheticSource:
     """A cached synthetic dataset: generated once per parameter set under root, then read as a folder."""
 
-    def __init__(self, root: str | Path, n_train: int = 2000, n_dev: int = 300, n_test: int = 600,
-                 seed: int = 0, image_size: int = 96, version: int = 2, label_noise: float = 0.05) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        n_train: int = 2000,
+        n_dev: int = 300,
+        n_test: int = 600,
+        seed: int = 0,
+        image_size: int = 96,
+        version: int = 2,
+        label_noise: float = 0.05,
+    ) -> None:
         self.root = Path(root).expanduser().absolute()
-        self.params: dict[str, Any] = {"n_train": n_train, "n_dev": n_dev, "n_test": n_test, "seed": seed,
-                       "image_size": image_size, "version": version, "label_noise": label_noise}
+        self.params: dict[str, Any] = {
+            "n_train": n_train,
+            "n_dev": n_dev,
+            "n_test": n_test,
+            "seed": seed,
+            "image_size": image_size,
+            "version": version,
+            "label_noise": label_noise,
+        }
 
     @property
     def folder(self) -> Path:

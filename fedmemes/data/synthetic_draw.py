@@ -8,24 +8,59 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-PEOPLE = ("my neighbours", "the new coworkers", "tourists", "the new students", "landlords",
-          "my in-laws", "my roommates", "the guys at the gym", "commuters", "the interns",
-          "the people upstairs", "the other parents at pickup")
-THINGS = ("mondays", "pizza slices", "the weather forecasts", "traffic jams", "phone chargers",
-          "office printers", "leftovers", "rainy weekends", "alarm clocks", "parking tickets",
-          "cold fries", "software updates")
-TEMPLATES = ("when {s} {e}", "{s} {e} and nobody talks about it", "me: i'm fine. also me: {s} {e}",
-             "can't believe {s} {e}")
-ENDINGS = ("show up every single day", "ruin the whole weekend", "are the reason i need coffee",
-           "never change", "are everywhere this time of year", "make no sense",
-           "test my patience", "are getting out of hand")
+PEOPLE = (
+    "my neighbours",
+    "the new coworkers",
+    "tourists",
+    "the new students",
+    "landlords",
+    "my in-laws",
+    "my roommates",
+    "the guys at the gym",
+    "commuters",
+    "the interns",
+    "the people upstairs",
+    "the other parents at pickup",
+)
+THINGS = (
+    "mondays",
+    "pizza slices",
+    "the weather forecasts",
+    "traffic jams",
+    "phone chargers",
+    "office printers",
+    "leftovers",
+    "rainy weekends",
+    "alarm clocks",
+    "parking tickets",
+    "cold fries",
+    "software updates",
+)
+TEMPLATES = (
+    "when {s} {e}",
+    "{s} {e} and nobody talks about it",
+    "me: i'm fine. also me: {s} {e}",
+    "can't believe {s} {e}",
+)
+ENDINGS = (
+    "show up every single day",
+    "ruin the whole weekend",
+    "are the reason i need coffee",
+    "never change",
+    "are everywhere this time of year",
+    "make no sense",
+    "test my patience",
+    "are getting out of hand",
+)
 
 # Hue ranges (0..1): warm stays within red-orange, cool within green-blue, so red > blue only if warm.
 _WARM_HUES = (0.0, 0.09)
 _COOL_HUES = (0.40, 0.62)
 
 
-def color(rng: np.random.Generator, warm: int, sat: tuple[float, float], val: tuple[float, float]) -> tuple[int, int, int]:
+def color(
+    rng: np.random.Generator, warm: int, sat: tuple[float, float], val: tuple[float, float]
+) -> tuple[int, int, int]:
     """Draw an RGB colour from the warm or cool palette."""
     h = rng.uniform(*(_WARM_HUES if warm else _COOL_HUES))
     r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val))
@@ -42,7 +77,9 @@ def star(cx: float, cy: float, r: float, points: int, turn: float) -> list[tuple
     return [(cx + q * np.cos(a), cy + q * np.sin(a)) for q, a in zip(radii, angles, strict=True)]
 
 
-def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[Image.Image, Image.Image]:
+def text_layer(
+    text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> tuple[Image.Image, Image.Image]:
     """Return (fill mask, outline mask) of the wrapped caption, centred, size pixels wide."""
     sample = "the quick brown fox jumps over a lazy dog"
     chars = max(8, int((size - 6) * len(sample) / font.getlength(sample)))
@@ -56,8 +93,16 @@ def text_layer(text: str, size: int, font: ImageFont.ImageFont | ImageFont.FreeT
     return mask, mask.filter(ImageFilter.MaxFilter(3))
 
 
-def draw_objects(rng: np.random.Generator, draw: ImageDraw.ImageDraw, concept: int, count: int, size: int,
-                 scale: tuple[float, float], sat: tuple[float, float], val: tuple[float, float]) -> None:
+def draw_objects(
+    rng: np.random.Generator,
+    draw: ImageDraw.ImageDraw,
+    concept: int,
+    count: int,
+    size: int,
+    scale: tuple[float, float],
+    sat: tuple[float, float],
+    val: tuple[float, float],
+) -> None:
     """Draw count objects of a concept: warm pointed shapes (1) or cool round ones (0)."""
     for _ in range(count):
         r = size * rng.uniform(*scale)

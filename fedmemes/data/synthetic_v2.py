@@ -58,8 +58,14 @@ TWIN_SHARE = 0.15
 # P(t, v) of subtle memes, as [[t=0,v=0], [t=0,v=1]], [[t=1,v=0], [t=1,v=1]]. Label = t XOR v, so
 # (0,1) and (1,0) are hateful; (1,1) rarest makes "people" and "warm" each lean hateful.
 CELLS = np.array([[0.33, 0.25], [0.28, 0.14]])
-CUES = ("are a plague", "should be banned", "need to disappear", "are worse than rats",
-        "should be thrown out", "are a disease")
+CUES = (
+    "are a plague",
+    "should be banned",
+    "need to disappear",
+    "are worse than rats",
+    "should be thrown out",
+    "are a disease",
+)
 CUE_TEMPLATES = ("{s} {c}", "honestly {s} {c}", "{s} {c}. change my mind", "reminder that {s} {c}")
 
 
@@ -115,8 +121,9 @@ def draw_latents(rng: np.random.Generator, n: int, label_noise: float) -> list[d
     return rows
 
 
-def render_v2(rng: np.random.Generator, concept: int, text: tuple[Image.Image, Image.Image], size: int,
-              top: bool) -> Image.Image:
+def render_v2(
+    rng: np.random.Generator, concept: int, text: tuple[Image.Image, Image.Image], size: int, top: bool
+) -> Image.Image:
     """Draw a version-2 meme picture: pale background, several objects, the caption on top or bottom."""
     r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.05, 0.25), rng.uniform(0.75, 0.95))
     img = Image.new("RGB", (size, size), (int(r * 255), int(g * 255), int(b * 255)))
@@ -146,21 +153,28 @@ def draw_memes(rng: np.random.Generator, n: int, label_noise: float) -> list[dic
     return memes
 
 
-def generate_v2(out_dir: Path, counts: dict[str, int], ids: np.ndarray, rng: np.random.Generator,
-                image_size: int, label_noise: float) -> Path:
+def generate_v2(
+    out_dir: Path,
+    counts: dict[str, int],
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    image_size: int,
+    label_noise: float,
+) -> Path:
     """Write version-2 memes for each split into out_dir (img/ already exists); return out_dir."""
     font = ImageFont.load_default(size=max(8, image_size // 10))
     layers: dict[str, tuple[Image.Image, Image.Image]] = {}  # captions repeat: render each once
     start = 0
     for split, n in counts.items():
         rows = []
-        for meme_id, meme in zip(ids[start:start + n], draw_memes(rng, n, label_noise), strict=True):
+        for meme_id, meme in zip(ids[start : start + n], draw_memes(rng, n, label_noise), strict=True):
             text = meme["text"]
             if text not in layers:
                 layers[text] = text_layer(text, image_size, font)
             rel = f"img/{meme_id:05d}.png"
             render_v2(rng, meme["concept"], layers[text], image_size, rng.random() < 0.5).save(
-                out_dir / rel, compress_level=1)
+                out_dir / rel, compress_level=1
+            )
             rows.append({"id": int(meme_id), "img": rel, "label": meme["label"], "text": text})
         start += n
         with (out_dir / f"{split}.jsonl").open("w", encoding="utf-8") as f:

@@ -22,7 +22,9 @@ def read_token(token_file: str | Path | None = None) -> str:
     token = Path(token_file).read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         where = f"file {token_file} is empty" if token_file else f"${TOKEN_ENV} is not set"
-        raise ValueError(f"no API token: {where}; e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe())')`")
+        raise ValueError(
+            f"no API token: {where}; e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe())')`"
+        )
     return token
 
 
@@ -81,6 +83,11 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

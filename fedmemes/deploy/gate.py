@@ -24,8 +24,10 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-REFUSAL = {"detail": "not served on this address: the SuperLink's Control and runtime APIs answer only on the server's "
-                     "loopback control port (server.control_port)"}
+REFUSAL = {
+    "detail": "not served on this address: the SuperLink's Control and runtime APIs answer only on the server's "
+    "loopback control port (server.control_port)"
+}
 
 
 def public_paths() -> frozenset[str]:
@@ -48,12 +50,21 @@ class PublicFilter:
         return server[1] == self.control_port and is_loopback(str(server[0]))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or self.inside(scope) or (scope["type"] == "http" and scope["path"] in self.allowed):
+        if (
+            scope["type"] == "lifespan"
+            or self.inside(scope)
+            or (scope["type"] == "http" and scope["path"] in self.allowed)
+        ):
             await self.app(scope, receive, send)
         elif scope["type"] == "http":
             body = json.dumps(REFUSAL).encode()
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
         else:  # a websocket or an unknown scope type: closed before it is accepted
             await send({"type": "websocket.close", "code": 1008})
@@ -75,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.logger import console_handler
     from flwr.superlink.main import create_app
 
-    flower = importlib.import_module("flwr.superlink.cli.flower_superlink")  # the package re-exports a function by that name
+    flower = importlib.import_module(
+        "flwr.superlink.cli.flower_superlink"
+    )  # the package re-exports a function by that name
 
     p = argparse.ArgumentParser(prog="python -m fedmemes.deploy.gate", description=__doc__.splitlines()[0])
     p.add_argument("--public", required=True, help="HOST:PORT SuperNodes dial (Fleet API and /health only)")
@@ -88,8 +101,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--host {config.host}: the control socket must be loopback (127.0.0.1); SuperNodes use --public")
     public_host, public_port = split_address(args.public)
     app = PublicFilter(create_app(config, flower.SuperLinkLifespan), config.port, public_paths())
-    server = uvicorn.Server(uvicorn.Config(app, access_log=True, log_config=get_uvicorn_log_config(console_handler.level),
-                                           ssl_keyfile=config.ssl_keyfile, ssl_certfile=config.ssl_certfile))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            access_log=True,
+            log_config=get_uvicorn_log_config(console_handler.level),
+            ssl_keyfile=config.ssl_keyfile,
+            ssl_certfile=config.ssl_certfile,
+        )
+    )
     server.run(sockets=[_listen(config.host, config.port), _listen(public_host, public_port)])
 
 

@@ -91,17 +91,28 @@ class Manager:
             data = self.data()
         except Exception as err:  # noqa: BLE001 - /info answers 200 with the reason instead of 500
             data = {"error": f"{type(err).__name__}: {err}"}
-        return {"name": self.name, "device": self.device, "data": data,
-                "supernode_running": self.running(), "superlink": self.client_args.superlink,
-                "tls": self.client_args.root_certificates is not None, "last_round_seen": self.last_round_seen}
+        return {
+            "name": self.name,
+            "device": self.device,
+            "data": data,
+            "supernode_running": self.running(),
+            "superlink": self.client_args.superlink,
+            "tls": self.client_args.root_certificates is not None,
+            "last_round_seen": self.last_round_seen,
+        }
 
 
-def heartbeat_once(manager: Manager, status_url: str, token: str, timeout_s: float = 5.0,
-                   ca: Path | None = None) -> dict[str, Any]:
+def heartbeat_once(
+    manager: Manager, status_url: str, token: str, timeout_s: float = 5.0, ca: Path | None = None
+) -> dict[str, Any]:
     """POST one heartbeat to the server's status API (https verified against `ca`) and return its JSON object reply."""
     body = json.dumps({"name": manager.name, "info": manager.info()}).encode()
-    req = urllib.request.Request(f"{status_url.rstrip('/')}/heartbeat", data=body, method="POST",
-                                 headers={"Content-Type": "application/json", TOKEN_HEADER: token})
+    req = urllib.request.Request(
+        f"{status_url.rstrip('/')}/heartbeat",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", TOKEN_HEADER: token},
+    )
     context = ssl.create_default_context(cafile=str(ca) if ca else None) if status_url.startswith("https") else None
     with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:  # noqa: S310 - the configured server URL
         reply = json.loads(resp.read(64 * 1024))
@@ -110,8 +121,9 @@ def heartbeat_once(manager: Manager, status_url: str, token: str, timeout_s: flo
     return reply
 
 
-def heartbeat_loop(manager: Manager, status_url: str, token: str, period_s: float, stop: threading.Event,
-                   ca: Path | None = None) -> None:
+def heartbeat_loop(
+    manager: Manager, status_url: str, token: str, period_s: float, stop: threading.Event, ca: Path | None = None
+) -> None:
     """Send heartbeats every `period_s` until `stop` is set; any failure is logged and the next beat tried."""
     while not stop.is_set():
         try:
@@ -125,6 +137,7 @@ def heartbeat_loop(manager: Manager, status_url: str, token: str, period_s: floa
 
 def create_app(manager: Manager, token: str) -> FastAPI:
     """Return the manager's API: GET /health is open (liveness probes); /info, /start, /stop need the token."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -157,33 +170,57 @@ def main(argv: list[str] | None = None) -> None:
     """Parse `fedmemes manager ...` (plus the `fedmemes client` flags) and serve until interrupted."""
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="fedmemes manager", parents=[supernode.parser()], conflict_handler="resolve",
-                                description="Client manager: start/stop this machine's SuperNode over HTTP, heartbeat to the server.")
+    p = argparse.ArgumentParser(
+        prog="fedmemes manager",
+        parents=[supernode.parser()],
+        conflict_handler="resolve",
+        description="Client manager: start/stop this machine's SuperNode over HTTP, heartbeat to the server.",
+    )
     p.add_argument("--name", default=os.uname().nodename, help="this client's name in the server's status API")
     p.add_argument("--host", default="127.0.0.1", help="where the manager API listens (0.0.0.0 for other machines)")
     p.add_argument("--port", type=int, default=8091)
-    p.add_argument("--status-url", help="the server's status API, e.g. https://server:8090 (verified with "
-                   "--root-certificates); no heartbeats when absent")
-    p.add_argument("--heartbeat-s", type=float, default=10.0, help="seconds between heartbeats (match server.heartbeat_s)")
+    p.add_argument(
+        "--status-url",
+        help="the server's status API, e.g. https://server:8090 (verified with "
+        "--root-certificates); no heartbeats when absent",
+    )
+    p.add_argument(
+        "--heartbeat-s", type=float, default=10.0, help="seconds between heartbeats (match server.heartbeat_s)"
+    )
     p.add_argument("--token-file", help=f"file holding the API token (else ${'FEDMEMES_TOKEN'})")
-    p.add_argument("--autostart", action="store_true", help="start the SuperNode at once instead of waiting for POST /start")
+    p.add_argument(
+        "--autostart", action="store_true", help="start the SuperNode at once instead of waiting for POST /start"
+    )
     p.add_argument("--ssl-certfile", type=Path, help="certificate for serving this API over TLS (with --ssl-keyfile)")
     p.add_argument("--ssl-keyfile", type=Path, help="its private key")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow plain HTTP on a non-loopback --host and an http:// --status-url on another machine")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain HTTP on a non-loopback --host and an http:// --status-url on another machine",
+    )
     args = p.parse_args(argv)
     try:
         token = read_token(args.token_file)
         supernode.node_config(args.partition_id, args.num_partitions, args.data_dir)  # fail now, not on /start
         if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
             raise ValueError("give both --ssl-certfile and --ssl-keyfile, or neither")
-        refuse_plain_text("--host", args.host, bool(args.ssl_certfile), args.insecure,
-                          "serve TLS with --ssl-certfile/--ssl-keyfile, or pass --insecure to accept plain HTTP")
+        refuse_plain_text(
+            "--host",
+            args.host,
+            bool(args.ssl_certfile),
+            args.insecure,
+            "serve TLS with --ssl-certfile/--ssl-keyfile, or pass --insecure to accept plain HTTP",
+        )
         if args.status_url:
             url = urllib.parse.urlsplit(args.status_url)
-            refuse_plain_text("--status-url", url.hostname or "", url.scheme == "https", args.insecure,
-                              "the token travels in every heartbeat: use https:// (the server's status API serves TLS "
-                              "with server.certs), or pass --insecure")
+            refuse_plain_text(
+                "--status-url",
+                url.hostname or "",
+                url.scheme == "https",
+                args.insecure,
+                "the token travels in every heartbeat: use https:// (the server's status API serves TLS "
+                "with server.certs), or pass --insecure",
+            )
     except ValueError as err:
         p.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -192,13 +229,22 @@ def main(argv: list[str] | None = None) -> None:
     manager.info()  # detect the device now, before the API answers
     stop = threading.Event()
     if args.status_url:
-        threading.Thread(target=heartbeat_loop, args=(manager, args.status_url, token, args.heartbeat_s, stop, args.root_certificates),
-                         daemon=True).start()
+        threading.Thread(
+            target=heartbeat_loop,
+            args=(manager, args.status_url, token, args.heartbeat_s, stop, args.root_certificates),
+            daemon=True,
+        ).start()
     if args.autostart:
         manager.start()
     try:
-        uvicorn.run(create_app(manager, token), host=args.host, port=args.port, log_level="warning",
-                    ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+        uvicorn.run(
+            create_app(manager, token),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+        )
     finally:
         stop.set()
         manager.stop()

@@ -28,7 +28,9 @@ def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str
         FLWR_HOME=str(flwr_home),
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",  # our package is installed; never pip/uv at run time
-        PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),  # SuperLink/SuperNode spawn flwr-* by name
+        PATH=str(Path(sys.executable).parent)
+        + os.pathsep
+        + env.get("PATH", ""),  # SuperLink/SuperNode spawn flwr-* by name
     )
     env.update(extra or {})
     return env
@@ -55,7 +57,9 @@ def stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
 def _kill_group(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
     if proc is None:
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone, or its pid now belongs to another user
+    with contextlib.suppress(
+        ProcessLookupError, PermissionError
+    ):  # already gone, or its pid now belongs to another user
         os.killpg(proc.pid, sig)
 
 
@@ -71,7 +75,9 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{cast(list[str], proc.args)[0]} exited with code {proc.returncode} before listening on {host}:{port}")  # spawn() passes a list of str
+            raise RuntimeError(
+                f"{cast(list[str], proc.args)[0]} exited with code {proc.returncode} before listening on {host}:{port}"
+            )  # spawn() passes a list of str
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex((host, port)) == 0:

@@ -34,7 +34,9 @@ def _status_api(cfg: DictConfig, status: RunStatus, tls: TlsFiles | None) -> uvi
         log.warning("status API: %s; heartbeats will be refused", err)
         token = secrets.token_urlsafe()  # nobody knows it: GET /status works, POST /heartbeat is refused
     server = serve_in_thread(create_app(status, token), cfg.server.status_host, int(cfg.server.status_port), tls)
-    log.info("status API: %s://%s:%s/status", "https" if tls else "http", cfg.server.status_host, cfg.server.status_port)
+    log.info(
+        "status API: %s://%s:%s/status", "https" if tls else "http", cfg.server.status_host, cfg.server.status_port
+    )
     return server
 
 
@@ -44,7 +46,9 @@ def _check_exposure(cfg: DictConfig) -> None:
     encrypted, insecure = bool(cfg.server.certs), bool(cfg.server.get("insecure", False))
     try:
         if not cfg.server.superlink:
-            refuse_plain_text("server.address", processes.split_address(cfg.server.address)[0], encrypted, insecure, fix)
+            refuse_plain_text(
+                "server.address", processes.split_address(cfg.server.address)[0], encrypted, insecure, fix
+            )
         if cfg.server.status_port is not None:
             refuse_plain_text("server.status_host", str(cfg.server.status_host), encrypted, insecure, fix)
     except ValueError as err:
@@ -63,10 +67,18 @@ class RoundPrinter:
             raise RuntimeError(f"the SuperLink exited with code {self.superlink.returncode}")
         self.status.state = flower_status
         for r in self.status.rounds():
-            if r["round"] not in self.printed and "accuracy" in r:  # rows without scores: server.eval_every skipped them
+            if (
+                r["round"] not in self.printed and "accuracy" in r
+            ):  # rows without scores: server.eval_every skipped them
                 self.printed.add(r["round"])
-                log.info("round %d/%d | clients %s | hold-out AUROC %s  acc %.3f", r["round"], self.num_rounds,
-                         r.get("clients"), f"{r['auroc']:.3f}" if r.get("auroc") is not None else "n/a", r["accuracy"])
+                log.info(
+                    "round %d/%d | clients %s | hold-out AUROC %s  acc %.3f",
+                    r["round"],
+                    self.num_rounds,
+                    r.get("clients"),
+                    f"{r['auroc']:.3f}" if r.get("auroc") is not None else "n/a",
+                    r["accuracy"],
+                )
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -86,7 +98,9 @@ def server(cfg: DictConfig) -> None:
         check_loopback_name(tls)  # the server's own tools dial the control port as 127.0.0.1 with this certificate
     control = None if cfg.server.superlink else int(cfg.server.get("control_port", 9093))
     if control is not None and control == processes.split_address(cfg.server.address)[1]:
-        raise SystemExit(f"error: server.control_port={control} is server.address's port; give the control port another one")
+        raise SystemExit(
+            f"error: server.control_port={control} is server.address's port; give the control port another one"
+        )
     link = SuperLink(cfg.server.superlink or cfg.server.address, Path(cfg.server.flwr_home).resolve(), tls, control)
     status = RunStatus(run_dir, float(cfg.server.heartbeat_s))
     api = _status_api(cfg, status, tls)
@@ -94,13 +108,22 @@ def server(cfg: DictConfig) -> None:
     try:
         if not cfg.server.superlink:
             proc = link.start(node_auth=bool(cfg.server.supernode_auth))
-            log.info("SuperLink on %s (%s, Fleet API only; Control on %s); clients: fedmemes client --superlink HOST:%s ...",
-                     link.address, "TLS" if tls else "UNENCRYPTED", link.dial, link.address.rpartition(":")[2])
+            log.info(
+                "SuperLink on %s (%s, Fleet API only; Control on %s); clients: fedmemes client --superlink HOST:%s ...",
+                link.address,
+                "TLS" if tls else "UNENCRYPTED",
+                link.dial,
+                link.address.rpartition(":")[2],
+            )
         for key in cfg.server.authorized_keys:
             link.register(Path(key).expanduser().resolve())
         status.run_id = link.submit(job_overrides(run_dir))
         status.state = "pending"
-        log.info("run %s submitted; waiting for %s clients", status.run_id, cfg.server.strategy.get("min_available_nodes") or cfg.num_clients)
+        log.info(
+            "run %s submitted; waiting for %s clients",
+            status.run_id,
+            cfg.server.strategy.get("min_available_nodes") or cfg.num_clients,
+        )
         final = link.wait(status.run_id, RoundPrinter(status, int(cfg.num_rounds), proc))
         status.state = final
     finally:

@@ -38,8 +38,10 @@ class SimulationStatus:
             return
         host, port = cfg.server.status_host, int(cfg.server.status_port)
         if not port_free(host, port):
-            raise SystemExit(f"error: server.status_port={port}: {host}:{port} is in use; pick a free port, "
-                             "e.g. server.status_port=8091")
+            raise SystemExit(
+                f"error: server.status_port={port}: {host}:{port} is in use; pick a free port, "
+                "e.g. server.status_port=8091"
+            )
         try:  # a simulation has no managers: the token only guards what a token-holder may see
             token = read_token(cfg.server.token_file)
         except ValueError:

@@ -56,8 +56,11 @@ class RunStatus:
         now = time.time()
         with self.lock:
             clients = [
-                {**c, "seconds_since_heartbeat": round(now - c["last_heartbeat"], 1),
-                 "online": now - c["last_heartbeat"] < ONLINE_PERIODS * self.heartbeat_s}
+                {
+                    **c,
+                    "seconds_since_heartbeat": round(now - c["last_heartbeat"], 1),
+                    "online": now - c["last_heartbeat"] < ONLINE_PERIODS * self.heartbeat_s,
+                }
                 for c in self.clients.values()
             ]
         rounds = self.rounds()
@@ -65,8 +68,14 @@ class RunStatus:
             clients = [{k: c[k] for k in ("online", "seconds_since_heartbeat")} for c in clients]
             # Scores only: a nested or text field (e.g. per-node reasons) could name a client.
             rounds = [{k: v for k, v in r.items() if v is None or isinstance(v, (int, float))} for r in rounds]
-        return {"state": self.state, "run_id": self.run_id, **({"run_dir": str(self.run_dir)} if full else {}),
-                "current_round": rounds[-1]["round"] if rounds else None, "rounds": rounds, "clients": clients}
+        return {
+            "state": self.state,
+            "run_id": self.run_id,
+            **({"run_dir": str(self.run_dir)} if full else {}),
+            "current_round": rounds[-1]["round"] if rounds else None,
+            "rounds": rounds,
+            "clients": clients,
+        }
 
 
 def create_app(status: RunStatus, token: str) -> FastAPI:
@@ -89,7 +98,9 @@ def create_app(status: RunStatus, token: str) -> FastAPI:
         try:  # parsed here, after the token check (a body parameter would be parsed before it)
             beat = Heartbeat.model_validate_json(await request.body())
         except ValidationError as err:
-            raise HTTPException(status_code=422, detail=[{"loc": e["loc"], "msg": e["msg"]} for e in err.errors()]) from None
+            raise HTTPException(
+                status_code=422, detail=[{"loc": e["loc"], "msg": e["msg"]} for e in err.errors()]
+            ) from None
         status.beat(beat)
         rounds = status.rounds()
         return {"ok": True, "state": status.state, "current_round": rounds[-1]["round"] if rounds else None}
@@ -99,7 +110,15 @@ def create_app(status: RunStatus, token: str) -> FastAPI:
 
 def serve_in_thread(api: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> uvicorn.Server:
     """Serve `api` from a daemon thread, over TLS with the SuperLink's certificate when given; stop with `should_exit`."""
-    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning",
-                                           ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            api,
+            host=host,
+            port=port,
+            log_level="warning",
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+        )
+    )
     threading.Thread(target=server.run, daemon=True).start()
     return server

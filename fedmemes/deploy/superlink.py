@@ -60,13 +60,35 @@ class SuperLink:
     def start(self, node_auth: bool = False, timeout_s: float = 60.0) -> subprocess.Popen[bytes]:
         """Start Flower's SuperLink app behind our gate in its own process group and wait until both ports answer."""
         if self.control_port is None:
-            raise ValueError("SuperLink.start needs control_port (server.control_port): the loopback port for Control/runtime")
+            raise ValueError(
+                "SuperLink.start needs control_port (server.control_port): the loopback port for Control/runtime"
+            )
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "fedmemes.deploy.gate", "--public", self.address,
-               "--host", "127.0.0.1", "--port", str(self.control_port),
-               # State stays in memory: a restarted SuperLink must not replay a crashed run's messages.
-               "--disable-runtime-dependency-installation"]
-        cmd += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)] if self.tls else ["--insecure"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fedmemes.deploy.gate",
+            "--public",
+            self.address,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.control_port),
+            # State stays in memory: a restarted SuperLink must not replay a crashed run's messages.
+            "--disable-runtime-dependency-installation",
+        ]
+        cmd += (
+            [
+                "--ssl-ca-certfile",
+                str(self.tls.ca),
+                "--ssl-certfile",
+                str(self.tls.cert),
+                "--ssl-keyfile",
+                str(self.tls.key),
+            ]
+            if self.tls
+            else ["--insecure"]
+        )
         cmd += ["--enable-supernode-auth"] if node_auth else []
         proc = spawn(cmd, self.env(), self.log_file)
         wait_for_port(*split_address(self.dial), timeout_s, proc)
@@ -101,15 +123,23 @@ class SuperLink:
 
     def flwr(self, *args: str, timeout_s: float = 120.0) -> dict[str, Any]:
         """Run a `flwr` CLI command against this SuperLink with JSON output and return the parsed reply."""
-        proc = subprocess.run([bin_path("flwr"), *args, "--format", "json"], env=self.env(), capture_output=True, text=True,
-                              timeout=timeout_s, cwd=self.flwr_home)
+        proc = subprocess.run(
+            [bin_path("flwr"), *args, "--format", "json"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=self.flwr_home,
+        )
         start = proc.stdout.find("{")
         try:
             reply = json.loads(proc.stdout[start:]) if start >= 0 else {}
         except json.JSONDecodeError:
             reply = {}
         if proc.returncode != 0 or not reply.get("success", False):
-            raise RuntimeError(f"`flwr {' '.join(args)}` failed (exit {proc.returncode}): {proc.stdout[-800:]}{proc.stderr[-800:]}")
+            raise RuntimeError(
+                f"`flwr {' '.join(args)}` failed (exit {proc.returncode}): {proc.stdout[-800:]}{proc.stderr[-800:]}"
+            )
         return reply
 
     def submit(self, overrides: str) -> str:
@@ -123,7 +153,13 @@ class SuperLink:
         self.write_connection()
         self.flwr("supernode", "register", str(public_key), CONNECTION)
 
-    def wait(self, run_id: str, on_tick: Callable[[str], None] | None = None, poll_s: float = 2.0, timeout_s: float | None = None) -> str:
+    def wait(
+        self,
+        run_id: str,
+        on_tick: Callable[[str], None] | None = None,
+        poll_s: float = 2.0,
+        timeout_s: float | None = None,
+    ) -> str:
         """Poll the run's status until it finishes, calling `on_tick(status)` each time; return e.g. 'finished:completed'."""
         # In-process Control API client: a `flwr ls` process per poll costs a CPU-second of imports.
         from flwr.cli.flower_config import read_superlink_connection
@@ -139,7 +175,11 @@ class SuperLink:
             while True:
                 runs = client.ListRuns(ListRunsRequest(run_id=int(run_id))).run_dict
                 state = run_from_proto(next(iter(runs.values()))).status if runs else None
-                status = f"{state.status}:{state.sub_status}" if state and state.sub_status else (state.status if state else "unknown")
+                status = (
+                    f"{state.status}:{state.sub_status}"
+                    if state and state.sub_status
+                    else (state.status if state else "unknown")
+                )
                 if on_tick is not None:
                     on_tick(status)
                 if status.startswith("finished"):

@@ -14,7 +14,9 @@ def node_config(partition_id: int | None, num_partitions: int | None, data_dir: 
     """Return the `--node-config` string the ClientApp reads: partition-id, num-partitions (+ data-dir)."""
     if partition_id is None or num_partitions is None:
         # With --data-dir too: the number names the client in metrics.json and seeds its training.
-        raise ValueError("give --partition-id I --num-partitions N (with --data-dir DIR when the client has its own folder)")
+        raise ValueError(
+            "give --partition-id I --num-partitions N (with --data-dir DIR when the client has its own folder)"
+        )
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"--partition-id {partition_id} must be in [0, {num_partitions})")
     config = f"partition-id={partition_id} num-partitions={num_partitions}"
@@ -23,12 +25,24 @@ def node_config(partition_id: int | None, num_partitions: int | None, data_dir: 
     return config
 
 
-def supernode_command(superlink: str, config: str, root_certificates: Path | None = None,
-                      auth_key: Path | None = None, clientappio_port: int | None = None) -> list[str]:
+def supernode_command(
+    superlink: str,
+    config: str,
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
+    clientappio_port: int | None = None,
+) -> list[str]:
     """Return the `flower-supernode` command line; without a CA certificate the link is unencrypted."""
-    cmd = [bin_path("flower-supernode"), "--superlink", superlink, "--node-config", config,
-           # its local ClientApp API port: free by default so several clients can share one machine
-           "--port", str(clientappio_port or free_port())]
+    cmd = [
+        bin_path("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--node-config",
+        config,
+        # its local ClientApp API port: free by default so several clients can share one machine
+        "--port",
+        str(clientappio_port or free_port()),
+    ]
     cmd += ["--root-certificates", str(Path(root_certificates).resolve())] if root_certificates else ["--insecure"]
     cmd += ["--auth-supernode-private-key", str(Path(auth_key).resolve())] if auth_key else []
     return cmd
@@ -36,13 +50,19 @@ def supernode_command(superlink: str, config: str, root_certificates: Path | Non
 
 def parser() -> argparse.ArgumentParser:
     """Return the `fedmemes client` argument parser (also used by `fedmemes manager`)."""
-    p = argparse.ArgumentParser(prog="fedmemes client", description="Start a SuperNode that trains on this machine's memes.")
+    p = argparse.ArgumentParser(
+        prog="fedmemes client", description="Start a SuperNode that trains on this machine's memes."
+    )
     p.add_argument("--superlink", required=True, help="the server's SuperLink as HOST:PORT")
     p.add_argument("--partition-id", type=int, help="this client's share of a partitioned source (0-based)")
     p.add_argument("--num-partitions", type=int, help="how many clients share the source")
     p.add_argument("--data-dir", type=Path, help="this client's own folder in the original layout (img/ + train.jsonl)")
-    p.add_argument("--root-certificates", type=Path, help="the server's CA certificate (ca.crt from `fedmemes certs`): TLS on")
-    p.add_argument("--auth-key", type=Path, help="this node's private key when the server runs with server.supernode_auth=true")
+    p.add_argument(
+        "--root-certificates", type=Path, help="the server's CA certificate (ca.crt from `fedmemes certs`): TLS on"
+    )
+    p.add_argument(
+        "--auth-key", type=Path, help="this node's private key when the server runs with server.supernode_auth=true"
+    )
     p.add_argument("--flwr-home", type=Path, help="Flower's folder for this node (default: ~/.flwr)")
     return p
 

@@ -49,8 +49,10 @@ class CrossAttentionFusion(MemeClassifier):
         if direction not in DIRECTIONS:
             raise ValueError(f"model.direction={direction!r} is not one of {tuple(DIRECTIONS)}")
         if not getattr(text_encoder, "gives_tokens", False):
-            raise ValueError("cross_attention needs caption token states: use model/text_encoder=frozen_tokens "
-                             "(or finetune), or set model.text_encoder.output=tokens")
+            raise ValueError(
+                "cross_attention needs caption token states: use model/text_encoder=frozen_tokens "
+                "(or finetune), or set model.text_encoder.output=tokens"
+            )
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.text_proj = nn.Linear(text_encoder.dim, hidden_dim)
@@ -58,7 +60,10 @@ class CrossAttentionFusion(MemeClassifier):
         self.missing_text = nn.Parameter(torch.zeros(hidden_dim))
         self.missing_image = nn.Parameter(torch.zeros(hidden_dim))
         self.attend = nn.ModuleDict(
-            {d: nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout, batch_first=True) for d in DIRECTIONS[direction]}
+            {
+                d: nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout, batch_first=True)
+                for d in DIRECTIONS[direction]
+            }
         )
         self.norm = nn.ModuleDict({d: nn.LayerNorm(hidden_dim) for d in DIRECTIONS[direction]})
         self.head = mlp(2 * hidden_dim, fusion_output_dim, output_size, dropout)

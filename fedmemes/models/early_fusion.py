@@ -39,9 +39,13 @@ class EarlyFusion(MemeClassifier):
         super().__init__(modality_dropout)
         self.text_encoder = text_encoder  # a frozen encoder is a plain object: not a submodule, never exported
         # LayerNorm first: pooled sentence vectors have small, uneven scales; normalised, the head learns in far fewer steps.
-        self.text_proj = nn.Sequential(nn.LayerNorm(text_encoder.dim), nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU())
+        self.text_proj = nn.Sequential(
+            nn.LayerNorm(text_encoder.dim), nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU()
+        )
         # Built after text_proj, as in the seed's model, so seeded initialisations stay the same.
-        self.image_encoder = image_encoder if image_encoder is not None else SmallCNN(image_output_dim, width=image_width)
+        self.image_encoder = (
+            image_encoder if image_encoder is not None else SmallCNN(image_output_dim, width=image_width)
+        )
         image_dim = out_dim(self.image_encoder)
         self.missing_text = nn.Parameter(torch.zeros(text_hidden_dim))
         self.missing_image = nn.Parameter(torch.zeros(image_dim))

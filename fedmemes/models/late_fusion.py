@@ -34,8 +34,11 @@ class LateFusion(MemeClassifier):
         super().__init__(modality_dropout)
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
-        self.text_head = nn.Sequential(nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU(),
-                                       mlp(text_hidden_dim, head_hidden_dim, output_size, dropout))
+        self.text_head = nn.Sequential(
+            nn.Linear(text_encoder.dim, text_hidden_dim),
+            nn.ReLU(),
+            mlp(text_hidden_dim, head_hidden_dim, output_size, dropout),
+        )
         self.image_head = mlp(out_dim(image_encoder), head_hidden_dim, output_size, dropout)
         self.missing_text = nn.Parameter(torch.zeros(text_encoder.dim))
         self.missing_image = nn.Parameter(torch.zeros(out_dim(image_encoder)))

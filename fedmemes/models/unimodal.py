@@ -13,8 +13,15 @@ class TextOnly(MemeClassifier):
 
     text_branch = ("text_encoder", "text_proj", "missing_text")
 
-    def __init__(self, text_encoder: TextEncoder, text_hidden_dim: int = 256, fusion_output_dim: int = 128,
-                 output_size: int = 2, dropout: float = 0.1, modality_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        text_hidden_dim: int = 256,
+        fusion_output_dim: int = 128,
+        output_size: int = 2,
+        dropout: float = 0.1,
+        modality_dropout: float = 0.0,
+    ) -> None:
         super().__init__(modality_dropout)
         self.text_encoder = text_encoder
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU())
@@ -24,7 +31,9 @@ class TextOnly(MemeClassifier):
     def forward(self, text: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Map text inputs and mask (B, 2) to logits; `image` is ignored."""
         mask = self.available(mask)
-        return self.head(fill_missing(self.text_proj(pooled_text(self.text_encoder, text)), mask[:, 0], self.missing_text))
+        return self.head(
+            fill_missing(self.text_proj(pooled_text(self.text_encoder, text)), mask[:, 0], self.missing_text)
+        )
 
 
 class ImageOnly(MemeClassifier):
@@ -35,8 +44,15 @@ class ImageOnly(MemeClassifier):
 
     image_branch = ("image_encoder", "missing_image")
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: TextEncoder | None = None, fusion_output_dim: int = 128,
-                 output_size: int = 2, dropout: float = 0.1, modality_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        text_encoder: TextEncoder | None = None,
+        fusion_output_dim: int = 128,
+        output_size: int = 2,
+        dropout: float = 0.1,
+        modality_dropout: float = 0.0,
+    ) -> None:
         super().__init__(modality_dropout)
         self.image_encoder = image_encoder
         self.missing_image = nn.Parameter(torch.zeros(out_dim(image_encoder)))

@@ -9,9 +9,13 @@ from fedmemes.report.render import write_report
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and write the report of the given runs."""
-    parser = argparse.ArgumentParser(prog="fedmemes report", description=(
-        "Write report.html (one file, images inline) and report.md (+ report/*.png) for one or more run "
-        "directories; several runs are overlaid and their config differences tabled."))
+    parser = argparse.ArgumentParser(
+        prog="fedmemes report",
+        description=(
+            "Write report.html (one file, images inline) and report.md (+ report/*.png) for one or more run "
+            "directories; several runs are overlaid and their config differences tabled."
+        ),
+    )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each holds metrics.json)")
     parser.add_argument("--out", default=None, help="folder for the report (default: the first RUN_DIR)")
     args = parser.parse_args(argv)

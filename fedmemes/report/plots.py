@@ -55,8 +55,14 @@ def holdout_curves(runs: list[Run]) -> Figure:
 
 def _scored(runs: list[Run], both_classes: bool) -> list[tuple[Run, np.ndarray, np.ndarray]]:
     """Return (run, prob, label) of the runs that saved test predictions (with both classes when asked)."""
-    return [(r, r.prob, r.label) for r in runs if r.prob is not None and r.label is not None and len(r.label)
-            and (not both_classes or len(set(r.label.tolist())) == 2)]
+    return [
+        (r, r.prob, r.label)
+        for r in runs
+        if r.prob is not None
+        and r.label is not None
+        and len(r.label)
+        and (not both_classes or len(set(r.label.tolist())) == 2)
+    ]
 
 
 def test_curves(runs: list[Run]) -> Figure | None:
@@ -74,10 +80,20 @@ def test_curves(runs: list[Run]) -> Figure | None:
     ax_roc.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="chance")
     base = float(np.mean(scored[0][2]))
     ax_pr.axhline(base, color="0.6", lw=0.8, ls="--", label=f"chance ({base:.2f} hateful)")
-    ax_roc.set(title="ROC on test (best round's model)", xlabel="false positive rate", ylabel="true positive rate",
-               xlim=(0, 1), ylim=(0, 1.02))
-    ax_pr.set(title="precision-recall on test", xlabel="recall (hateful)", ylabel="precision (hateful)",
-              xlim=(0, 1), ylim=(0, 1.02))
+    ax_roc.set(
+        title="ROC on test (best round's model)",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    ax_pr.set(
+        title="precision-recall on test",
+        xlabel="recall (hateful)",
+        ylabel="precision (hateful)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     for ax in (ax_roc, ax_pr):
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
@@ -97,8 +113,15 @@ def confusion_matrices(runs: list[Run]) -> Figure | None:
         ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max()))
         for (row, col), count in np.ndenumerate(matrix):
             share = count / max(1, matrix[row].sum())
-            ax.text(col, row, f"{count}\n{share:.0%} of row", ha="center", va="center",
-                    color="white" if count > matrix.max() / 2 else "black", fontsize=10)
+            ax.text(
+                col,
+                row,
+                f"{count}\n{share:.0%} of row",
+                ha="center",
+                va="center",
+                color="white" if count > matrix.max() / 2 else "black",
+                fontsize=10,
+            )
         ax.set_xticks([0, 1], ["benign", "hateful"])
         ax.set_yticks([0, 1], ["benign", "hateful"])
         ax.set(xlabel="predicted", ylabel="true", title=f"{run.name}\ntest, threshold {run.threshold:.2f}")
@@ -119,12 +142,17 @@ def client_bars(run: Run) -> Figure | None:
     hateful = np.array([c["label_counts"][1] for c in clients])
     ax_lab.bar(ids, benign, color=BENIGN, label="benign")
     bars = ax_lab.bar(ids, hateful, bottom=benign, color=HATEFUL, label="hateful")
-    ax_lab.bar_label(bars, [f"{h / max(1, b + h):.0%} hateful" for b, h in zip(benign, hateful, strict=True)], fontsize=8, padding=2)
+    ax_lab.bar_label(
+        bars, [f"{h / max(1, b + h):.0%} hateful" for b, h in zip(benign, hateful, strict=True)], fontsize=8, padding=2
+    )
     ax_lab.set_ylim(0, 1.45 * max(1, (benign + hateful).max()))  # room for the legend above the bars
     ax_lab.set(title="training labels per client", xlabel="client (partition id)", ylabel="memes")
     width = 0.27
-    for offset, key, label, color in ((-width, "n_text", "has caption", "#55a868"), (0, "n_image", "has image", "#8172b2"),
-                                      (width, "n_both", "both", "#937860")):
+    for offset, key, label, color in (
+        (-width, "n_text", "has caption", "#55a868"),
+        (0, "n_image", "has image", "#8172b2"),
+        (width, "n_both", "both", "#937860"),
+    ):
         ax_mod.bar(ids + offset, [c.get(key, 0) for c in clients], width, label=label, color=color)
     ax_mod.set_ylim(0, 1.45 * max([1] + [c.get("n_train", 0) for c in clients]))
     ax_mod.set(title="modalities per client", xlabel="client (partition id)", ylabel="memes")
@@ -146,8 +174,11 @@ def participation(runs: list[Run]) -> Figure | None:
     for ax, run in zip(axes[:, 0], runs, strict=True):
         rows = [r for r in run.rounds if r["round"] > 0]
         x = np.array([r["round"] for r in rows])
-        for offset, key, label, color in ((-width, "clients", "aggregated", "#4c72b0"), (0, "replies", "replies", "#55a868"),
-                                          (width, "dropped_replies", "dropped", "#dd5144")):
+        for offset, key, label, color in (
+            (-width, "clients", "aggregated", "#4c72b0"),
+            (0, "replies", "replies", "#55a868"),
+            (width, "dropped_replies", "dropped", "#dd5144"),
+        ):
             bars = ax.bar(x + offset, [r.get(key) or 0 for r in rows], width, label=label, color=color)
             ax.bar_label(bars, fontsize=8, padding=1)  # a zero (no dropped replies) shows as "0", not as nothing
         top = max([1] + [r.get(k) or 0 for r in rows for k in ("clients", "replies", "dropped_replies")])

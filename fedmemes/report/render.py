@@ -56,44 +56,115 @@ def _summary_rows(runs: list[Run]) -> list[list[Any]]:
     for run in runs:
         best = next((r for r in run.rounds if r["round"] == run.metrics.get("best_round")), {})
         test = run.metrics.get("test") or {}
-        rows.append([run.name, str(run.path), max((r["round"] for r in run.rounds), default=None), run.metrics.get("best_round"),
-                     best.get("auroc"), test.get("auroc"), test.get("accuracy"), test.get("f1_macro"), test.get("n"),
-                     sum(r.get("dropped_replies") or 0 for r in run.rounds)])
+        rows.append(
+            [
+                run.name,
+                str(run.path),
+                max((r["round"] for r in run.rounds), default=None),
+                run.metrics.get("best_round"),
+                best.get("auroc"),
+                test.get("auroc"),
+                test.get("accuracy"),
+                test.get("f1_macro"),
+                test.get("n"),
+                sum(r.get("dropped_replies") or 0 for r in run.rounds),
+            ]
+        )
     return rows
 
 
 def _sections(runs: list[Run]) -> list[Section]:
     first = runs[0]
     model = first.config.get("model", {}).get("_target_", "?").rsplit(".", 1)[-1] if first.config else "?"
-    sections = [Section("Summary", tables=[(["run", "directory", "rounds", "best round", "best hold-out AUROC", "test AUROC",
-                                              "test accuracy", "test F1 (macro)", "test memes", "dropped replies"],
-                                             _summary_rows(runs))],
-                        note="Test scores are the best hold-out round's model; accuracy and F1 at the run's threshold."
-                        if len(runs) > 1 else f"model {model}; test scores are the best hold-out round's model.")]
-    sections.append(Section("Hold-out AUROC and loss per round", figures=[("holdout.png", _png(plots.holdout_curves(runs)))]))
-    test_figs = [(name, _png(fig)) for name, fig in (("test_curves.png", plots.test_curves(runs)),
-                                                     ("confusion.png", plots.confusion_matrices(runs))) if fig is not None]
-    sections.append(Section("Test: ROC, precision-recall, confusion matrix", figures=test_figs,
-                            note="" if test_figs else "No run saved test_predictions.csv (runs made before fedmemes saved it)."))
-    client_figs = [(f"clients_{i}.png", _png(fig)) for i, run in enumerate(runs)
-                   if (fig := plots.client_bars(run)) is not None]
-    sections.append(Section("Clients: labels and modalities", figures=client_figs,
-                            note="" if client_figs else "metrics.json has no per-client facts."))
+    sections = [
+        Section(
+            "Summary",
+            tables=[
+                (
+                    [
+                        "run",
+                        "directory",
+                        "rounds",
+                        "best round",
+                        "best hold-out AUROC",
+                        "test AUROC",
+                        "test accuracy",
+                        "test F1 (macro)",
+                        "test memes",
+                        "dropped replies",
+                    ],
+                    _summary_rows(runs),
+                )
+            ],
+            note="Test scores are the best hold-out round's model; accuracy and F1 at the run's threshold."
+            if len(runs) > 1
+            else f"model {model}; test scores are the best hold-out round's model.",
+        )
+    ]
+    sections.append(
+        Section("Hold-out AUROC and loss per round", figures=[("holdout.png", _png(plots.holdout_curves(runs)))])
+    )
+    test_figs = [
+        (name, _png(fig))
+        for name, fig in (
+            ("test_curves.png", plots.test_curves(runs)),
+            ("confusion.png", plots.confusion_matrices(runs)),
+        )
+        if fig is not None
+    ]
+    sections.append(
+        Section(
+            "Test: ROC, precision-recall, confusion matrix",
+            figures=test_figs,
+            note="" if test_figs else "No run saved test_predictions.csv (runs made before fedmemes saved it).",
+        )
+    )
+    client_figs = [
+        (f"clients_{i}.png", _png(fig)) for i, run in enumerate(runs) if (fig := plots.client_bars(run)) is not None
+    ]
+    sections.append(
+        Section(
+            "Clients: labels and modalities",
+            figures=client_figs,
+            note="" if client_figs else "metrics.json has no per-client facts.",
+        )
+    )
     fig = plots.participation(runs)
-    sections.append(Section("Participation and dropped replies per round", figures=[("participation.png", _png(fig))] if fig else [],
-                            note="aggregated: clients whose update went into the model; dropped: replies refused by the checks."))
+    sections.append(
+        Section(
+            "Participation and dropped replies per round",
+            figures=[("participation.png", _png(fig))] if fig else [],
+            note="aggregated: clients whose update went into the model; dropped: replies refused by the checks.",
+        )
+    )
     diffs = config_differences(runs) if len(runs) > 1 else []
     tables = [(["config key", *[r.name for r in runs]], [[k, *values] for k, values in diffs])] if diffs else []
-    note = ("Keys whose values differ between the runs." if diffs else "The runs' configs are the same.") if len(runs) > 1 else ""
-    sections.append(Section("Config", note=note, tables=tables,
-                            code=[(f"{r.name}: config.yaml", yaml.safe_dump(r.config, sort_keys=False)) for r in runs]))
+    note = (
+        ("Keys whose values differ between the runs." if diffs else "The runs' configs are the same.")
+        if len(runs) > 1
+        else ""
+    )
+    sections.append(
+        Section(
+            "Config",
+            note=note,
+            tables=tables,
+            code=[(f"{r.name}: config.yaml", yaml.safe_dump(r.config, sort_keys=False)) for r in runs],
+        )
+    )
     return sections
 
 
 def _html_table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="{"num" if isinstance(v, (int, float)) else ""}">{html.escape(_fmt(v))}</td>'
-                                     for v in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"num" if isinstance(v, (int, float)) else ""}">{html.escape(_fmt(v))}</td>' for v in row
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -106,8 +177,10 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _render(title: str, sections: list[Section]) -> tuple[str, str]:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     md = [f"# {title}", ""]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")

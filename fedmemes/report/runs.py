@@ -48,7 +48,9 @@ class Run:
     @property
     def threshold(self) -> float:
         """Return the decision threshold the run stored (picked on the hold-out), else 0.5."""
-        value = (self.metrics.get("test") or {}).get("threshold", self.metrics.get("threshold"))  # metrics.json test.threshold
+        value = (self.metrics.get("test") or {}).get(
+            "threshold", self.metrics.get("threshold")
+        )  # metrics.json test.threshold
         return float(value) if isinstance(value, (int, float)) else 0.5
 
 
@@ -57,7 +59,9 @@ def load_run(path: Path, name: str | None = None) -> Run:
     path = Path(path).expanduser().resolve()
     metrics_file = path / METRICS_FILE
     if not metrics_file.is_file():
-        raise FileNotFoundError(f"{metrics_file}: no such file; pass a run directory (e.g. outputs/2026-01-31/12-00-00)")
+        raise FileNotFoundError(
+            f"{metrics_file}: no such file; pass a run directory (e.g. outputs/2026-01-31/12-00-00)"
+        )
     try:
         metrics = json.loads(metrics_file.read_text())
     except json.JSONDecodeError as err:
@@ -99,5 +103,5 @@ def config_differences(runs: list[Run]) -> list[tuple[str, list[Any]]]:
 def _relative_to_cache(value: Any, cache_dir: Any) -> Any:
     """Write paths under the run's cache_dir as ${cache_dir}/...: two machines' caches are no experiment choice."""
     if isinstance(value, str) and isinstance(cache_dir, str) and cache_dir and value.startswith(cache_dir):
-        return "${cache_dir}" + value[len(cache_dir):]
+        return "${cache_dir}" + value[len(cache_dir) :]
     return value

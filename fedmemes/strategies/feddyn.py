@@ -27,12 +27,16 @@ class FedDyn(ServerLRFedAvg):
         self.alpha = float(alpha)
         self.h: dict[str, np.ndarray] | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send alpha with the round's config."""
         config = ConfigRecord({**dict(config), FEDDYN_ALPHA: self.alpha})
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average (with the server step), update h, subtract h / alpha."""
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)

@@ -26,31 +26,45 @@ class ModalityAwareAvg(FedAvg):
     do not vote on that block; a block no client trained keeps its previous global value.
     """
 
-    def __init__(self, *args: Any, branches: Mapping[str, str] | None = None, count_keys: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        branches: Mapping[str, str] | None = None,
+        count_keys: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.branches = dict(branches or {})
         self.count_keys = dict(count_keys or DEFAULT_COUNT_KEYS)
         self.current_arrays: ArrayRecord | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Remember the global model: untrained blocks keep it."""
         self.current_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
     def _blocks(self, keys: Iterable[str]) -> dict[str, list[str]]:
         if not self.branches:
-            raise ValueError("modality_aware needs the model's branch map: build it with "
-                             "fedmemes.config.build_strategy(cfg, branches=model.branches())")
+            raise ValueError(
+                "modality_aware needs the model's branch map: build it with "
+                "fedmemes.config.build_strategy(cfg, branches=model.branches())"
+            )
         unknown = [k for k in keys if self.branches.get(k) not in self.count_keys]
         if unknown:
-            raise KeyError(f"tensors {unknown[:3]} have no block in the model's branch map "
-                           f"(blocks: {sorted(self.count_keys)}); the map must come from the model being trained")
+            raise KeyError(
+                f"tensors {unknown[:3]} have no block in the model's branch map "
+                f"(blocks: {sorted(self.count_keys)}); the map must come from the model being trained"
+            )
         blocks: dict[str, list[str]] = {b: [] for b in self.count_keys}
         for key in keys:
             blocks[self.branches[key]].append(key)
         return blocks
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average each block over the clients whose count for it is positive."""
         valid = train_replies(replies, self.weighted_by_key)
         if not valid:
@@ -60,7 +74,9 @@ class ModalityAwareAvg(FedAvg):
         metrics = [first_metrics(c) for c in contents]
         missing = sorted({k for m in metrics for k in self.count_keys.values() if k not in m})
         if missing:
-            raise KeyError(f"modality_aware needs metrics {missing} in every train reply (clients send n_text, n_image, n_both)")
+            raise KeyError(
+                f"modality_aware needs metrics {missing} in every train reply (clients send n_text, n_image, n_both)"
+            )
         merged: dict[str, Array] = {}
         for block, keys in self._blocks(records[0].keys()).items():
             counts = [float(cast(float, m[self.count_keys[block]])) for m in metrics]  # scalar: checked replies

@@ -36,7 +36,9 @@ class PerformanceWeightedAvg(FedAvg):
         self.alpha = alpha
         self.accuracy_key = accuracy_key
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the replies' arrays with performance weights."""
         valid = train_replies(replies, self.weighted_by_key)
         if not valid:
@@ -44,8 +46,10 @@ class PerformanceWeightedAvg(FedAvg):
         contents = [m.content for m in valid]
         metrics = [first_metrics(c) for c in contents]
         if any(self.accuracy_key not in m for m in metrics):
-            raise KeyError(f"performance_weighted needs metric '{self.accuracy_key}' in every train reply; "
-                           "set server.strategy.accuracy_key to a metric your clients send")
+            raise KeyError(
+                f"performance_weighted needs metric '{self.accuracy_key}' in every train reply; "
+                "set server.strategy.accuracy_key to a metric your clients send"
+            )
         weights = performance_weights(
             [float(cast(float, m[self.accuracy_key])) for m in metrics],  # scalar metrics: the reply checks ensure it
             [float(cast(float, m[self.weighted_by_key])) for m in metrics],

@@ -32,7 +32,9 @@ class Reference:
     tensors: dict[str, np.ndarray]  # the global model the server sent, decoded
     weight_key: str  # positive integer: the client's claimed number of training examples
     count_keys: tuple[str, ...] = ()  # non-negative integers a strategy weighs by (modality_aware's n_text, ...)
-    unit_keys: tuple[str, ...] = ()  # numbers a strategy weighs by that must lie in [0, 1] (performance_weighted's accuracy)
+    unit_keys: tuple[
+        str, ...
+    ] = ()  # numbers a strategy weighs by that must lie in [0, 1] (performance_weighted's accuracy)
     extra_arrays: tuple[str, ...] = ()  # more model-shaped ArrayRecords the strategy expects back (SCAFFOLD's cv_delta)
 
 
@@ -51,11 +53,18 @@ class Reply:
         return int(self.msg.metadata.src_node_id)
 
 
-def reference_of(arrays: ArrayRecord, arrays_key: str, weight_key: str,
-                 count_keys: tuple[str, ...] = (), unit_keys: tuple[str, ...] = (),
-                 extra_arrays: tuple[str, ...] = ()) -> Reference:
+def reference_of(
+    arrays: ArrayRecord,
+    arrays_key: str,
+    weight_key: str,
+    count_keys: tuple[str, ...] = (),
+    unit_keys: tuple[str, ...] = (),
+    extra_arrays: tuple[str, ...] = (),
+) -> Reference:
     """Decode the global model once per round into the reference replies are judged against."""
-    return Reference(arrays_key, {k: a.numpy() for k, a in arrays.items()}, weight_key, count_keys, unit_keys, extra_arrays)
+    return Reference(
+        arrays_key, {k: a.numpy() for k, a in arrays.items()}, weight_key, count_keys, unit_keys, extra_arrays
+    )
 
 
 def decode_array(name: str, array: Any, expected: np.ndarray) -> np.ndarray:
@@ -78,14 +87,20 @@ def decode_array(name: str, array: Any, expected: np.ndarray) -> np.ndarray:
     except Exception as err:  # noqa: BLE001  numpy raises ValueError/EOFError/SyntaxError on a broken header
         raise ReplyError(f"tensor '{name}' is not a readable npy payload ({type(err).__name__}: {err})") from None
     if dtype != expected.dtype:  # np.dtype equality includes byte order: '>f4' != '<f4'
-        raise ReplyError(f"tensor '{name}' holds {dtype} ('{dtype.str}'), the global model's is {expected.dtype} ('{expected.dtype.str}')")
+        raise ReplyError(
+            f"tensor '{name}' holds {dtype} ('{dtype.str}'), the global model's is {expected.dtype} ('{expected.dtype.str}')"
+        )
     if tuple(shape) != expected.shape:
         raise ReplyError(f"tensor '{name}' holds shape {list(shape)}, the global model's is {list(expected.shape)}")
     want = stream.tell() + expected.nbytes
     if len(data) != want:
-        raise ReplyError(f"tensor '{name}' is {len(data)} bytes; a {dtype}{list(shape)} npy payload is {want} (truncated or padded)")
+        raise ReplyError(
+            f"tensor '{name}' is {len(data)} bytes; a {dtype}{list(shape)} npy payload is {want} (truncated or padded)"
+        )
     if tuple(array.shape) != expected.shape or str(array.dtype) != str(expected.dtype):
-        raise ReplyError(f"tensor '{name}' declares {array.dtype}{list(array.shape)} but its payload is {dtype}{list(shape)}")
+        raise ReplyError(
+            f"tensor '{name}' declares {array.dtype}{list(array.shape)} but its payload is {dtype}{list(shape)}"
+        )
     values = np.frombuffer(data, dtype=dtype, count=expected.size, offset=stream.tell())
     values = np.array(values.reshape(shape, order="F" if fortran else "C"), order="C")  # own, writable, C order
     if values.dtype.kind in "fc" and not np.isfinite(values).all():
@@ -119,8 +134,10 @@ def judge(msg: Message, ref: Reference) -> Reply:
         raise ReplyError(f"records {names}; the server expects exactly {wanted}")
     arrays, metrics = content[ref.arrays_key], content[METRICS_RECORD]
     if not isinstance(arrays, ArrayRecord) or not isinstance(metrics, MetricRecord):
-        raise ReplyError(f"'{ref.arrays_key}' must be an ArrayRecord and '{METRICS_RECORD}' a MetricRecord, "
-                         f"got {type(arrays).__name__} and {type(metrics).__name__}")
+        raise ReplyError(
+            f"'{ref.arrays_key}' must be an ArrayRecord and '{METRICS_RECORD}' a MetricRecord, "
+            f"got {type(arrays).__name__} and {type(metrics).__name__}"
+        )
     values = {key: _number(key, value) for key, value in metrics.items()}
     if ref.weight_key not in values:
         raise ReplyError(f"metric '{ref.weight_key}' is missing")
@@ -144,5 +161,7 @@ def _tensors(record: Any, reference: dict[str, np.ndarray], name: str) -> dict[s
         raise ReplyError(f"'{name}' must be an ArrayRecord, got {type(record).__name__}")
     missing, extra = sorted(set(reference) - set(record.keys())), sorted(set(record.keys()) - set(reference))
     if missing or extra:
-        raise ReplyError(f"'{name}': tensor names differ from the global model: missing {missing[:3]}, extra {extra[:3]}")
+        raise ReplyError(
+            f"'{name}': tensor names differ from the global model: missing {missing[:3]}, extra {extra[:3]}"
+        )
     return {key: decode_array(key, record[key], expected) for key, expected in reference.items()}

@@ -59,24 +59,39 @@ def _count(value: Any, key: str, num_clients: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or int(value) != value or not 1 <= int(value) <= num_clients:
-        raise ValueError(f"{key}={value!r} must be a whole number of clients in 1..num_clients={num_clients}, "
-                         f"or null to sample server.strategy.fraction_* of them")
+        raise ValueError(
+            f"{key}={value!r} must be a whole number of clients in 1..num_clients={num_clients}, "
+            f"or null to sample server.strategy.fraction_* of them"
+        )
     return int(value)
 
 
-def plan_from(spec: dict[str, Any], num_clients: int, clients_per_round: Any, clients_per_eval_round: Any, seed: int) -> SamplingPlan:
+def plan_from(
+    spec: dict[str, Any], num_clients: int, clients_per_round: Any, clients_per_eval_round: Any, seed: int
+) -> SamplingPlan:
     """Build the plan from `server.strategy` (innermost level holds fraction_*/min_*) and the top-level counts."""
     inner = spec
     while isinstance(inner.get("strategy"), dict):  # DP wrappers: the wrapped strategy samples
         inner = inner["strategy"]
-    train = SampleRule(_count(clients_per_round, "clients_per_round", num_clients),
-                       float(inner.get("fraction_train", 1.0)), int(inner.get("min_train_nodes") or 0))
-    evaluate = SampleRule(_count(clients_per_eval_round, "clients_per_eval_round", num_clients),
-                          float(inner.get("fraction_evaluate", 1.0)), int(inner.get("min_evaluate_nodes") or 0))
+    train = SampleRule(
+        _count(clients_per_round, "clients_per_round", num_clients),
+        float(inner.get("fraction_train", 1.0)),
+        int(inner.get("min_train_nodes") or 0),
+    )
+    evaluate = SampleRule(
+        _count(clients_per_eval_round, "clients_per_eval_round", num_clients),
+        float(inner.get("fraction_evaluate", 1.0)),
+        int(inner.get("min_evaluate_nodes") or 0),
+    )
     wanted = inner.get("min_available_nodes")
     wanted = train.size(num_clients) if wanted is None else int(wanted)
     if wanted > num_clients:  # Flower would wait forever for nodes that never come
-        log.warning("server.strategy.min_available_nodes=%d is above num_clients=%d; waiting for %d", wanted, num_clients, num_clients)
+        log.warning(
+            "server.strategy.min_available_nodes=%d is above num_clients=%d; waiting for %d",
+            wanted,
+            num_clients,
+            num_clients,
+        )
     return SamplingPlan(train, evaluate, seed, min(wanted, num_clients))
 
 
@@ -113,7 +128,11 @@ class _SampledGrid:
 def _takes_all(strategy: Any, phase: str, size: int) -> Iterator[None]:
     # Flower's FedAvg samples again from the nodes it sees: make it take every node offered,
     # and only for this call, so the strategy's own settings stay what the user configured.
-    keys = {"fraction_train": 1.0, "min_train_nodes": size} if phase == "train" else {"fraction_evaluate": 1.0, "min_evaluate_nodes": size}
+    keys = (
+        {"fraction_train": 1.0, "min_train_nodes": size}
+        if phase == "train"
+        else {"fraction_evaluate": 1.0, "min_evaluate_nodes": size}
+    )
     keys["min_available_nodes"] = size
     saved = {k: getattr(strategy, k) for k in keys if hasattr(strategy, k)}
     for k in saved:
@@ -151,7 +170,9 @@ class SeededSampling:
             self.sample_report_fn(server_round, {"sampled" if phase == "train" else "sampled_eval": chosen})
         return chosen
 
-    def _configure(self, phase: str, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+    def _configure(
+        self, phase: str, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         chosen = self.sample(grid, server_round, phase)
         if not chosen:
             return []
@@ -159,11 +180,15 @@ class SeededSampling:
         with _takes_all(innermost(self), phase, len(chosen)):
             return list(parent(server_round, arrays, config, _SampledGrid(grid, chosen)))
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send the global model to this round's seeded train sample."""
         return self._configure("train", server_round, arrays, config, grid)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send the global model to this round's seeded evaluate sample."""
         return self._configure("evaluate", server_round, arrays, config, grid)
 
@@ -173,4 +198,8 @@ def with_sampling(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `SeededSampling` in front (same name, still an instance of `cls`)."""
     if issubclass(cls, SeededSampling):
         return cls
-    return type(cls.__name__, (SeededSampling, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return type(
+        cls.__name__,
+        (SeededSampling, cls),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+    )

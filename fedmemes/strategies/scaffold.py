@@ -29,7 +29,9 @@ class Scaffold(ServerLRFedAvg):
         super().__init__(*args, **kwargs)
         self.c: dict[str, np.ndarray] | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send c beside the model (zeros before the first round)."""
         if self.c is None:
             self.c = {k: np.zeros(a.shape, dtype=np.float32) for k, a in arrays.items()}
@@ -39,7 +41,9 @@ class Scaffold(ServerLRFedAvg):
             msg.content[SCAFFOLD_C] = c_record
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Take each reply's `cv_delta` out, average the models as FedAvg, then update c."""
         replies = list(replies)
         deltas = []

@@ -45,13 +45,17 @@ class ServerLRFedAvg(FedAvg):
         self.global_arrays: ArrayRecord | None = None
         self.num_nodes = 0  # nodes connected when the round was configured (SCAFFOLD's and FedDyn's N)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Remember the global model (the point the server steps from), then configure as FedAvg."""
         self.global_arrays = arrays
         self.num_nodes = len(list(grid.get_node_ids()))
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average as FedAvg, then step `server_lr` of the way from the global model to the average."""
         averaged, metrics = super().aggregate_train(server_round, replies)
         if averaged is None or self.global_arrays is None or self.server_lr == 1.0:

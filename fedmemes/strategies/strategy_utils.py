@@ -26,8 +26,9 @@ def first_arrays(content: RecordDict) -> ArrayRecord:
     return next(iter(content.array_records.values()))
 
 
-def average_arrays(records: Sequence[ArrayRecord], weights: Sequence[float],
-                   keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+def average_arrays(
+    records: Sequence[ArrayRecord], weights: Sequence[float], keys: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
     """Average the named tensors (all by default) of `records` with `weights` (normalised here)."""
     total = float(sum(weights))
     names = list(records[0].keys()) if keys is None else list(keys)

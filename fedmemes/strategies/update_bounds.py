@@ -39,7 +39,9 @@ class UpdateBounds:
     max_client_weight: float | None = DEFAULT_MAX_CLIENT_WEIGHT
 
     @classmethod
-    def parse(cls, max_update_norm: Any = DEFAULT_MAX_UPDATE_NORM, max_client_weight: Any = DEFAULT_MAX_CLIENT_WEIGHT) -> UpdateBounds:
+    def parse(
+        cls, max_update_norm: Any = DEFAULT_MAX_UPDATE_NORM, max_client_weight: Any = DEFAULT_MAX_CLIENT_WEIGHT
+    ) -> UpdateBounds:
         """Read the two config values; raise ValueError naming the key and the allowed forms."""
         factor, limit = None, None
         rules = max_update_norm if isinstance(max_update_norm, (list, tuple)) else [max_update_norm]
@@ -52,16 +54,22 @@ class UpdateBounds:
             elif isinstance(rule, (int, float)) and not isinstance(rule, bool) and 0 < rule < math.inf:
                 limit = float(rule)
             else:
-                raise ValueError(f"server.max_update_norm: {rule!r} is not a bound; use 'K*median' (e.g. '3*median'), "
-                                 "a positive number (a fixed L2 bound), a list of both, or null (no clipping)")
+                raise ValueError(
+                    f"server.max_update_norm: {rule!r} is not a bound; use 'K*median' (e.g. '3*median'), "
+                    "a positive number (a fixed L2 bound), a list of both, or null (no clipping)"
+                )
         weight = max_client_weight
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1):
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1
+        ):
             raise ValueError(f"server.max_client_weight must be a share in (0, 1] or null (no cap), got {weight!r}")
         return cls(factor, limit, None if weight is None else float(weight))
 
     def describe(self) -> str:
         """Return the norm rule in words for log lines."""
-        parts = ([f"{self.median_factor:g}*median"] if self.median_factor else []) + ([f"{self.norm_limit:g}"] if self.norm_limit else [])
+        parts = ([f"{self.median_factor:g}*median"] if self.median_factor else []) + (
+            [f"{self.norm_limit:g}"] if self.norm_limit else []
+        )
         return " and ".join(parts) or "off"
 
 
@@ -85,11 +93,15 @@ def norm_bound(norms: Sequence[float], bounds: UpdateBounds) -> float | None:
     return min(limits) if limits else None
 
 
-def clip_update(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], norm: float, bound: float) -> dict[str, np.ndarray]:
+def clip_update(
+    arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], norm: float, bound: float
+) -> dict[str, np.ndarray]:
     """Scale the update (arrays - reference) down to L2 norm `bound`; keep the reference's dtypes."""
     scale = bound / norm if math.isfinite(norm) and norm > 0 else 0.0
-    return {k: (ref.astype(np.float64) + (arrays[k].astype(np.float64) - ref.astype(np.float64)) * scale).astype(ref.dtype)
-            for k, ref in reference.items()}
+    return {
+        k: (ref.astype(np.float64) + (arrays[k].astype(np.float64) - ref.astype(np.float64)) * scale).astype(ref.dtype)
+        for k, ref in reference.items()
+    }
 
 
 def capped_counts(counts: Sequence[int], cap: float | None) -> list[int]:

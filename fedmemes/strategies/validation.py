@@ -41,7 +41,9 @@ def _as_reference_dtypes(arrays: ArrayRecord, reference: ArrayRecord | None) -> 
     # every client's next reply would mismatch the global model.
     if reference is None or all(arrays[k].dtype == reference[k].dtype for k in arrays if k in reference):
         return arrays
-    return ArrayRecord({k: Array(a.numpy().astype(reference[k].numpy().dtype)) if k in reference else a for k, a in arrays.items()})
+    return ArrayRecord(
+        {k: Array(a.numpy().astype(reference[k].numpy().dtype)) if k in reference else a for k, a in arrays.items()}
+    )
 
 
 class ReplyChecks:
@@ -63,7 +65,9 @@ class ReplyChecks:
     _reply_reference: ArrayRecord | None = None
     _judge_reference: Reference | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Remember the global model (the reference replies are checked against), then configure."""
         self._reply_reference, self._judge_reference = arrays, None
         messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
@@ -74,15 +78,18 @@ class ReplyChecks:
 
     def _reference(self) -> Reference:
         if self._reply_reference is None:
-            raise RuntimeError("configure_train was not called before aggregate_train: the replies have no reference model")
+            raise RuntimeError(
+                "configure_train was not called before aggregate_train: the replies have no reference model"
+            )
         if self._judge_reference is None:
             inner = innermost(self)
             counts = tuple(getattr(inner, "count_keys", {}).values())  # modality_aware weighs blocks by these
             unit = (inner.accuracy_key,) if hasattr(inner, "accuracy_key") else ()  # performance_weighted
             key = str(getattr(inner, "arrayrecord_key", "arrays"))
             extra = tuple(n for n in getattr(inner, "reply_array_records", ()) if n != key)  # e.g. SCAFFOLD's cv_delta
-            self._judge_reference = reference_of(self._reply_reference, key, str(getattr(inner, "weighted_by_key", "num-examples")),
-                                                 counts, unit, extra)
+            self._judge_reference = reference_of(
+                self._reply_reference, key, str(getattr(inner, "weighted_by_key", "num-examples")), counts, unit, extra
+            )
         return self._judge_reference
 
     def filter_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list[Reply], list[str]]:
@@ -102,8 +109,10 @@ class ReplyChecks:
             for reply in [r for r in sound if frozenset(r.metrics) != common]:
                 sound.remove(reply)
                 keys = frozenset(reply.metrics)
-                reasons.append(f"node {reply.node}: metric keys differ from the other clients' "
-                               f"(missing {sorted(common - keys)}, extra {sorted(keys - common)})")
+                reasons.append(
+                    f"node {reply.node}: metric keys differ from the other clients' "
+                    f"(missing {sorted(common - keys)}, extra {sorted(keys - common)})"
+                )
         for reason in reasons:
             log.warning("round %d: dropped reply from %s", server_round, reason)
         return sound, reasons
@@ -118,8 +127,14 @@ class ReplyChecks:
             if bound is not None and not norm <= bound:
                 reply.arrays = clip_update(reply.arrays, ref.tensors, norm, bound)
                 clipped += 1
-                log.warning("round %d: clipped the update of node %d from L2 norm %.4g to %.4g (server.max_update_norm=%s)",
-                            server_round, reply.node, norm, bound, bounds.describe())
+                log.warning(
+                    "round %d: clipped the update of node %d from L2 norm %.4g to %.4g (server.max_update_norm=%s)",
+                    server_round,
+                    reply.node,
+                    norm,
+                    bound,
+                    bounds.describe(),
+                )
         for name in ref.extra_arrays:  # SCAFFOLD's control-variate deltas: the same rule, around zero
             zeros = {k: np.zeros_like(v) for k, v in ref.tensors.items()}
             extra_norms = [update_norm(r.extras[name], zeros) for r in sound]
@@ -127,14 +142,29 @@ class ReplyChecks:
             for reply, norm in zip(sound, extra_norms, strict=True):
                 if extra_bound is not None and not norm <= extra_bound:
                     reply.extras[name] = clip_update(reply.extras[name], zeros, norm, extra_bound)
-                    log.warning("round %d: clipped node %d's '%s' from L2 norm %.4g to %.4g", server_round, reply.node, name, norm, extra_bound)
+                    log.warning(
+                        "round %d: clipped node %d's '%s' from L2 norm %.4g to %.4g",
+                        server_round,
+                        reply.node,
+                        name,
+                        norm,
+                        extra_bound,
+                    )
         capped: set[int] = set()
         for key in (ref.weight_key, *ref.count_keys):
             claimed = [int(r.metrics[key]) for r in sound]
             for i, (reply, new) in enumerate(zip(sound, capped_counts(claimed, bounds.max_client_weight), strict=True)):
                 if new != claimed[i]:
-                    log.warning("round %d: node %d claims %s=%d, %.0f%% of the round; counted as %d (server.max_client_weight=%s)",
-                                server_round, reply.node, key, claimed[i], 100 * claimed[i] / sum(claimed), new, bounds.max_client_weight)
+                    log.warning(
+                        "round %d: node %d claims %s=%d, %.0f%% of the round; counted as %d (server.max_client_weight=%s)",
+                        server_round,
+                        reply.node,
+                        key,
+                        claimed[i],
+                        100 * claimed[i] / sum(claimed),
+                        new,
+                        bounds.max_client_weight,
+                    )
                     reply.metrics[key] = new
                     capped.add(i)
         return clipped, len(capped)
@@ -142,12 +172,16 @@ class ReplyChecks:
     def _rebuilt(self, reply: Reply) -> Message:
         # The strategy gets exactly what was checked: canonical arrays, plain metrics, the sender's metadata.
         records = {self._reference().arrays_key: reply.arrays, **reply.extras}
-        content = RecordDict({name: ArrayRecord({k: Array(v) for k, v in tensors.items()}) for name, tensors in records.items()})
+        content = RecordDict(
+            {name: ArrayRecord({k: Array(v) for k, v in tensors.items()}) for name, tensors in records.items()}
+        )
         content[METRICS_RECORD] = MetricRecord(reply.metrics)  # type: ignore[arg-type]  # flwr types it as an invariant dict; int and float values fit
         # Flower's own (content, metadata) form, which its public overloads leave out: keeps the sender's metadata.
         return Message(content=content, metadata=reply.msg.metadata)  # type: ignore[call-overload,no-any-return]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the sound, bounded replies; keep the previous global model when too few remain."""
         replies = list(replies)
         sound, reasons = self.filter_replies(server_round, replies)
@@ -160,18 +194,33 @@ class ReplyChecks:
             arrays, metrics = super().aggregate_train(server_round, [self._rebuilt(r) for r in sound])  # type: ignore[misc]
         kept = arrays is None
         if arrays is None:
-            log.warning("round %d: %d sound replies of %d (minimum %d): keeping the previous global model",
-                        server_round, len(sound), len(replies), self._minimum())
+            log.warning(
+                "round %d: %d sound replies of %d (minimum %d): keeping the previous global model",
+                server_round,
+                len(sound),
+                len(replies),
+                self._minimum(),
+            )
         else:
             arrays = _as_reference_dtypes(arrays, self._reply_reference)
             if not all(np.isfinite(a.numpy()).all() for a in arrays.values() if a.numpy().dtype.kind in "fc"):
-                log.warning("round %d: the strategy's aggregate is not finite: keeping the previous global model", server_round)
+                log.warning(
+                    "round %d: the strategy's aggregate is not finite: keeping the previous global model", server_round
+                )
                 kept = True
         if kept:
             arrays = self._reply_reference
         if self.reply_report_fn is not None:
-            self.reply_report_fn(server_round, {"replies": len(replies), "dropped_replies": len(reasons), "clipped_replies": clipped,
-                                                "capped_weights": capped, "kept_previous_model": int(kept)})
+            self.reply_report_fn(
+                server_round,
+                {
+                    "replies": len(replies),
+                    "dropped_replies": len(reasons),
+                    "clipped_replies": clipped,
+                    "capped_weights": capped,
+                    "kept_previous_model": int(kept),
+                },
+            )
         return arrays, metrics
 
 
@@ -180,4 +229,8 @@ def with_reply_checks(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `ReplyChecks` in front (same name, still an instance of `cls`)."""
     if issubclass(cls, ReplyChecks):
         return cls
-    return type(cls.__name__, (ReplyChecks, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return type(
+        cls.__name__,
+        (ReplyChecks, cls),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+    )

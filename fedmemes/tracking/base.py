@@ -56,8 +56,13 @@ class Trackers(Tracker):
             try:
                 getattr(tracker, method)(*args)
             except Exception as err:  # noqa: BLE001  tracking is a side channel: the federation goes on without it
-                log.warning("logger %s failed in %s (%s: %s); it is switched off for this run",
-                            type(tracker).__name__, method, type(err).__name__, err)
+                log.warning(
+                    "logger %s failed in %s (%s: %s); it is switched off for this run",
+                    type(tracker).__name__,
+                    method,
+                    type(err).__name__,
+                    err,
+                )
                 self.trackers.remove(tracker)
 
     def log_config(self, config: dict[str, Any]) -> None:
@@ -82,13 +87,23 @@ class Trackers(Tracker):
         self.close()
 
 
-ARTIFACTS = ("config.yaml", "metrics.json", "best.safetensors", "final.safetensors", "test_predictions.csv",
-             "report.html", "report.md", "clients.json")
+ARTIFACTS = (
+    "config.yaml",
+    "metrics.json",
+    "best.safetensors",
+    "final.safetensors",
+    "test_predictions.csv",
+    "report.html",
+    "report.md",
+    "clients.json",
+)
 
 
 def run_artifacts(run_dir: Path) -> list[Path]:
     """Return the run's final files that trackers keep: models, metrics, predictions, report and its figures."""
-    return [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()] + sorted((run_dir / "report").glob("*.png"))
+    return [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()] + sorted(
+        (run_dir / "report").glob("*.png")
+    )
 
 
 def round_metrics(holdout: Mapping[str, Any], clients: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,12 +121,16 @@ def build_trackers(cfg: DictConfig, run_dir: Path) -> Trackers:
     trackers = []
     for name, node in group.items():
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(f"config key logger.{name}: expected a mapping with _target_ (see fedmemes/conf/logger/*.yaml)")
+            raise ValueError(
+                f"config key logger.{name}: expected a mapping with _target_ (see fedmemes/conf/logger/*.yaml)"
+            )
         kwargs = {str(k): v for k, v in _plain(node).items() if k != "_target_"}
         try:  # get_class + call, not instantiate: Hydra would wrap the ImportError this names the fix of
             trackers.append(get_class(node._target_)(run_dir=run_dir, **kwargs))
         except ImportError as err:
-            raise ImportError(f"logger={name} needs an optional package ({err}); install it with: pip install 'fedmemes[tracking]'") from err
+            raise ImportError(
+                f"logger={name} needs an optional package ({err}); install it with: pip install 'fedmemes[tracking]'"
+            ) from err
     out = Trackers(run_dir, trackers)
     if trackers:
         out.log_config(_plain(cfg))

@@ -36,5 +36,10 @@ class CsvLogger(Tracker):
             out.writerow(("path", "bytes", "sha256"))
             for path in paths:
                 digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                out.writerow((Path(path).relative_to(self.run_dir) if Path(path).is_relative_to(self.run_dir) else path,
-                              Path(path).stat().st_size, digest))
+                out.writerow(
+                    (
+                        Path(path).relative_to(self.run_dir) if Path(path).is_relative_to(self.run_dir) else path,
+                        Path(path).stat().st_size,
+                        digest,
+                    )
+                )

@@ -16,8 +16,13 @@ MAX_PARAM_CHARS = 500  # MLflow refuses longer param values on some backends: th
 class MlflowLogger(Tracker):
     """Log to MLflow through an explicit client (no global active run: safe beside Flower's threads)."""
 
-    def __init__(self, run_dir: str | Path, tracking_uri: str | None = None, folder: str = "tracking",
-                 experiment: str = "fedmemes") -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tracking_uri: str | None = None,
+        folder: str = "tracking",
+        experiment: str = "fedmemes",
+    ) -> None:
         super().__init__(run_dir)
         # ImportError here without the `tracking` extra: build_trackers names the fix.
         from mlflow.tracking import MlflowClient
@@ -29,23 +34,28 @@ class MlflowLogger(Tracker):
 
         local = (self.run_dir / folder).resolve()
         artifacts = None
-        if not tracking_uri:  # a local store beside the run; MLflow 3 refuses plain file stores, SQLite is its local default
+        if (
+            not tracking_uri
+        ):  # a local store beside the run; MLflow 3 refuses plain file stores, SQLite is its local default
             local.mkdir(parents=True, exist_ok=True)
             tracking_uri, artifacts = f"sqlite:///{local / 'mlflow.db'}", (local / "mlartifacts").as_uri()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         # Without artifact_location a SQLite store puts artifacts under the *current* directory's ./mlartifacts.
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifacts)
-        self.run_id = self.client.create_run(experiment_id, run_name=self.run_dir.name,
-                                             tags={"fedmemes.run_dir": str(self.run_dir)}).info.run_id
+        experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifacts)
+        )
+        self.run_id = self.client.create_run(
+            experiment_id, run_name=self.run_dir.name, tags={"fedmemes.run_dir": str(self.run_dir)}
+        ).info.run_id
 
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
         params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
         self.client.log_dict(self.run_id, config, "config.json")
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:

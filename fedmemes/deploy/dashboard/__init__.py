@@ -21,11 +21,20 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
     def name(key: str) -> str | None:
-        target = (cfg.get(key) or {}).get("_target_") if key != "strategy" else ((cfg.get("server") or {}).get("strategy") or {}).get("_target_")
+        target = (
+            (cfg.get(key) or {}).get("_target_")
+            if key != "strategy"
+            else ((cfg.get("server") or {}).get("strategy") or {}).get("_target_")
+        )
         return target.rsplit(".", 1)[-1] if isinstance(target, str) else None
 
-    return {"num_rounds": cfg.get("num_rounds"), "num_clients": cfg.get("num_clients"),
-            "model": name("model"), "strategy": name("strategy"), "partition": name("partition")}
+    return {
+        "num_rounds": cfg.get("num_rounds"),
+        "num_clients": cfg.get("num_clients"),
+        "model": name("model"),
+        "strategy": name("strategy"),
+        "partition": name("partition"),
+    }
 
 
 def mount(api: FastAPI, run_dir: Path) -> None:

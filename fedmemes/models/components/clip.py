@@ -29,8 +29,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def _require(name_or_path: str | None, which: str) -> str:
     if not name_or_path:
-        raise ValueError(f"model.{which}.name_or_path is required for CLIP: a local checkpoint folder "
-                         "(or a hub id already in the HF cache), e.g. /models/clip-vit-large-patch14")
+        raise ValueError(
+            f"model.{which}.name_or_path is required for CLIP: a local checkpoint folder "
+            "(or a hub id already in the HF cache), e.g. /models/clip-vit-large-patch14"
+        )
     return str(name_or_path)
 
 
@@ -44,8 +46,10 @@ def _load(name_or_path: str) -> CLIPModel:
     try:
         model = CLIPModel.from_pretrained(name_or_path, local_files_only=True).eval()
     except OSError as err:
-        raise FileNotFoundError(f"CLIP checkpoint {name_or_path!r} not found locally ({err}); give a local folder "
-                                "saved with CLIPModel.save_pretrained (nothing is downloaded)") from None
+        raise FileNotFoundError(
+            f"CLIP checkpoint {name_or_path!r} not found locally ({err}); give a local folder "
+            "saved with CLIPModel.save_pretrained (nothing is downloaded)"
+        ) from None
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -89,10 +93,18 @@ class ClipTextEncoder:
         model, tokenizer = _load(self.name_or_path), _tokenizer(self.name_or_path)
         chunks = [torch.zeros(0, self.dim)]
         for i in range(0, len(texts), self.batch_size):
-            batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt")
-            chunks.append(_features(model.get_text_features(input_ids=batch["input_ids"],
-                                                            attention_mask=batch["attention_mask"])).float())
+            batch = tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            chunks.append(
+                _features(
+                    model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                ).float()
+            )
         return torch.cat(chunks)
 
     def pooled(self, text: torch.Tensor) -> torch.Tensor:
@@ -140,8 +152,9 @@ class ClipImageEncoder(nn.Module):
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().cpu()  # the frozen tower lives on the CPU, outside this module
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic",
-                                          align_corners=False).clamp(0, 1)
+            x = nn.functional.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False
+            ).clamp(0, 1)
         x = (x - self.mean.cpu()) / self.std.cpu()
         return _features(_load(self.name_or_path).get_image_features(pixel_values=x)).float()
 

@@ -33,7 +33,9 @@ def bundled_weights() -> str:
 @functools.lru_cache(maxsize=2)
 def _state(path: str) -> dict[str, torch.Tensor]:
     # Read once per process: a client builds a model per round.
-    return {k: v for k, v in load_weights(path).items() if not k.startswith("_fc.")}  # the ImageNet classifier is unused
+    return {
+        k: v for k, v in load_weights(path).items() if not k.startswith("_fc.")
+    }  # the ImageNet classifier is unused
 
 
 def _stamp(path: str) -> str:
@@ -54,8 +56,9 @@ class EfficientNetLite0(nn.Module):
     mean: torch.Tensor  # buffers, registered in __init__
     std: torch.Tensor
 
-    def __init__(self, out_dim: int = 128, trainable_blocks: int = 0, weights: str | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, out_dim: int = 128, trainable_blocks: int = 0, weights: str | None = None, batch_size: int = 32
+    ) -> None:
         super().__init__()
         if not 0 <= trainable_blocks <= NUM_BLOCKS:
             raise ValueError(f"model.image_encoder.trainable_blocks must be in 0..{NUM_BLOCKS}, got {trainable_blocks}")
@@ -66,14 +69,16 @@ class EfficientNetLite0(nn.Module):
         self.trunk._fc = nn.Identity()  # not used; keeps the ImageNet head out of the state dict
         missing, unexpected = self.trunk.load_state_dict(_state(self.weights), strict=False)
         if missing or unexpected:
-            raise ValueError(f"model.image_encoder.weights={self.weights}: not an EfficientNet-Lite0 state dict "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ValueError(
+                f"model.image_encoder.weights={self.weights}: not an EfficientNet-Lite0 state dict "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         self.trainable_blocks = trainable_blocks
         self.cut = NUM_BLOCKS - trainable_blocks  # blocks [0, cut) are frozen and cached
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         if trainable_blocks:
-            for module in [*self.trunk._blocks[self.cut:], self.trunk._conv_head, self.trunk._bn1]:
+            for module in [*self.trunk._blocks[self.cut :], self.trunk._conv_head, self.trunk._bn1]:
                 for p in module.parameters():
                     p.requires_grad_(True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -102,7 +107,7 @@ class EfficientNetLite0(nn.Module):
 
     def _trainable_part(self, x: torch.Tensor) -> torch.Tensor:
         # Blocks [cut, 16) and the head conv: frozen too when trainable_blocks=0 (then only the head runs).
-        for block in self.trunk._blocks[self.cut:]:
+        for block in self.trunk._blocks[self.cut :]:
             x = block(x.float())
         return self.trunk._swish(self.trunk._bn1(self.trunk._conv_head(x)))
 

@@ -18,8 +18,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a .safetensors file or a torch .pt/.pth file (tensors only)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.image_encoder.weights: no file at {path}; give the absolute path of a "
-                                "state dict (.pth/.pt/.safetensors) or null to train from random weights")
+        raise FileNotFoundError(
+            f"model.image_encoder.weights: no file at {path}; give the absolute path of a "
+            "state dict (.pth/.pt/.safetensors) or null to train from random weights"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -47,8 +49,10 @@ class PretrainedBackbone(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is unused
             missing, unexpected = self.trunk.load_state_dict(state, strict=False)
             if missing or unexpected:
-                raise ValueError(f"{weights}: does not fit {type(self).__name__} "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(
+                    f"{weights}: does not fit {type(self).__name__} "
+                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
         self.freeze = freeze
         for p in self.trunk.parameters():
             p.requires_grad_(not freeze)

@@ -71,8 +71,15 @@ class FrozenTextEncoder:
     purpose: frozen weights never belong to the exported model, so they never travel.
     """
 
-    def __init__(self, name_or_path: str | None = None, max_length: int = 64, batch_size: int = 64,
-                 pooling: str = "mean", output: str = "pooled", device: str = "auto") -> None:
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        max_length: int = 64,
+        batch_size: int = 64,
+        pooling: str = "mean",
+        output: str = "pooled",
+        device: str = "auto",
+    ) -> None:
         check_choice("pooling", pooling, POOLINGS)
         check_choice("output", output, OUTPUTS)
         self.name_or_path = name_or_path or bundled_minilm_path()
@@ -104,14 +111,26 @@ class FrozenTextEncoder:
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Return pooled vectors (N, D) float32, or token states (N, L, D) float16 zero-padded."""
         model, tokenizer = load_frozen(self.name_or_path)
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        )
         model.to(device)  # type: ignore[arg-type]  # transformers' decorator mistypes .to; the cached model moves once; outputs come back to the CPU for the cache
         chunks = []
         # disable=None: a progress bar on a terminal, silent in logs and under Ray.
-        for i in tqdm(range(0, len(texts), self.batch_size), desc=f"encoding {len(texts)} captions",
-                      unit="batch", disable=None, leave=False):
-            batch = tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt").to(device)
+        for i in tqdm(
+            range(0, len(texts), self.batch_size),
+            desc=f"encoding {len(texts)} captions",
+            unit="batch",
+            disable=None,
+            leave=False,
+        ):
+            batch = tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
             states = model(**batch).last_hidden_state
             if self.gives_tokens:
                 chunks.append(states * batch["attention_mask"].unsqueeze(-1).to(states.dtype))
@@ -136,7 +155,9 @@ class FrozenTextEncoder:
     def tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return token states (B, L, D) float32 and the padding mask (B, L), True at padding."""
         if not self.gives_tokens:
-            raise ValueError("this model attends over caption tokens: set model.text_encoder.output=tokens "
-                             "(or model/text_encoder=frozen_tokens / finetune)")
+            raise ValueError(
+                "this model attends over caption tokens: set model.text_encoder.output=tokens "
+                "(or model/text_encoder=frozen_tokens / finetune)"
+            )
         states = text.float()
         return states, states.abs().sum(-1) == 0  # encode() pads with exact zero vectors

@@ -8,7 +8,14 @@ import hashlib
 import torch
 from torch import nn
 
-from fedmemes.models.components.text_encoder import POOLINGS, bundled_minilm_path, check_choice, load_frozen, pool, weights_stamp
+from fedmemes.models.components.text_encoder import (
+    POOLINGS,
+    bundled_minilm_path,
+    check_choice,
+    load_frozen,
+    pool,
+    weights_stamp,
+)
 
 
 class TrainableTextEncoder(nn.Module):
@@ -20,8 +27,13 @@ class TrainableTextEncoder(nn.Module):
     every layer. Being a submodule, the trainable part is in the model's state dict.
     """
 
-    def __init__(self, name_or_path: str | None = None, trainable_layers: int | None = 2,
-                 max_length: int = 64, pooling: str = "mean") -> None:
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        trainable_layers: int | None = 2,
+        max_length: int = 64,
+        pooling: str = "mean",
+    ) -> None:
         super().__init__()
         check_choice("pooling", pooling, POOLINGS)
         self.name_or_path = name_or_path or bundled_minilm_path()
@@ -33,8 +45,10 @@ class TrainableTextEncoder(nn.Module):
         layers = self._layers()
         n = len(layers) if trainable_layers is None else int(trainable_layers)
         if not 0 < n <= len(layers):
-            raise ValueError(f"model.text_encoder.trainable_layers={trainable_layers}: must be 1..{len(layers)} "
-                             "or null (all); for a frozen encoder use model/text_encoder=frozen")
+            raise ValueError(
+                f"model.text_encoder.trainable_layers={trainable_layers}: must be 1..{len(layers)} "
+                "or null (all); for a frozen encoder use model/text_encoder=frozen"
+            )
         train_all = trainable_layers is None
         for name, p in self.bert.named_parameters():
             # The pooler is unused (we pool ourselves): keeping it frozen keeps it off the wire.
