@@ -3,7 +3,8 @@
     FEDMEMES_CACHE=/tmp/fmcache .venv/bin/python benchmarks/feature_cache.py [--memes 500] [--rounds 3]
 
 Both rounds do what a client's round does with early fusion on the same share (`--memes` synthetic
-memes, about a quarter of the pool as with 4 clients): one local epoch, then its kept-back 10% scored. "cached" reads MiniLM's vectors from the
+memes, about a quarter of the pool as with 4 clients): one local epoch, then its kept-back 10% scored.
+"cached" reads MiniLM's vectors from the
 on-disk feature cache (keyed by encoder identity + captions); "re-encode" runs MiniLM over every
 caption first, as a model with the frozen encoder inside its forward pass does every round.
 """

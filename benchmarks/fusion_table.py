@@ -87,7 +87,8 @@ def main() -> None:
             cen = central(f"model={name} {common}")
             rows.append((name, fed, cen, mid - started, time.monotonic() - mid))
             print(
-                f"  {name}: federated {fed:.3f} ({mid - started:.0f}s), central {cen:.3f} ({time.monotonic() - mid:.0f}s)",
+                f"  {name}: federated {fed:.3f} ({mid - started:.0f}s), central {cen:.3f} "
+                f"({time.monotonic() - mid:.0f}s)",
                 flush=True,
             )
     print(

@@ -95,7 +95,8 @@ def main() -> None:
             if image_encoder is not None:
                 rate = _rate(n, partial(_encode_images, image_encoder, images, device, dtype), device, args.repeats)
                 print(
-                    f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | {rate:,.0f} |"
+                    f"| image encoding ({type(image_encoder).__name__} forward) | {device.type} | {label} | "
+                    f"{rate:,.0f} |"
                 )
             train = partial(
                 engine.train,
@@ -109,11 +110,13 @@ def main() -> None:
                 amp_dtype=dtype,
             )
             print(
-                f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | {_rate(n, train, device, args.repeats):,.0f} |"
+                f"| training: CNN + fusion head, 1 epoch | {device.type} | {label} | "
+                f"{_rate(n, train, device, args.repeats):,.0f} |"
             )
             score = partial(engine.evaluate, model, data, 256, device, amp_dtype=dtype)
             print(
-                f"| server scoring (batch 256) | {device.type} | {label} | {_rate(n, score, device, args.repeats):,.0f} |"
+                f"| server scoring (batch 256) | {device.type} | {label} | "
+                f"{_rate(n, score, device, args.repeats):,.0f} |"
             )
 
 

@@ -41,7 +41,8 @@ def main(overrides: list[str]) -> None:
     frozen = sum(p.numel() * p.element_size() for p in encoder.parameters())
 
     print(
-        f"config: {' '.join(overrides) or '(defaults)'}; {cfg.num_clients} clients, {cfg.num_rounds} rounds; run dir {run_dir}"
+        f"config: {' '.join(overrides) or '(defaults)'}; {cfg.num_clients} clients, {cfg.num_rounds} rounds; run "
+        f"dir {run_dir}"
     )
     print("| round | seconds | bytes sent per client |")
     print("|---:|---:|---:|")

@@ -240,7 +240,8 @@ def main() -> None:
     print(f"| bytes per client per round (down + up) | {2 * sent:,} | {2 * sent:,} |")
     print(
         f"clients' own work: {statistics.mean(work):.2f} s per client (data from cache, train, local val, pack), "
-        f"{sum(work):.1f} s for {args.per_round} clients / {min(actors, args.per_round)} actors = {train_per_round:.2f} s per round"
+        f"{sum(work):.1f} s for {args.per_round} clients / {min(actors, args.per_round)} actors = "
+        f"{train_per_round:.2f} s per round"
     )
     goal = 2 * (bare_steady + train_per_round)
     print(

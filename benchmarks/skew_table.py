@@ -133,11 +133,13 @@ def main() -> None:
     for alpha in args.alphas:
         for name in args.only:
             preset = STRATEGIES[name].startswith("experiment=")
-            over = f"{'' if preset else base} {args.overrides if preset else ''} {STRATEGIES[name]} num_clients=6 partition.alpha={alpha}"
+            head = args.overrides if preset else base
+            over = f"{head} {STRATEGIES[name]} num_clients=6 partition.alpha={alpha}"
             tests, curves, secs = measure(" ".join(over.split()), 6, args.seeds, args.jobs)
             delta = f"{statistics.mean(tests) - central:+.3f}" if central is not None else ""
             print(
-                f"| {alpha} | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | {secs:.0f} |",
+                f"| {alpha} | {name} | {_cell(tests)} | {delta} | {_reach(curves, target) if target else '-'} | "
+                f"{secs:.0f} |",
                 flush=True,
             )
 

@@ -49,7 +49,7 @@ REMOVED_STRATEGY_KEYS = {
     "initial_parameters": "the initial model is built from model=...: delete the key",
     "fit_metrics_aggregation_fn": "Flower 1.42 calls it train_metrics_aggr_fn and fedmemes sets it: delete the key",
     "evaluate_metrics_aggregation_fn": "Flower 1.42 calls it evaluate_metrics_aggr_fn: rename the key",
-    "accept_failures": "failed and malformed replies are always dropped (fedmemes.strategies.validation): delete the key",
+    "accept_failures": "failed and malformed replies are always dropped (strategies/validation.py): delete the key",
     "inplace": "Flower 1.42 always aggregates in place: delete the key",
 }
 HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
@@ -174,7 +174,8 @@ def load_config(overrides: str = "") -> DictConfig:
 
 
 def _accepted(cls: type) -> tuple[set[str], bool]:
-    """Return the named constructor parameters of `cls`, following **kwargs into its bases, and if it stays open-ended."""
+    """Return the named constructor parameters of `cls`, following **kwargs into its bases, and if it stays open-
+    ended."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if klass is object:
@@ -216,7 +217,8 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
 
 
 def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
-    """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and passing the hooks each level accepts."""
+    """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
+    passing the hooks each level accepts."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
     for (
         old,

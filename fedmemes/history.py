@@ -101,7 +101,8 @@ class RunHistory:
         return path
 
     def save_model(self, name: str, state: dict[str, torch.Tensor]) -> Path:
-        """Save a state dict as `<run_dir>/<name>.safetensors` atomically (a crash mid-write keeps the previous file)."""
+        """Save a state dict as `<run_dir>/<name>.safetensors` atomically (a crash mid-write keeps the previous
+        file)."""
         path = self.run_dir / f"{name}.safetensors"
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({k: v.contiguous() for k, v in state.items()}, tmp)

@@ -80,7 +80,8 @@ class ScaffoldCorrection:
         missing = sorted(set(params) - set(c_server))
         if missing:
             raise KeyError(
-                f"SCAFFOLD: the server's control variate lacks {missing[:3]}; server and client must build the same model"
+                f"SCAFFOLD: the server's control variate lacks {missing[:3]}; server and client must build the "
+                "same model"
             )
         self.correction = {k: (c_server[k] - self.old.get(k, 0.0)).float() for k in params}
         self.grad_sum = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}

@@ -70,7 +70,8 @@ def _bar(total: int, progress: bool, desc: str) -> Any:
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> RunModel:
-    """Rebuild the run's model from config.yaml and `<which>.safetensors`; take the hold-out threshold from metrics.json."""
+    """Rebuild the run's model from config.yaml and `<which>.safetensors`; take the hold-out threshold from
+    metrics.json."""
     run_dir = Path(run_dir).expanduser().resolve()
     if which not in MODELS:
         raise ValueError(f"--model must be one of {MODELS}, got {which!r}")
@@ -131,7 +132,8 @@ def parse_line(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None
 def check_rows(
     rows: Iterator[tuple[int, object]], root: Path, where: str, on_error: str = "skip"
 ) -> tuple[list[tuple[int, Meme, bool]], list[DataIssue]]:
-    """Validate parsed rows with training's checks; `label` may be absent (unlabelled memes). Return (line, meme, labelled)."""
+    """Validate parsed rows with training's checks; `label` may be absent (unlabelled memes). Return (line, meme,
+    labelled)."""
     kept: list[tuple[int, Meme, bool]] = []
     issues: list[DataIssue] = []
     first_line: dict[str, int] = {}
@@ -218,7 +220,8 @@ def single(text: str, image: str | Path, meme_id: str | None = None) -> Inputs:
 
 
 def run_split(cfg: DictConfig, which: str) -> Inputs:
-    """The run's own hold-out split (test or dev), exactly as the server held it (same files or the same carve of train)."""
+    """The run's own hold-out split (test or dev), exactly as the server held it (same files or the same carve of
+    train)."""
     from fedmemes.node_datasets import holdout
 
     split = holdout(cfg)
@@ -280,7 +283,8 @@ def _report_issues(issues: list[DataIssue]) -> None:
     from fedmemes.data.meme import count_kinds
 
     print(
-        f"{len(issues)} data issue(s); these rows were skipped (or kept with a modality marked missing), never scored as 0:",
+        f"{len(issues)} data issue(s); these rows were skipped (or kept with a modality marked missing), never "
+        "scored as 0:",
         file=sys.stderr,
     )
     for issue in issues[:20]:

@@ -20,7 +20,8 @@ class RunDirError(FileExistsError):
 
 
 def check_fresh(run_dir: Path, resume: Any = None, overwrite: bool = False) -> None:
-    """Refuse a fresh run in a directory holding metrics.json or checkpoint.pt, naming the ways out; with overwrite=true clear them."""
+    """Refuse a fresh run in a directory holding metrics.json or checkpoint.pt, naming the ways out; with overwrite=true
+    clear them."""
     run_dir = Path(run_dir)
     if resume:
         return
@@ -47,7 +48,8 @@ def check_resume(run_dir: Path, cfg: Any) -> None:
 
 
 def prepare(run_dir: Path, cfg: Any) -> None:
-    """Run the checks a starting run needs: fresh-run guard, or a fitting checkpoint when resuming; raise SystemExit with the fix."""
+    """Run the checks a starting run needs: fresh-run guard, or a fitting checkpoint when resuming; raise SystemExit
+    with the fix."""
     try:
         check_fresh(run_dir, cfg.get("resume"), bool(cfg.get("overwrite", False)))
         if cfg.get("resume"):

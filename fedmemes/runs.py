@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(format_table(runs, root))
         print(
-            "\nstatus: finished (test scored), resumable (`fedmemes simulate resume=RUN_DIR [same overrides]`), stopped (nothing to resume)"
+            "\nstatus: finished (test scored), resumable (`fedmemes simulate resume=RUN_DIR [same overrides]`), "
+            "stopped (nothing to resume)"
         )
 
 

@@ -209,7 +209,8 @@ def _batch_rows(
     limits: Limits,
     fetch: Callable[[str, Path, Limits], None],
 ) -> tuple[list[tuple[int, object]], list[dict[str, Any]]]:
-    """Parse jsonl lines and put each image in tmp (copied from under root, or fetched); return rows for check_rows and errors."""
+    """Parse jsonl lines and put each image in tmp (copied from under root, or fetched); return rows for check_rows and
+    errors."""
     rows, errors = [], []
 
     def fail(n: int, kind: str, detail: str) -> None:

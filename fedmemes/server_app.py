@@ -65,7 +65,8 @@ class ServerRun:
         self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
 
     def resume(self, ckpt: checkpoint.Checkpoint) -> dict[str, Any]:
-        """Continue after the checkpointed round: history, best model and strategy state come back; return the weights."""
+        """Continue after the checkpointed round: history, best model and strategy state come back; return the
+        weights."""
         self.history.restore(ckpt.history)
         self.best_state, self.offset = ckpt.best_state, ckpt.server_round
         checkpoint.restore_strategy(self.strategy, ckpt.strategy)
@@ -137,7 +138,8 @@ class ServerRun:
         return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
 
     def record_node(self, node_id: int, metrics: dict[str, Any]) -> None:
-        """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its claim)."""
+        """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its
+        claim)."""
         facts: dict[str, Any] = {
             k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics
         }

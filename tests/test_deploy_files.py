@@ -1,4 +1,5 @@
-"""deploy/: the Dockerfile, compose.yml and Kubernetes manifests parse and call commands our CLI has, with valid flags."""
+"""deploy/: the Dockerfile, compose.yml and Kubernetes manifests parse and call commands our CLI has, with valid
+flags."""
 
 import json
 import shlex

@@ -1,4 +1,5 @@
-"""`fedmemes predict`: the run's model rebuilt from its directory reproduces the server's test scores; bad rows are skipped."""
+"""`fedmemes predict`: the run's model rebuilt from its directory reproduces the server's test scores; bad rows are
+skipped."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def _stop(head: subprocess.Popen) -> None:
 
 @pytest.fixture
 def ray_head():
-    """A private one-node cluster in its own temp dir; on a saturated machine Ray's 30 s start window can run out: retry."""
+    """A private one-node cluster in its own temp dir; on a saturated machine Ray's 30 s start window can run out:
+    retry."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay under 107 characters
     for _ in range(3):
         started = _start_head(temp)

@@ -1,4 +1,4 @@
-"""Crafted hostile train replies, each beside two honest ones, through the reply checks in front of FedAvg and FedMedian.
+"""Crafted hostile train replies, each beside two honest ones, through the reply checks before FedAvg and FedMedian.
 
 The round must go on, the model stay finite and close to the honest replies' aggregate, and each
 hostile reply be counted (dropped, clipped or weight-capped) with its reason in the log.
@@ -223,7 +223,8 @@ def test_capped_claim_holds_exactly_half_of_the_round():
 
 
 def unchecked(cls: type, build: Callable[[], Message]) -> str:
-    """Return what the bare strategy (no reply checks) makes of the same round: its max |diff| or the error that ends the run."""
+    """Return what the bare strategy (no reply checks) makes of the same round: its max |diff| or the error that ends
+    the run."""
     honest, _ = _strategy(cls)
     honest_model = _flat(honest.aggregate_train(1, [message(1), message(2)])[0])
     bare = cls(min_train_nodes=1)
@@ -249,12 +250,14 @@ def fuzz_table(cls: type = FedAvg, compare: bool = False) -> str:
     """Return the table: kind, outcome, max |model - honest aggregate|, and what the bare strategy makes of it."""
     lines = [
         f"strategy: with_reply_checks({cls.__name__}); honest update L2 norm <= {_honest_norm():.3f}",
-        f"{'kind':<36} {'outcome':<15} {'max|diff| vs honest':>19}   {'bare ' + cls.__name__ + ' (no checks)' if compare else ''}",
+        f"{'kind':<36} {'outcome':<15} {'max|diff| vs honest':>19}   "
+        f"{'bare ' + cls.__name__ + ' (no checks)' if compare else ''}",
     ]
     for kind, (_, build) in CASES.items():
         model, honest, report = run_case(cls, build)
         lines.append(
-            f"{kind:<36} {outcome(report):<15} {np.abs(model - honest).max():>19.3g}   {unchecked(cls, build) if compare else ''}"
+            f"{kind:<36} {outcome(report):<15} {np.abs(model - honest).max():>19.3g}   "
+            f"{unchecked(cls, build) if compare else ''}"
         )
     return "\n".join(lines)
 

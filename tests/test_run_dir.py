@@ -1,4 +1,5 @@
-"""Run-directory guards: a fresh run never overwrites results, a resume must fit its checkpoint, checkpoints never unpickle objects."""
+"""Run-directory guards: a fresh run never overwrites results, a resume must fit its checkpoint, checkpoints never
+unpickle objects."""
 
 from __future__ import annotations
 

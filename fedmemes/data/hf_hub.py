@@ -13,7 +13,8 @@ from fedmemes.data.meme import SPLITS, DataIssue, Meme
 
 
 class HFHubSource:
-    """The HF copy neuralcatcher/hateful_memes: metadata jsonl per split + img/ files, downloaded explicitly (never the merged automatic splits), then read as a local folder."""
+    """The HF copy neuralcatcher/hateful_memes: metadata jsonl per split + img/ files, downloaded explicitly (never the
+    merged automatic splits), then read as a local folder."""
 
     def __init__(
         self,

@@ -54,7 +54,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an allowed format (PNG, JPEG, GIF, WEBP, BMP) whatever the extension (JPEG/WEBP bytes behind .png), reject images over max_pixels (decompression bomb) BEFORE decoding, fully load (catches truncated files), convert RGBA/LA (composite on white), palette (P, incl. transparency), greyscale, CMYK etc to RGB."""
+    """Open an allowed format (PNG, JPEG, GIF, WEBP, BMP) whatever the extension (JPEG/WEBP bytes behind .png), reject
+    images over max_pixels (decompression bomb) BEFORE decoding, fully load (catches truncated files), convert RGBA/LA
+    (composite on white), palette (P, incl. transparency), greyscale, CMYK etc to RGB."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "missing_image", "file not found; check the 'img' path in the jsonl")

@@ -220,7 +220,8 @@ class LocalDirSource:
                     )
                     continue
                 except (RecursionError, ValueError) as e:
-                    # Pathological lines (nesting deeper than Python's stack, 5000-digit numbers) cost one row, not the load.
+                    # Pathological lines (nesting deeper than Python's stack, 5000-digit numbers) cost one row, not the
+                    # load.
                     detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
                     issues.append(DataIssue(str(path), n, "bad_json", f"{detail}; fix or delete the line"))
                     continue

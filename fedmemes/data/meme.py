@@ -49,7 +49,8 @@ def count_kinds(issues: list[DataIssue]) -> dict[str, int]:
 
 
 class DataError(ValueError):
-    """Raised with on_error='raise'; message lists the first 20 issues as file:line: reason, then a count per kind, then the fix (e.g. 'set dataset.on_error=skip to drop bad rows')."""
+    """Raised with on_error='raise'; message lists the first 20 issues as file:line: reason, then a count per kind, then
+    the fix (e.g. 'set dataset.on_error=skip to drop bad rows')."""
 
     def __init__(self, issues: list[DataIssue], fix: str | None = None) -> None:
         self.issues = list(issues)

@@ -23,7 +23,8 @@ def read_token(token_file: str | Path | None = None) -> str:
     if not token:
         where = f"file {token_file} is empty" if token_file else f"${TOKEN_ENV} is not set"
         raise ValueError(
-            f"no API token: {where}; e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe())')`"
+            f"no API token: {where}; e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; "
+            "print(secrets.token_urlsafe())')`"
         )
     return token
 

@@ -141,7 +141,8 @@ def make_node_key(folder: Path, name: str, force: bool = False) -> tuple[Path, P
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse `fedmemes certs DIR [--host H ...] [--nodes N] [--force]` or `fedmemes certs DIR --node-key NAME` and write."""
+    """Parse `fedmemes certs DIR [--host H ...] [--nodes N] [--force]` or `fedmemes certs DIR --node-key NAME` and
+    write."""
     parser = argparse.ArgumentParser(
         prog="fedmemes certs", description="Make a CA, a server certificate and SuperNode keys."
     )
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if not args.node_key:
         print(
-            f"CA (give to every client): {files.ca}\nserver certificate: {files.cert}\nserver key (keep secret): {files.key}"
+            f"CA (give to every client): {files.ca}\nserver certificate: {files.cert}\nserver key (keep secret): "
+            f"{files.key}"
         )
     for private, public in keys:
         print(f"SuperNode key: {private} (stays on the client)  public: {public} (register on the server)")

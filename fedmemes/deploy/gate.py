@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    # Flower 1.42 (pinned): the same pieces `flower-superlink` is made of, so its flag checks and lifespan stay Flower's.
+    # Flower 1.42 (pinned): the same pieces `flower-superlink` is made of, so its flag checks and lifespan stay
+    # Flower's.
     from flwr.supercore.http_logging import get_uvicorn_log_config
     from flwr.supercore.logger import console_handler
     from flwr.superlink.main import create_app

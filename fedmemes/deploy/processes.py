@@ -22,7 +22,8 @@ def bin_path(program: str) -> str:
 
 
 def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment for Flower's programs: a private FLWR_HOME, no telemetry, no `uv sync` at run time, no token."""
+    """Return the environment for Flower's programs: a private FLWR_HOME, no telemetry, no `uv sync` at run time, no
+    token."""
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     env.update(
         FLWR_HOME=str(flwr_home),

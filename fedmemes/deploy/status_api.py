@@ -109,7 +109,8 @@ def create_app(status: RunStatus, token: str) -> FastAPI:
 
 
 def serve_in_thread(api: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> uvicorn.Server:
-    """Serve `api` from a daemon thread, over TLS with the SuperLink's certificate when given; stop with `should_exit`."""
+    """Serve `api` from a daemon thread, over TLS with the SuperLink's certificate when given; stop with
+    `should_exit`."""
     server = uvicorn.Server(
         uvicorn.Config(
             api,

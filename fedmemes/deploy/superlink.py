@@ -110,7 +110,8 @@ class SuperLink:
         return self.flwr_home / "superlink.log"
 
     def write_connection(self) -> Path:
-        """Point `flwr` (run, ls, supernode register) at this SuperLink via $FLWR_HOME/config.toml and write the app folder."""
+        """Point `flwr` (run, ls, supernode register) at this SuperLink via $FLWR_HOME/config.toml and write the app
+        folder."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         security = f'root-certificates = "{self.tls.ca}"' if self.tls else "insecure = true"
         (self.flwr_home / "config.toml").write_text(
@@ -143,7 +144,8 @@ class SuperLink:
         return reply
 
     def submit(self, overrides: str) -> str:
-        """Submit our app with these Hydra overrides (they reach every ServerApp/ClientApp as run_config) and return the run id."""
+        """Submit our app with these Hydra overrides (they reach every ServerApp/ClientApp as run_config) and return the
+        run id."""
         app = self.write_connection()
         value = json.dumps(overrides)  # a TOML basic string is a JSON string
         return str(self.flwr("run", str(app), CONNECTION, "--run-config", f"overrides={value}")["run-id"])
@@ -160,7 +162,8 @@ class SuperLink:
         poll_s: float = 2.0,
         timeout_s: float | None = None,
     ) -> str:
-        """Poll the run's status until it finishes, calling `on_tick(status)` each time; return e.g. 'finished:completed'."""
+        """Poll the run's status until it finishes, calling `on_tick(status)` each time; return e.g.
+        'finished:completed'."""
         # In-process Control API client: a `flwr ls` process per poll costs a CPU-second of imports.
         from flwr.cli.flower_config import read_superlink_connection
         from flwr.cli.utils import init_http_client_from_connection

@@ -24,9 +24,9 @@ class CrossAttentionFusion(MemeClassifier):
     """Caption token states and CNN feature-map positions attend to each other, meme by meme.
 
     Tokens (B, L, D) and the image encoder's regions (B, h*w, out_dim) are projected to
-    `hidden_dim`; each enabled direction is one multi-head attention layer with a residual and LayerNorm whose queries come from one
-    modality and keys/values from the other *of the same meme* (batch-first tensors: the batch
-    dimension is never attended over). Both sides are mean-pooled, concatenated, and fed to an
+    `hidden_dim`; each enabled direction is one multi-head attention layer with a residual and LayerNorm
+    whose queries come from one modality and keys/values from the other *of the same meme* (batch-first
+    tensors: the batch dimension is never attended over). Both sides are mean-pooled, concatenated, and fed to an
     MLP head. A missing modality becomes a learned placeholder sequence.
     """
 

@@ -38,7 +38,8 @@ class EarlyFusion(MemeClassifier):
     ) -> None:
         super().__init__(modality_dropout)
         self.text_encoder = text_encoder  # a frozen encoder is a plain object: not a submodule, never exported
-        # LayerNorm first: pooled sentence vectors have small, uneven scales; normalised, the head learns in far fewer steps.
+        # LayerNorm first: pooled sentence vectors have small, uneven scales; normalised, the head learns in far fewer
+        # steps.
         self.text_proj = nn.Sequential(
             nn.LayerNorm(text_encoder.dim), nn.Linear(text_encoder.dim, text_hidden_dim), nn.ReLU()
         )

@@ -1,4 +1,5 @@
-"""`fedmemes report`: hold-out curves, test ROC/PR and confusion, client bars, participation, configs of one or more runs."""
+"""`fedmemes report`: hold-out curves, test ROC/PR and confusion, client bars, participation, configs of one or more
+runs."""
 
 from typing import Any
 

@@ -23,7 +23,8 @@ FIGURE_DIR = "report"
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;display:block;margin:8px 0}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;display:block;margin:8px 0}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:480px}.note{color:#666;font-size:13px}"""
 
 
@@ -178,7 +179,8 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _render(title: str, sections: list[Section]) -> tuple[str, str]:
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        "<!doctype html><html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     md = [f"# {title}", ""]

@@ -68,7 +68,8 @@ def reference_of(
 
 
 def decode_array(name: str, array: Any, expected: np.ndarray) -> np.ndarray:
-    """Decode one tensor's npy payload; raise ReplyError unless it has the global tensor's stype, dtype, byte order, shape and byte length."""
+    """Decode one tensor's npy payload; raise ReplyError unless it has the global tensor's stype, dtype, byte order,
+    shape and byte length."""
     if not isinstance(array, Array):
         raise ReplyError(f"tensor '{name}' is a {type(array).__name__}, not an Array")
     if array.stype != SType.NUMPY:
@@ -88,7 +89,8 @@ def decode_array(name: str, array: Any, expected: np.ndarray) -> np.ndarray:
         raise ReplyError(f"tensor '{name}' is not a readable npy payload ({type(err).__name__}: {err})") from None
     if dtype != expected.dtype:  # np.dtype equality includes byte order: '>f4' != '<f4'
         raise ReplyError(
-            f"tensor '{name}' holds {dtype} ('{dtype.str}'), the global model's is {expected.dtype} ('{expected.dtype.str}')"
+            f"tensor '{name}' holds {dtype} ('{dtype.str}'), the global model's is {expected.dtype} "
+            f"('{expected.dtype.str}')"
         )
     if tuple(shape) != expected.shape:
         raise ReplyError(f"tensor '{name}' holds shape {list(shape)}, the global model's is {list(expected.shape)}")

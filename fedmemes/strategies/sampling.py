@@ -26,7 +26,8 @@ SIZE_KEYS = ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes", "nu
 
 @dataclass(frozen=True)
 class SampleRule:
-    """How many nodes a round asks: exactly `count`, else Flower's rule (`fraction` of the connected, at least `minimum`)."""
+    """How many nodes a round asks: exactly `count`, else Flower's rule (`fraction` of the connected, at least
+    `minimum`)."""
 
     count: int | None = None
     fraction: float = 1.0

@@ -25,7 +25,8 @@ BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def steppable(key: str, values: np.ndarray) -> bool:
-    """Say if a server step may move this tensor: float weights, not BatchNorm statistics (a variance must stay >= 0)."""
+    """Say if a server step may move this tensor: float weights, not BatchNorm statistics (a variance must stay >=
+    0)."""
     return bool(np.issubdtype(values.dtype, np.floating)) and not key.endswith(BN_STATS)
 
 

@@ -1,4 +1,5 @@
-"""Judge client replies before any strategy sees them, so one hostile or broken client can neither end the run nor take over the model."""
+"""Judge client replies before any strategy sees them, so one hostile or broken client can neither end the run nor take
+over the model."""
 
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ class ReplyChecks:
             for i, (reply, new) in enumerate(zip(sound, capped_counts(claimed, bounds.max_client_weight), strict=True)):
                 if new != claimed[i]:
                     log.warning(
-                        "round %d: node %d claims %s=%d, %.0f%% of the round; counted as %d (server.max_client_weight=%s)",
+                        "round %d: node %d claims %s=%d, %.0f%% of the round; counted as %d "
+                        "(server.max_client_weight=%s)",
                         server_round,
                         reply.node,
                         key,

@@ -107,7 +107,8 @@ def run_artifacts(run_dir: Path) -> list[Path]:
 
 
 def round_metrics(holdout: Mapping[str, Any], clients: Mapping[str, Any]) -> dict[str, Any]:
-    """Name a round's scalars for the trackers: holdout/<key> (server scoring) and clients/<key> (averaged train metrics)."""
+    """Name a round's scalars for the trackers: holdout/<key> (server scoring) and clients/<key> (averaged train
+    metrics)."""
     return {**{f"holdout/{k}": v for k, v in holdout.items()}, **{f"clients/{k}": v for k, v in clients.items()}}
 
 

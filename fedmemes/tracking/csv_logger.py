@@ -1,4 +1,5 @@
-"""`logger=csv`: every scalar as a row step,name,value in <run_dir>/tracking/metrics.csv, plus the config and artifact list."""
+"""`logger=csv`: every scalar as a row step,name,value in <run_dir>/tracking/metrics.csv, plus the config and artifact
+list."""
 
 from __future__ import annotations
 

@@ -113,7 +113,8 @@ class EfficientNetLite0(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the cacheable frozen output for uint8 images (B, 3, S, S): pooled (B, 1280) or block inputs (float16)."""
+        """Return the cacheable frozen output for uint8 images (B, 3, S, S): pooled (B, 1280) or block inputs
+        (float16)."""
         was_training = self.training
         self.eval()
         x = self._frozen_part(images.float().div(255.0))
