@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from safetensors import safe_open
@@ -221,12 +221,13 @@ def build_tensors(
     """
     cache = Path(cache_dir) / "features"
     paths = [m.img if m.has_image else None for m in memes]
-    frozen_images = image_encoder is not None and hasattr(image_encoder, "encode_images")
+    if image_encoder is not None and hasattr(image_encoder, "encode_images"):
+        image = encode_images(paths, image_size, cast(ImageEncoder, image_encoder), cache)
+    else:
+        image = load_images(paths, image_size, cache)
     return MemeTensors(
         text=encode_texts([m.text if m.has_text else None for m in memes], encoder, cache),
-        image=encode_images(paths, image_size, image_encoder, cache)
-        if frozen_images  # type: ignore[arg-type]
-        else load_images(paths, image_size, cache),
+        image=image,
         label=torch.tensor([m.label for m in memes], dtype=torch.long),
         mask=torch.tensor([[m.has_text, m.has_image] for m in memes], dtype=torch.float32).reshape(-1, 2),
     )
