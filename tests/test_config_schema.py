@@ -55,7 +55,11 @@ BAD = [
         "clip, efficientnet_lite0, resnet18, small_cnn",
     ),
     ("logger=[csv,foo]", "logger=foo is not allowed: logger must be one of csv, mlflow, none, tensorboard"),
-    ("experiment=nope", "experiment=nope is not allowed: experiment must be one of harmeme, label_skew, real_memes"),
+    (
+        "experiment=nope",
+        "experiment=nope is not allowed: experiment must be one of faults, fedsgd, harmeme, label_skew, real_memes, skew_benchmark, "
+        "strategy_smoke, tiny_run",
+    ),
     (
         "experiment=real_memes model=text_only",
         "experiment=real_memes sets model/image_encoder, but model=text_only "
