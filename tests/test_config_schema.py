@@ -57,8 +57,8 @@ BAD = [
     ("logger=[csv,foo]", "logger=foo is not allowed: logger must be one of csv, mlflow, none, tensorboard"),
     (
         "experiment=nope",
-        "experiment=nope is not allowed: experiment must be one of faults, fedsgd, harmeme, label_skew, real_memes, skew_benchmark, "
-        "strategy_smoke, tiny_run",
+        "experiment=nope is not allowed: experiment must be one of faults, fedsgd, harmeme, label_skew, real_memes, "
+        "skew_benchmark, strategy_smoke, tiny_run",
     ),
     (
         "experiment=real_memes model=text_only",
