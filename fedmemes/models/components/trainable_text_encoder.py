@@ -14,6 +14,7 @@ from fedmemes.models.components.text_encoder import (
     check_choice,
     load_frozen,
     pool,
+    tokenize,
     weights_stamp,
 )
 
@@ -84,7 +85,7 @@ class TrainableTextEncoder(nn.Module):
         """Return token ids (N, L) int64, padded to the longest caption."""
         if not texts:
             return torch.full((0, 1), self.pad_id, dtype=torch.long)
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = tokenize(self.tokenizer, texts, self.max_length)
         return batch["input_ids"].long()
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
