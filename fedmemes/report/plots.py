@@ -85,7 +85,6 @@ def test_curves(runs: list[Run]) -> Figure | None:
         (ax_pr, "precision-recall on test", "recall (hateful)", "precision (hateful)"),
     ):
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
-    for ax in (ax_roc, ax_pr):
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
