@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 
 # Flower's public check (FedAvg's private `_check_and_log_replies` calls the same function): the
 # same rules as every built-in strategy without reaching into FedAvg's internals.
@@ -51,6 +52,24 @@ def train_replies(replies: Iterable[Message], weighted_by_key: str) -> list[Mess
     if valid:  # raises InconsistentMessageReplies, which Flower's loop turns into a skipped aggregation
         validate_message_reply_consistency([m.content for m in valid], weighted_by_key, check_arrayrecord=True)
     return valid
+
+
+class ReplyAverage(FedAvg):
+    """FedAvg whose train step reads the error-free replies itself: subclasses weigh them in `average`."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Average the error-free replies' arrays with `average`; their metrics as FedAvg does."""
+        contents = [m.content for m in train_replies(replies, self.weighted_by_key)]
+        if not contents:
+            return None, None
+        arrays = self.average(server_round, contents, [first_metrics(c) for c in contents])
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def average(self, server_round: int, contents: list[RecordDict], metrics: list[MetricRecord]) -> ArrayRecord:
+        """Return the new global arrays from the replies' contents and their metric records."""
+        raise NotImplementedError(f"{type(self).__name__} must define average()")
 
 
 def innermost(strategy: Any) -> Any:
