@@ -55,10 +55,7 @@ class CrossAttentionFusion(MemeClassifier):
             )
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
-        self.text_proj = nn.Linear(text_encoder.dim, hidden_dim)
-        self.image_proj = nn.Linear(out_dim(image_encoder), hidden_dim)
-        self.missing_text = nn.Parameter(torch.zeros(hidden_dim))
-        self.missing_image = nn.Parameter(torch.zeros(hidden_dim))
+        self.add_projections(text_encoder.dim, out_dim(image_encoder), hidden_dim, torch.zeros)
         self.attend = nn.ModuleDict(
             {
                 d: nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout, batch_first=True)
