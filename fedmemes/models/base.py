@@ -23,6 +23,12 @@ class TokenTextEncoder(TextEncoder, Protocol):
         ...
 
 
+def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the config key (e.g. `model.direction`) when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {allowed}")
+
+
 def out_dim(encoder: nn.Module) -> int:
     """Return an image encoder's feature width (the plain int `out_dim` every image encoder sets)."""
     return cast(int, encoder.out_dim)  # nn.Module.__getattr__ is typed Tensor | Module, whatever was set

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, TokenTextEncoder, mlp, out_dim
+from fedmemes.models.base import MemeClassifier, TokenTextEncoder, check_choice, mlp, out_dim
 
 DIRECTIONS = {
     "both": ("text_to_image", "image_to_text"),
@@ -46,8 +46,7 @@ class CrossAttentionFusion(MemeClassifier):
         modality_dropout: float = 0.0,
     ) -> None:
         super().__init__(modality_dropout)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"model.direction={direction!r} is not one of {tuple(DIRECTIONS)}")
+        check_choice("model.direction", direction, tuple(DIRECTIONS))
         if not getattr(text_encoder, "gives_tokens", False):
             raise ValueError(
                 "cross_attention needs caption token states: use model/text_encoder=frozen_tokens "

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, TextEncoder, fill_missing, mlp, out_dim, pooled_text
+from fedmemes.models.base import MemeClassifier, TextEncoder, check_choice, fill_missing, mlp, out_dim, pooled_text
 
 INTERACTIONS = ("outer", "elementwise")
 
@@ -35,8 +35,7 @@ class FeatureInteraction(MemeClassifier):
         modality_dropout: float = 0.0,
     ) -> None:
         super().__init__(modality_dropout)
-        if interaction not in INTERACTIONS:
-            raise ValueError(f"model.interaction={interaction!r} is not one of {INTERACTIONS}")
+        check_choice("model.interaction", interaction, INTERACTIONS)
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.interaction = interaction

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fedmemes.models.base import check_choice
+
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
     from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -61,12 +63,6 @@ def pool(states: torch.Tensor, attention: torch.Tensor, pooling: str) -> torch.T
     return (states * weight).sum(1) / weight.sum(1).clamp(min=1.0)
 
 
-def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise a ValueError naming the config key when `value` is not one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"model.text_encoder.{key}={value!r} is not one of {allowed}")
-
-
 class FrozenTextEncoder:
     """Encode captions with a frozen BERT-family model, once per node, on the data side.
 
@@ -85,8 +81,8 @@ class FrozenTextEncoder:
         output: str = "pooled",
         device: str = "auto",
     ) -> None:
-        check_choice("pooling", pooling, POOLINGS)
-        check_choice("output", output, OUTPUTS)
+        check_choice("model.text_encoder.pooling", pooling, POOLINGS)
+        check_choice("model.text_encoder.output", output, OUTPUTS)
         self.name_or_path = name_or_path or bundled_minilm_path()
         self.max_length = max_length
         self.batch_size = batch_size

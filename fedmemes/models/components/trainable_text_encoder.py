@@ -8,10 +8,10 @@ import hashlib
 import torch
 from torch import nn
 
+from fedmemes.models.base import check_choice
 from fedmemes.models.components.text_encoder import (
     POOLINGS,
     bundled_minilm_path,
-    check_choice,
     load_frozen,
     pool,
     tokenize,
@@ -36,7 +36,7 @@ class TrainableTextEncoder(nn.Module):
         pooling: str = "mean",
     ) -> None:
         super().__init__()
-        check_choice("pooling", pooling, POOLINGS)
+        check_choice("model.text_encoder.pooling", pooling, POOLINGS)
         self.name_or_path = name_or_path or bundled_minilm_path()
         shared, tokenizer = load_frozen(self.name_or_path)
         self.bert = copy.deepcopy(shared)  # the cached copy stays frozen for other users
