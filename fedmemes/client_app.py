@@ -14,7 +14,7 @@ from torch import nn
 from fedmemes import engine
 from fedmemes.client_corrections import local_setup
 from fedmemes.config import build_model, load_config, overrides_of
-from fedmemes.node_datasets import client_data
+from fedmemes.node_datasets import ClientData, client_data
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -34,6 +34,14 @@ def _data_dir(context: Context) -> str | None:
     return str(context.node_config.get("data-dir") or "") or None
 
 
+def _node_setup(context: Context) -> tuple[DictConfig, int, ClientData]:
+    """Return the run's config, this node's partition id and its data."""
+    overrides = overrides_of(context.run_config)
+    cfg = load_config(overrides)
+    pid, num = _partition(context)
+    return cfg, pid, client_data(overrides, pid, num, _data_dir(context))
+
+
 def _model(cfg: DictConfig, msg: Message) -> nn.Module:
     model = build_model(cfg)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
@@ -43,10 +51,7 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""
-    overrides = overrides_of(context.run_config)
-    cfg = load_config(overrides)
-    pid, num = _partition(context)
-    data = client_data(overrides, pid, num, _data_dir(context))
+    cfg, pid, data = _node_setup(context)
     model = _model(cfg, msg)
     config = msg.content["config"]
     device = engine.pick_device(cfg.device)
@@ -98,10 +103,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this client's kept-back validation share."""
-    overrides = overrides_of(context.run_config)
-    cfg = load_config(overrides)
-    pid, num = _partition(context)
-    data = client_data(overrides, pid, num, _data_dir(context))
+    cfg, _, data = _node_setup(context)
     scores = engine.evaluate(_model(cfg, msg), data.val.dataset(), cfg.batch_size, engine.pick_device(cfg.device))
     metrics = {k: (0.0 if v != v else float(v)) for k, v in scores.items() if k != "n"}  # NaN -> 0: keys must match
     metrics["num-examples"] = len(data.val)

@@ -22,7 +22,7 @@ from fedmemes import engine
 from fedmemes.config import build_model
 from fedmemes.data.features import build_tensors
 from fedmemes.data.images import DEFAULT_MAX_PIXELS
-from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, check_row, id_key
+from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, check_row, repeated_id
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
 from fedmemes.history import METRICS_FILE
 from fedmemes.models.old_targets import upgrade_targets
@@ -143,18 +143,10 @@ def check_rows(
         issues.extend(DataIssue(where, n, k, d) for k, d in problems)
         if meme is None:
             continue
-        key = id_key(meme.id)
-        if key in first_line:
-            issues.append(
-                DataIssue(
-                    where,
-                    n,
-                    "duplicate_id",
-                    f"id {meme.id} already used on line {first_line[key]}; give each meme one row per split",
-                )
-            )
+        duplicate = repeated_id(first_line, meme, where, n)
+        if duplicate is not None:
+            issues.append(duplicate)
             continue
-        first_line[key] = n
         kept.append((n, meme, labelled))
     return kept, issues
 

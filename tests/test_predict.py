@@ -165,26 +165,17 @@ def test_errors_name_the_fix(run_dir, tiny_data, tmp_path, capsys):
 def test_predict_after_a_real_simulation_matches_its_test_auroc(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "fedmemes.cli"]
-    done = subprocess.run(
-        [*cmd, "simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
+
+    def cli(*args: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fedmemes.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    done = cli("simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}", timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     test = json.loads((run / "metrics.json").read_text())["test"]
     data = next((tmp_path / "cache" / "data").glob("synthetic-*"))
-    out = subprocess.run(
-        [*cmd, "predict", str(run), str(data / "test_seen.jsonl"), "--out", str(tmp_path / "p.csv")],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    out = cli("predict", str(run), str(data / "test_seen.jsonl"), "--out", str(tmp_path / "p.csv"), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _read(tmp_path / "p.csv")
     assert len(rows) == test["n"] == 80
@@ -192,7 +183,5 @@ def test_predict_after_a_real_simulation_matches_its_test_auroc(tmp_path):
         abs(roc_auc_score([int(r["label"]) for r in rows], [float(r["p_hateful"]) for r in rows]) - test["auroc"])
         < 1e-3
     )
-    listed = subprocess.run(
-        [*cmd, "runs", str(tmp_path)], env=env, capture_output=True, text=True, check=False, timeout=120
-    )
+    listed = cli("runs", str(tmp_path), timeout=120)
     assert "finished" in listed.stdout and f"{test['auroc']:.3f}" in listed.stdout

@@ -65,6 +65,12 @@ def message(node: int, arrays: dict[str, Array] | None = None, records: dict | N
     return reply_from(node, RecordDict(content))
 
 
+def _records(arrays_key: str = "arrays", **extra: object) -> dict:
+    """HOSTILE's honest records, its arrays under `arrays_key`, with the `extra` records after them."""
+    arrays = ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()})
+    return {arrays_key: arrays, "metrics": MetricRecord(BASE_METRICS), **extra}
+
+
 def _with(name: str, array: Array) -> dict[str, Array]:
     return {**{k: Array(v) for k, v in _step(HOSTILE).items()}, name: array}
 
@@ -84,13 +90,7 @@ CASES: dict[str, tuple[str, Callable[[], Message]]] = {
     "list-valued metric": ("dropped", lambda: message(HOSTILE, train_loss=[1.0, 2.0])),
     "ArrayRecord under another name": (
         "dropped",
-        lambda: message(
-            HOSTILE,
-            records={
-                "weights": ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()}),
-                "metrics": MetricRecord(BASE_METRICS),
-            },
-        ),
+        lambda: message(HOSTILE, records=_records("weights")),
     ),
     "finite huge values 1e38": (
         "clipped",
@@ -126,14 +126,7 @@ CASES: dict[str, tuple[str, Callable[[], Message]]] = {
     "extra tensor": ("dropped", lambda: message(HOSTILE, _with("x.w", Array(np.zeros(2, np.float32))))),
     "extra ConfigRecord": (
         "dropped",
-        lambda: message(
-            HOSTILE,
-            records={
-                "arrays": ArrayRecord({k: Array(v) for k, v in _step(HOSTILE).items()}),
-                "metrics": MetricRecord(BASE_METRICS),
-                "config": ConfigRecord({"x": 1}),
-            },
-        ),
+        lambda: message(HOSTILE, records=_records(config=ConfigRecord({"x": 1}))),
     ),
     "fractional num-examples": ("dropped", lambda: message(HOSTILE, **{"num-examples": 10.5})),
     "extra metric key": ("dropped", lambda: message(HOSTILE, surprise=1.0)),

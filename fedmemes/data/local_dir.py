@@ -54,6 +54,16 @@ def id_key(meme_id: str) -> str:
     return (meme_id.lstrip("0") or "0") if meme_id.isdigit() else meme_id
 
 
+def repeated_id(first_line: dict[str, int], meme: Meme, where: str, n: int) -> DataIssue | None:
+    """Return a duplicate_id issue if `meme`'s id was seen before; otherwise record line `n` as its first."""
+    key = id_key(meme.id)
+    if key in first_line:
+        detail = f"id {meme.id} already used on line {first_line[key]}; give each meme one row per split"
+        return DataIssue(where, n, "duplicate_id", detail)
+    first_line[key] = n
+    return None
+
+
 def _meta(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """Return the row's extra scalar keys (e.g. a 'client' column) as sorted (key, value) pairs."""
     return tuple(
@@ -240,18 +250,10 @@ class LocalDirSource:
                 issues.extend(DataIssue(str(path), n, k, d) for k, d in problems)
                 if meme is None:
                     continue
-                key = id_key(meme.id)
-                if key in first_line:
-                    issues.append(
-                        DataIssue(
-                            str(path),
-                            n,
-                            "duplicate_id",
-                            f"id {meme.id} already used on line {first_line[key]}; give each meme one row per split",
-                        )
-                    )
+                duplicate = repeated_id(first_line, meme, str(path), n)
+                if duplicate is not None:
+                    issues.append(duplicate)
                     continue
-                first_line[key] = n
                 rows.append((n, meme))
         return rows
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import torch
@@ -21,6 +21,12 @@ class TokenTextEncoder(TextEncoder, Protocol):
     def tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return token states and the padding mask for the encoder's inputs."""
         ...
+
+
+def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the config key (e.g. `model.direction`) when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {allowed}")
 
 
 def out_dim(encoder: nn.Module) -> int:
@@ -93,6 +99,16 @@ class MemeClassifier(nn.Module):
                 f"{result.unexpected_keys[:5]}); was it saved from another model= or encoder config?"
             )
         return result
+
+    def add_projections(
+        self, text_dim: int, image_dim: int, width: int, placeholder: Callable[[int], torch.Tensor]
+    ) -> None:
+        """Add `text_proj`, `image_proj` to `width`, then learned `missing_text`, `missing_image` from `placeholder`."""
+        # This order (projections, then placeholders) is the models' own: seeded initialisations stay the same.
+        self.text_proj: nn.Module = nn.Linear(text_dim, width)  # other models project through a Sequential
+        self.image_proj = nn.Linear(image_dim, width)
+        self.missing_text = nn.Parameter(placeholder(width))
+        self.missing_image = nn.Parameter(placeholder(width))
 
     def available(self, mask: torch.Tensor) -> torch.Tensor:
         """Return the mask, with one modality of complete memes dropped at random while training."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, TokenTextEncoder, mlp, out_dim
+from fedmemes.models.base import MemeClassifier, TokenTextEncoder, check_choice, mlp, out_dim
 
 DIRECTIONS = {
     "both": ("text_to_image", "image_to_text"),
@@ -46,8 +46,7 @@ class CrossAttentionFusion(MemeClassifier):
         modality_dropout: float = 0.0,
     ) -> None:
         super().__init__(modality_dropout)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"model.direction={direction!r} is not one of {tuple(DIRECTIONS)}")
+        check_choice("model.direction", direction, tuple(DIRECTIONS))
         if not getattr(text_encoder, "gives_tokens", False):
             raise ValueError(
                 "cross_attention needs caption token states: use model/text_encoder=frozen_tokens "
@@ -55,10 +54,7 @@ class CrossAttentionFusion(MemeClassifier):
             )
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
-        self.text_proj = nn.Linear(text_encoder.dim, hidden_dim)
-        self.image_proj = nn.Linear(out_dim(image_encoder), hidden_dim)
-        self.missing_text = nn.Parameter(torch.zeros(hidden_dim))
-        self.missing_image = nn.Parameter(torch.zeros(hidden_dim))
+        self.add_projections(text_encoder.dim, out_dim(image_encoder), hidden_dim, torch.zeros)
         self.attend = nn.ModuleDict(
             {
                 d: nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout, batch_first=True)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmemes.models.base import MemeClassifier, TextEncoder, fill_missing, mlp, out_dim, pooled_text
+from fedmemes.models.base import MemeClassifier, TextEncoder, check_choice, fill_missing, mlp, out_dim, pooled_text
 
 INTERACTIONS = ("outer", "elementwise")
 
@@ -35,15 +35,11 @@ class FeatureInteraction(MemeClassifier):
         modality_dropout: float = 0.0,
     ) -> None:
         super().__init__(modality_dropout)
-        if interaction not in INTERACTIONS:
-            raise ValueError(f"model.interaction={interaction!r} is not one of {INTERACTIONS}")
+        check_choice("model.interaction", interaction, INTERACTIONS)
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
         self.interaction = interaction
-        self.text_proj = nn.Linear(text_encoder.dim, proj_dim)
-        self.image_proj = nn.Linear(out_dim(image_encoder), proj_dim)
-        self.missing_text = nn.Parameter(torch.randn(proj_dim) * 0.1)
-        self.missing_image = nn.Parameter(torch.randn(proj_dim) * 0.1)
+        self.add_projections(text_encoder.dim, out_dim(image_encoder), proj_dim, lambda d: torch.randn(d) * 0.1)
         features = proj_dim * proj_dim if interaction == "outer" else proj_dim
         self.head = mlp(features, fusion_output_dim, output_size, dropout)
         self.proj_dim = proj_dim

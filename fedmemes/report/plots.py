@@ -80,21 +80,11 @@ def test_curves(runs: list[Run]) -> Figure | None:
     ax_roc.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="chance")
     base = float(np.mean(scored[0][2]))
     ax_pr.axhline(base, color="0.6", lw=0.8, ls="--", label=f"chance ({base:.2f} hateful)")
-    ax_roc.set(
-        title="ROC on test (best round's model)",
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
-    ax_pr.set(
-        title="precision-recall on test",
-        xlabel="recall (hateful)",
-        ylabel="precision (hateful)",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
-    for ax in (ax_roc, ax_pr):
+    for ax, title, xlabel, ylabel in (
+        (ax_roc, "ROC on test (best round's model)", "false positive rate", "true positive rate"),
+        (ax_pr, "precision-recall on test", "recall (hateful)", "precision (hateful)"),
+    ):
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=8, loc="lower right" if ax is ax_roc else "lower left")

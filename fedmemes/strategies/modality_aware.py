@@ -6,11 +6,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 
-from fedmemes.strategies.strategy_utils import average_arrays, first_arrays, first_metrics, train_replies
+from fedmemes.strategies.strategy_utils import ReplyAverage, average_arrays, first_arrays
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +17,7 @@ log = logging.getLogger(__name__)
 DEFAULT_COUNT_KEYS = {"text": "n_text", "image": "n_image", "joint": "n_both"}
 
 
-class ModalityAwareAvg(FedAvg):
+class ModalityAwareAvg(ReplyAverage):
     """FedAvg per block: text branch weighted by `n_text`, image branch by `n_image`, the rest by `n_both`.
 
     `branches` maps every tensor name to its block ('text', 'image', 'joint'); it comes from the
@@ -62,16 +61,9 @@ class ModalityAwareAvg(FedAvg):
             blocks[self.branches[key]].append(key)
         return blocks
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def average(self, server_round: int, contents: list[RecordDict], metrics: list[MetricRecord]) -> ArrayRecord:
         """Average each block over the clients whose count for it is positive."""
-        valid = train_replies(replies, self.weighted_by_key)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
         records = [first_arrays(c) for c in contents]
-        metrics = [first_metrics(c) for c in contents]
         missing = sorted({k for m in metrics for k in self.count_keys.values() if k not in m})
         if missing:
             raise KeyError(
@@ -89,5 +81,4 @@ class ModalityAwareAvg(FedAvg):
                 continue
             averaged = average_arrays([records[i] for i in voters], [counts[i] for i in voters], keys)
             merged.update({k: Array(v) for k, v in averaged.items()})
-        arrays = ArrayRecord({k: merged[k] for k in records[0]})
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return ArrayRecord({k: merged[k] for k in records[0]})

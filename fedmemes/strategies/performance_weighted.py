@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from fedmemes.strategies.strategy_utils import average_arrays, first_arrays, first_metrics, train_replies
+from fedmemes.strategies.strategy_utils import ReplyAverage, average_arrays, first_arrays
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ def performance_weights(accuracies: Sequence[float], sizes: Sequence[float], alp
     return [r / total for r in raw] if total > 0 else [n / n_total for n in sizes]
 
 
-class PerformanceWeightedAvg(FedAvg):
+class PerformanceWeightedAvg(ReplyAverage):
     """FedAvg whose client weights mix local validation accuracy (`accuracy_key`) and data share.
 
     `accuracy_key` must be measured on a share the client kept back from training (our clients
@@ -36,15 +35,8 @@ class PerformanceWeightedAvg(FedAvg):
         self.alpha = alpha
         self.accuracy_key = accuracy_key
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def average(self, server_round: int, contents: list[RecordDict], metrics: list[MetricRecord]) -> ArrayRecord:
         """Average the replies' arrays with performance weights."""
-        valid = train_replies(replies, self.weighted_by_key)
-        if not valid:
-            return None, None
-        contents = [m.content for m in valid]
-        metrics = [first_metrics(c) for c in contents]
         if any(self.accuracy_key not in m for m in metrics):
             raise KeyError(
                 f"performance_weighted needs metric '{self.accuracy_key}' in every train reply; "
@@ -57,5 +49,4 @@ class PerformanceWeightedAvg(FedAvg):
         )
         log.info("round %d: performance weights %s", server_round, [round(w, 3) for w in weights])
         averaged = average_arrays([first_arrays(c) for c in contents], weights)
-        arrays = ArrayRecord({k: Array(v) for k, v in averaged.items()})
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return ArrayRecord({k: Array(v) for k, v in averaged.items()})

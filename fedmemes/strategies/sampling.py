@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import random
 import time
@@ -15,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmemes.strategies.strategy_utils import innermost
+from fedmemes.strategies.strategy_utils import innermost, with_mixin
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +193,6 @@ class SeededSampling:
         return self._configure("evaluate", server_round, arrays, config, grid)
 
 
-@functools.cache
 def with_sampling(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `SeededSampling` in front (same name, still an instance of `cls`)."""
-    if issubclass(cls, SeededSampling):
-        return cls
-    return type(
-        cls.__name__,
-        (SeededSampling, cls),
-        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
-    )
+    return with_mixin(SeededSampling, cls)

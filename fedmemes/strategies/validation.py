@@ -3,7 +3,6 @@ over the model."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ from fedmemes.strategies.reply_content import (
     judge,
     reference_of,
 )
-from fedmemes.strategies.strategy_utils import innermost
+from fedmemes.strategies.strategy_utils import innermost, with_mixin
 from fedmemes.strategies.update_bounds import (
     UpdateBounds,
     capped_counts,
@@ -226,13 +225,6 @@ class ReplyChecks:
         return arrays, metrics
 
 
-@functools.cache
 def with_reply_checks(cls: type[Strategy]) -> type[Strategy]:
     """Return `cls` with `ReplyChecks` in front (same name, still an instance of `cls`)."""
-    if issubclass(cls, ReplyChecks):
-        return cls
-    return type(
-        cls.__name__,
-        (ReplyChecks, cls),
-        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
-    )
+    return with_mixin(ReplyChecks, cls)

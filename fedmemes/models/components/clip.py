@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fedmemes.models.components.text_encoder import weights_stamp
+from fedmemes.models.components.text_encoder import tokenize, weights_stamp
 
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
     from transformers import CLIPModel, PreTrainedTokenizerBase
@@ -93,13 +93,7 @@ class ClipTextEncoder:
         model, tokenizer = _load(self.name_or_path), _tokenizer(self.name_or_path)
         chunks = [torch.zeros(0, self.dim)]
         for i in range(0, len(texts), self.batch_size):
-            batch = tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            batch = tokenize(tokenizer, texts[i : i + self.batch_size], self.max_length)
             chunks.append(
                 _features(
                     model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

