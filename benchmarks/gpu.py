@@ -61,9 +61,8 @@ def main() -> None:
     memes = holdout(cfg).pool[: args.memes]
     n = len(memes)
     texts = [m.text for m in memes]
-    images = torch.stack(
-        [torch.from_numpy(load_image_array(m.img, cfg.image_size)) for m in memes]
-    )  # uint8 (N, 3, S, S)
+    # uint8 (N, 3, S, S)
+    images = torch.stack([torch.from_numpy(load_image_array(m.img, cfg.image_size)) for m in memes])
     if cfg.device != "auto":
         raise SystemExit("gpu.py measures every device it finds: leave device=auto")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

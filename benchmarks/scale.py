@@ -173,9 +173,8 @@ def main() -> None:
         help="run both federations on this running Ray cluster (one node start-up "
         "instead of several: on a saturated machine Ray's 30 s start window can run out)",
     )
-    parser.add_argument(
-        "--bare", metavar="OUT", help=argparse.SUPPRESS
-    )  # internal: run bare Flower, write timings to OUT
+    # internal: run bare Flower, write timings to OUT
+    parser.add_argument("--bare", metavar="OUT", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
     overrides = " ".join(
         [*extra, f"num_clients={args.clients}", f"clients_per_round={args.per_round}", f"num_rounds={args.rounds}"]
@@ -216,9 +215,8 @@ def main() -> None:
     bare_rounds = json.loads(bare_out.read_text())
 
     cfg = load_config(overrides)
-    work = clients_work(
-        overrides, args.clients, rows[-1]["partitions"]
-    )  # the last round's clients: their caches are warm
+    # the last round's clients: their caches are warm
+    work = clients_work(overrides, args.clients, rows[-1]["partitions"])
     actors = max(1, len(ours.actors))
     train_per_round = sum(work) / min(actors, args.per_round)
     sent = ArrayRecord(engine.trainable_state(build_model(cfg))).count_bytes()

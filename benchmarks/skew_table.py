@@ -109,9 +109,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rounds = f"num_rounds={args.rounds}" if args.rounds else ""
-    base = " ".join(
-        f"experiment=skew_benchmark {rounds} {args.overrides}".split()
-    )  # conf/experiment/skew_benchmark.yaml
+    # conf/experiment/skew_benchmark.yaml
+    base = " ".join(f"experiment=skew_benchmark {rounds} {args.overrides}".split())
     print(
         f"seeds {args.seeds} | {base}\n"
         "| alpha | strategy | test AUROC (mean ± std) | vs centralized | rounds to 0.9c hold-out | s/run |\n"

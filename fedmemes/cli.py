@@ -64,9 +64,8 @@ def simulate(cfg: DictConfig) -> None:
     from fedmemes.cluster import attach, ray_address
     from fedmemes.deploy.simulation_status import SimulationStatus
 
-    if address := ray_address(
-        cfg.simulation.get("ray_address")
-    ):  # an existing cluster: Flower then skips its own ray.init
+    # an existing cluster: Flower then skips its own ray.init
+    if address := ray_address(cfg.simulation.get("ray_address")):
         attach(address, bool(cfg.verbose))
     live = SimulationStatus(cfg, run_dir, list(HydraConfig.get().overrides.task))  # dashboard: server.status_port=PORT
 

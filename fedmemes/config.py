@@ -202,9 +202,8 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
     if unknown and not open_ended:
         raise ValueError(f"{where}: {target.__name__} takes no {unknown}; it takes {sorted(accepted - set(hooks))}")
     extra = {k: v for k, v in hooks.items() if k in accepted}
-    if (
-        isinstance(spec.get("strategy"), dict) and "_target_" in spec["strategy"]
-    ):  # a wrapper (central DP) around another strategy
+    # a wrapper (central DP) around another strategy
+    if isinstance(spec.get("strategy"), dict) and "_target_" in spec["strategy"]:
         extra["strategy"] = _build_one(spec.pop("strategy"), f"{where}.strategy", hooks)
     if not outer:
         return instantiate(spec, **extra)
@@ -220,10 +219,11 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
     passing the hooks each level accepts."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
+    # the plan reads Flower 1.42's names (_build_one warns about the old ones)
     for (
         old,
         new,
-    ) in SEED_STRATEGY_KEYS.items():  # the plan reads Flower 1.42's names (_build_one warns about the old ones)
+    ) in SEED_STRATEGY_KEYS.items():
         level: Any = spec
         while isinstance(level, dict):
             if old in level:

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-# config.yaml lists this node first in its defaults: the YAML keeps every default value and comment, the
-# dataclasses give the types, so Hydra rejects `lr=abc` while it composes (and in `--cfg job`).
+# config.yaml lists this node first in its defaults: the YAML keeps every default value and comment (fields
+# here are MISSING, so there is one place for a default), the dataclasses give the types, so Hydra rejects
+# `lr=abc` while it composes (and in `--cfg job`).
 SCHEMA_NAME = "fedmemes_schema"
 
 # Group nodes (`_target_` and any keys the class takes) stay free-form: users add their own keys there.
@@ -22,32 +23,32 @@ class ServerSchema:
     """Types of the `server:` block (`fedmemes server` and the ServerApp)."""
 
     strategy: Any = None
-    address: str = "127.0.0.1:9092"
-    control_port: int = 9093
-    insecure: bool = False
-    superlink: str | None = None
-    certs: str | None = None
-    supernode_auth: bool = False
-    authorized_keys: list[str] = field(default_factory=list)
-    flwr_home: str = ""
-    status_host: str = "127.0.0.1"
-    status_port: int | None = 8090
-    heartbeat_s: float = 10.0
-    round_timeout: float = 600.0
-    eval_every: int = 1
-    token_file: str | None = None
-    max_update_norm: Any = "3*median"  # K*median, a number or null: UpdateBounds.parse reads it
-    max_client_weight: float | None = 0.5
+    address: str = MISSING
+    control_port: int = MISSING
+    insecure: bool = MISSING
+    superlink: str | None = MISSING
+    certs: str | None = MISSING
+    supernode_auth: bool = MISSING
+    authorized_keys: list[str] = MISSING
+    flwr_home: str = MISSING
+    status_host: str = MISSING
+    status_port: int | None = MISSING
+    heartbeat_s: float = MISSING
+    round_timeout: float = MISSING
+    eval_every: int = MISSING
+    token_file: str | None = MISSING
+    max_update_norm: Any = MISSING  # K*median, a number or null: UpdateBounds.parse reads it
+    max_client_weight: float | None = MISSING
 
 
 @dataclass
 class SimulationSchema:
     """Types of the `simulation:` block (`fedmemes simulate`)."""
 
-    client_cpus: float = 1.0
-    client_gpus: float = 0.0
-    ray_address: str | None = None
-    status_linger_s: float = 0.0
+    client_cpus: float = MISSING
+    client_gpus: float = MISSING
+    ray_address: str | None = MISSING
+    status_linger_s: float = MISSING
 
 
 @dataclass
@@ -60,24 +61,24 @@ class ConfigSchema:
     optimizer: Any = None
     logger: Any = None
     loss: Any = None
-    random_seed: int = 42
-    lr: float = 0.001
-    num_epochs: int = 1
-    local_steps: int | None = None
-    batch_size: int = 32
-    num_rounds: int = 4
-    num_clients: int = 2
-    clients_per_round: int | None = None
-    clients_per_eval_round: int | None = None
-    image_size: int = 64
-    local_val_share: float = 0.1
-    device: str = "auto"
-    amp: Any = "auto"  # a word or false: the choices are checked after compose
-    cache_dir: str = ""
-    run_dir: str | None = None
-    verbose: bool = False
-    resume: str | None = None
-    overwrite: bool = False
+    random_seed: int = MISSING
+    lr: float = MISSING
+    num_epochs: int = MISSING
+    local_steps: int | None = MISSING
+    batch_size: int = MISSING
+    num_rounds: int = MISSING
+    num_clients: int = MISSING
+    clients_per_round: int | None = MISSING
+    clients_per_eval_round: int | None = MISSING
+    image_size: int = MISSING
+    local_val_share: float = MISSING
+    device: str = MISSING
+    amp: Any = MISSING  # a word or false: the choices are checked after compose
+    cache_dir: str = MISSING
+    run_dir: str | None = MISSING
+    verbose: bool = MISSING
+    resume: str | None = MISSING
+    overwrite: bool = MISSING
     server: ServerSchema = field(default_factory=ServerSchema)
     simulation: SimulationSchema = field(default_factory=SimulationSchema)
 

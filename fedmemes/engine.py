@@ -50,9 +50,8 @@ def autocast_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype 
 def _forward(
     model: nn.Module, batch: list[torch.Tensor], device: torch.device, amp_dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    text, image, mask, label = (
-        t.to(device, non_blocking=True) for t in batch
-    )  # non_blocking: overlaps with pinned memory
+    # non_blocking: overlaps with pinned memory
+    text, image, mask, label = (t.to(device, non_blocking=True) for t in batch)
     with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
         # uint8 pixels -> [0, 1]; cached image-encoder outputs (float) go in as they are.
         image = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
@@ -126,9 +125,8 @@ def train(
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
     )
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=amp_dtype == torch.float16
-    )  # disabled: scale/step are plain calls
+    # disabled: scale/step are plain calls
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for _ in range(epochs):
         if max_steps is not None and steps >= max_steps:

@@ -32,12 +32,10 @@ class RunHistory:
 
     run_dir: Path
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    clients: dict[int, dict[str, Any]] = field(
-        default_factory=dict
-    )  # the split facts the operator's CLI recorded, by partition
-    nodes: dict[int, dict[str, Any]] = field(
-        default_factory=dict
-    )  # what each node reported, by the node id Flower gave it
+    # the split facts the operator's CLI recorded, by partition
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # what each node reported, by the node id Flower gave it
+    nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
     best_round: int | None = None
     test: dict[str, Any] | None = None
     data_issues: dict[str, int] = field(default_factory=dict)  # bad rows per kind the source skipped

@@ -42,9 +42,8 @@ def check_fresh(run_dir: Path, resume: Any = None, overwrite: bool = False) -> N
 def check_resume(run_dir: Path, cfg: Any) -> None:
     """Fail before any client trains if resume=RUN_DIR has no checkpoint or one made with another model or strategy."""
     ckpt = checkpoint.load(run_dir)  # FileNotFoundError / ValueError name the fix
-    checkpoint.check_fits(
-        ckpt, cfg, None, run_dir
-    )  # tensor shapes are checked by the ServerApp, which builds the model
+    # tensor shapes are checked by the ServerApp, which builds the model
+    checkpoint.check_fits(ckpt, cfg, None, run_dir)
 
 
 def prepare(run_dir: Path, cfg: Any) -> None:

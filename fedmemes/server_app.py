@@ -194,9 +194,8 @@ def main(grid: Grid, context: Context) -> None:
     overrides = overrides_of(context.run_config)
     cfg = load_config(overrides)
     run_dir = run_dir_of(cfg)
-    run_dirs.check_fresh(
-        run_dir, cfg.resume, bool(cfg.get("overwrite", False))
-    )  # never overwrite an earlier run's results
+    # never overwrite an earlier run's results
+    run_dirs.check_fresh(run_dir, cfg.resume, bool(cfg.get("overwrite", False)))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)

@@ -308,6 +308,7 @@ def _nested(depth: int) -> object:
     return value
 
 
+# int over 4300 digits
 @pytest.mark.parametrize(
     "line",
     [
@@ -315,7 +316,7 @@ def _nested(depth: int) -> object:
         json.dumps(_row(2, "img/x.png", text=_nested(40))),
         '{"id": 2, "img": "img/x.png", "label": ' + "9" * 5000 + ', "text": "t"}',
     ],
-)  # int over 4300 digits
+)
 def test_pathological_json_line_is_one_bad_json_issue(tmp_path: Path, line: str) -> None:
     good = _img(tmp_path, "00001.png")
     _jsonl(tmp_path / "train.jsonl", [_row(1, good, 1, "fine"), line, _row(3, good, 0, "also fine")])

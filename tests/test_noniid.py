@@ -195,9 +195,8 @@ def test_server_lr_steps_from_the_global_model_along_the_average():
 
 def test_scaffold_sends_c_and_folds_the_deltas_into_it():
     strategy = with_reply_checks(Scaffold)()
-    strategy.update_bounds = UpdateBounds.parse(
-        None, None
-    )  # the plain SCAFFOLD rule; bounds are tested in test_update_bounds
+    # the plain SCAFFOLD rule; bounds are tested in test_update_bounds
+    strategy.update_bounds = UpdateBounds.parse(None, None)
     messages = list(strategy.configure_train(1, _global(0.0), ConfigRecord(), StaticGrid(1, 2, 3)))
     assert len(messages) == 3 and all(np.allclose(_np(m.content[SCAFFOLD_C])["t.w"], 0.0) for m in messages)
     arrays, _ = strategy.aggregate_train(1, [scaffold_reply(1, 1.0, 0.3, n=10), scaffold_reply(2, 4.0, 0.9, n=30)])

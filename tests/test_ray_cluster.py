@@ -123,9 +123,8 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
         0,
         1,
     ]
-    assert (
-        metrics["test"]["n"] > 0 and metrics["rounds"][2]["loss"] != metrics["rounds"][0]["loss"]
-    )  # the clients trained it
+    # the clients trained it
+    assert metrics["test"]["n"] > 0 and metrics["rounds"][2]["loss"] != metrics["rounds"][0]["loss"]
     assert f"attached to the Ray cluster at {address}" in (run_dir / "fedmemes.log").read_text()
     # The client actors ran as workers of that cluster: their logs are in its temp dir.
     assert len(list((temp / "session_latest" / "logs").glob("*worker-*"))) >= 2, (

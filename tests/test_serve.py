@@ -136,9 +136,8 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
     )
     assert fetched == ["http://example.com/a.png"]
     by_id = {r["id"]: r for r in opened["results"]}
-    assert by_id[str(rows[2]["id"])]["p_hateful"] == pytest.approx(
-        expected[str(rows[2]["id"])], abs=1e-5
-    )  # the fetched bytes
+    # the fetched bytes
+    assert by_id[str(rows[2]["id"])]["p_hateful"] == pytest.approx(expected[str(rows[2]["id"])], abs=1e-5)
 
     no_root = TestClient(create_app(run)).post("/predict/batch", content=json.dumps(rows[0]).encode()).json()
     assert no_root["results"] == [] and "--image-root" in no_root["errors"][0]["detail"]

@@ -75,9 +75,8 @@ def test_server_survives_a_hostile_node_and_guards_its_run_dir(tmp_path, server_
 
     with pytest.raises(RunDirError, match="overwrite=true"):  # a fresh run never overwrites that run
         _main(f"{base} num_rounds=1")
-    with pytest.raises(
-        ValueError, match="late_fusion|LateFusion"
-    ) as err:  # resume with another model: refused before training
+    # resume with another model: refused before training
+    with pytest.raises(ValueError, match="late_fusion|LateFusion") as err:
         _main(f"{base} num_rounds=2 resume={run} model=late_fusion")
     assert "tensors" in str(err.value)
     grid = _main(f"{base} num_rounds=2 resume={run}")

@@ -55,9 +55,8 @@ def test_tensorboard_and_mlflow_together_offline(tmp_path, monkeypatch):
     assert [round(e.value, 3) for e in events.Scalars("test/auroc")] == [0.77]
     assert "config/text_summary" in events.Tags()["tensors"]  # add_text lands as a tensor summary
 
-    client = MlflowClient(
-        tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"
-    )  # the local store under the run dir
+    # the local store under the run dir
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("fedmemes").experiment_id])[0]
     history = client.get_metric_history(run.info.run_id, "holdout/auroc")
     assert sorted((m.step, m.value) for m in history) == [(0, 0.5), (1, 0.64), (2, 0.81)]

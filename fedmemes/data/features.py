@@ -108,9 +108,8 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
         if k not in known:
             first.setdefault(k, i)
     missing = list(first.items())
-    for start in range(
-        0, len(missing), SHARD_ROWS
-    ):  # a shard per chunk: an interrupted first encoding keeps its progress
+    # a shard per chunk: an interrupted first encoding keeps its progress
+    for start in range(0, len(missing), SHARD_ROWS):
         chunk = dict(missing[start : start + SHARD_ROWS])
         x = compute(list(chunk.values()))
         store.mkdir(parents=True, exist_ok=True)

@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.logger import console_handler
     from flwr.superlink.main import create_app
 
-    flower = importlib.import_module(
-        "flwr.superlink.cli.flower_superlink"
-    )  # the package re-exports a function by that name
+    # the package re-exports a function by that name
+    flower = importlib.import_module("flwr.superlink.cli.flower_superlink")
 
     p = argparse.ArgumentParser(prog="python -m fedmemes.deploy.gate", description=__doc__.splitlines()[0])
     p.add_argument("--public", required=True, help="HOST:PORT SuperNodes dial (Fleet API and /health only)")

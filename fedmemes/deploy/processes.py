@@ -58,9 +58,8 @@ def stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
 def _kill_group(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
     if proc is None:
         return
-    with contextlib.suppress(
-        ProcessLookupError, PermissionError
-    ):  # already gone, or its pid now belongs to another user
+    # already gone, or its pid now belongs to another user
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 
 
@@ -76,9 +75,10 @@ def wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
+            # spawn() passes a list of str
             raise RuntimeError(
                 f"{cast(list[str], proc.args)[0]} exited with code {proc.returncode} before listening on {host}:{port}"
-            )  # spawn() passes a list of str
+            )
         with socket.socket() as s:
             s.settimeout(0.5)
             if s.connect_ex((host, port)) == 0:

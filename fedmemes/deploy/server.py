@@ -67,9 +67,8 @@ class RoundPrinter:
             raise RuntimeError(f"the SuperLink exited with code {self.superlink.returncode}")
         self.status.state = flower_status
         for r in self.status.rounds():
-            if (
-                r["round"] not in self.printed and "accuracy" in r
-            ):  # rows without scores: server.eval_every skipped them
+            # rows without scores: server.eval_every skipped them
+            if r["round"] not in self.printed and "accuracy" in r:
                 self.printed.add(r["round"])
                 log.info(
                     "round %d/%d | clients %s | hold-out AUROC %s  acc %.3f",

@@ -14,7 +14,7 @@ from typing import Any
 from fedmemes.deploy.auth import read_token
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 
 def port_free(host: str, port: int) -> bool:

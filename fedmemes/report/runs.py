@@ -48,9 +48,8 @@ class Run:
     @property
     def threshold(self) -> float:
         """Return the decision threshold the run stored (picked on the hold-out), else 0.5."""
-        value = (self.metrics.get("test") or {}).get(
-            "threshold", self.metrics.get("threshold")
-        )  # metrics.json test.threshold
+        # metrics.json test.threshold
+        value = (self.metrics.get("test") or {}).get("threshold", self.metrics.get("threshold"))
         return float(value) if isinstance(value, (int, float)) else 0.5
 
 

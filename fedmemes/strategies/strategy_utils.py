@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAvg
 # same rules as every built-in strategy without reaching into FedAvg's internals.
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
-log = logging.getLogger("fedmemes")
+log = logging.getLogger(__name__)
 
 
 def first_metrics(content: RecordDict) -> MetricRecord:

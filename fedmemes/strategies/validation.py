@@ -4,6 +4,7 @@ over the model."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -186,6 +187,9 @@ class ReplyChecks:
         """Aggregate the sound, bounded replies; keep the previous global model when too few remain."""
         replies = list(replies)
         sound, reasons = self.filter_replies(server_round, replies)
+        # Replies come in arrival order; a float sum depends on its order, so aggregate them in partition order
+        # (a client's claim; a false one only reorders the sum) for the same numbers from the same seed.
+        sound.sort(key=lambda r: (float(r.metrics.get("partition_id", math.inf)), r.node))
         if self.reply_facts_fn is not None:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
                 self.reply_facts_fn(reply.node, dict(reply.metrics))

@@ -34,9 +34,8 @@ class MlflowLogger(Tracker):
 
         local = (self.run_dir / folder).resolve()
         artifacts = None
-        if (
-            not tracking_uri
-        ):  # a local store beside the run; MLflow 3 refuses plain file stores, SQLite is its local default
+        # a local store beside the run; MLflow 3 refuses plain file stores, SQLite is its local default
+        if not tracking_uri:
             local.mkdir(parents=True, exist_ok=True)
             tracking_uri, artifacts = f"sqlite:///{local / 'mlflow.db'}", (local / "mlartifacts").as_uri()
         self.tracking_uri = tracking_uri
