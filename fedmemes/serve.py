@@ -25,7 +25,8 @@ from fedmemes.data.images import ImageError, open_rgb
 from fedmemes.data.meme import Meme
 from fedmemes.deploy.auth import TOKEN_HEADER, read_token, require_token
 from fedmemes.deploy.gate import Receive, Scope, Send
-from fedmemes.predict import RunModel, check_rows, load_run, parse_line
+from fedmemes.predict import RunModel, load_run
+from fedmemes.predict_inputs import check_rows, parse_line
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")  # what Pillow may decode here; everything else is refused
 

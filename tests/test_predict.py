@@ -16,7 +16,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fedmemes import engine
-from fedmemes.predict import load_run, main, read_jsonl, run_split
+from fedmemes.predict import load_run, main
+from fedmemes.predict_inputs import read_jsonl, run_split
 
 
 @pytest.fixture(scope="module")

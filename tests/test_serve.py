@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fedmemes.predict import load_run, read_jsonl
+from fedmemes.predict import load_run
+from fedmemes.predict_inputs import read_jsonl
 from fedmemes.serve import Limits, create_app, main
 
 TOKEN = "s3cret-token"
