@@ -1,7 +1,11 @@
-"""Fixtures every test file shares: an isolated cache, Flower's task identity, small configs, tiny data, a tiny run."""
+"""Fixtures every test file shares: an isolated cache, Flower's task identity, small configs, tiny data, a tiny run,
+one real `fedmemes simulate` run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,10 @@ from fedmemes.testing import server_identity as _server_identity
 
 # debug=tiny, smaller still (32 px, 360 memes): the model only has to move, not to be good.
 TINY = "experiment=tiny_run"
+# The one real `fedmemes simulate` the slow tests share: 3 clients on 2 actors with dropout and modality dropout
+# (test_determinism reruns it and compares). These 3 clients learn debug=tiny's XOR at round 4 (hold-out AUROC 0.5 ->
+# 0.98, 1.0 at round 5); 6 rounds leave a margin for test_simulation, and a round here costs ~1.5 s.
+SIMULATE = ("debug=tiny", "num_clients=3", "num_rounds=6", "model.modality_dropout=0.3")
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +109,30 @@ def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> P
     finally:
         torch.set_num_threads(threads)
     return run_dir
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """A finished `fedmemes simulate` run: its overrides, directory, stdout, and the environment it ran in."""
+
+    overrides: tuple[str, ...]
+    run_dir: Path
+    stdout: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def simulated_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SimulatedRun:
+    """Run `fedmemes simulate` (SIMULATE) once per session as a person runs it; tests only read its directory."""
+    # Set here, not by _isolated_cache: a session fixture is built before the function-scoped ones.
+    env = {**os.environ, "FEDMEMES_CACHE": str(cache_dir)}
+    run_dir = tmp_path_factory.mktemp("simulated") / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmemes.cli", "simulate", *SIMULATE, f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return SimulatedRun(SIMULATE, run_dir, out.stdout, env)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from fedmemes import engine
@@ -163,19 +164,21 @@ def test_errors_name_the_fix(run_dir, tiny_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_predict_after_a_real_simulation_matches_its_test_auroc(tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, "FEDMEMES_CACHE": str(tmp_path / "cache")}
+def test_predict_after_a_real_simulation_matches_its_test_auroc(simulated_run, tmp_path):
+    run = simulated_run.run_dir  # the session's `fedmemes simulate` (conftest); predict writes under tmp_path only
 
     def cli(*args: str, timeout: int) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "fedmemes.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", "fedmemes.cli", *args],
+            env=simulated_run.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
-    done = cli("simulate", "debug=tiny", "num_rounds=1", f"hydra.run.dir={run}", timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    files = sorted(p.name for p in run.iterdir())
     test = json.loads((run / "metrics.json").read_text())["test"]
-    data = next((tmp_path / "cache" / "data").glob("synthetic-*"))
+    data = instantiate(OmegaConf.load(run / "config.yaml").dataset.source).folder  # the memes the run was made on
     out = cli("predict", str(run), str(data / "test_seen.jsonl"), "--out", str(tmp_path / "p.csv"), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _read(tmp_path / "p.csv")
@@ -184,5 +187,6 @@ def test_predict_after_a_real_simulation_matches_its_test_auroc(tmp_path):
         abs(roc_auc_score([int(r["label"]) for r in rows], [float(r["p_hateful"]) for r in rows]) - test["auroc"])
         < 1e-3
     )
-    listed = cli("runs", str(tmp_path), timeout=120)
+    listed = cli("runs", str(run.parent), timeout=120)
     assert "finished" in listed.stdout and f"{test['auroc']:.3f}" in listed.stdout
+    assert sorted(p.name for p in run.iterdir()) == files  # the shared run is read, never written
