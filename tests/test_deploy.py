@@ -55,7 +55,7 @@ def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):
     server_args = [
         "server",
         "debug=tiny",
-        "num_rounds=2",
+        "num_rounds=1",
         f"run_dir={run_dir}",
         f"hydra.run.dir={run_dir}",
         f"server.address=127.0.0.1:{link}",
@@ -119,17 +119,17 @@ def test_server_and_two_managed_clients_finish_over_tls_then_resume(tmp_path):
         assert len(flower) >= 3 and not [pid for pid, env in flower.items() if TOKEN.encode() in env]
         assert server.wait(600) == 0, (tmp_path / "server.log").read_text()[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2] and metrics["test"]["n"] > 0
+        assert [r["round"] for r in metrics["rounds"]] == [0, 1] and metrics["test"]["n"] > 0
         assert {p.name for p in run_dir.iterdir()} == RUN_FILES
         # A new server resumes the finished run for one more round. A SuperNode that outlived its SuperLink is not
         # taken back by a new one (Flower 1.42), so the managers restart theirs, as an operator would.
-        resumed = _spawn([*server_args, "num_rounds=3", f"resume={run_dir}"], tmp_path / "server2.log", env)
+        resumed = _spawn([*server_args, "num_rounds=2", f"resume={run_dir}"], tmp_path / "server2.log", env)
         procs.append(resumed)
         for port in (m0, m1):
             assert _http("POST", f"http://127.0.0.1:{port}/stop", TOKEN)[0] == 200
             assert _http("POST", f"http://127.0.0.1:{port}/start", TOKEN)[1]["started"] is True
         assert resumed.wait(600) == 0, (tmp_path / "server2.log").read_text()[-3000:]
-        assert [r["round"] for r in json.loads((run_dir / "metrics.json").read_text())["rounds"]] == [0, 1, 2, 3]
+        assert [r["round"] for r in json.loads((run_dir / "metrics.json").read_text())["rounds"]] == [0, 1, 2]
         assert _http("POST", f"http://127.0.0.1:{m0}/stop", TOKEN) == (
             200,
             {"stopped": True, "supernode_running": False},

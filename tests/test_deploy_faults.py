@@ -48,15 +48,17 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
     link, control = ports(2)
     env, run_dir = dict(os.environ), tmp_path / "run"  # FEDMEMES_CACHE: the session cache (conftest)
     # 3 clients, no fixed sample (clients_per_round=null): fraction_train=1.0 trains every connected node, at least 2.
+    # A round starts once 3 nodes are online: round 1 has all three, and round 3 waits for the restarted one
+    # (a SuperNode takes up to a minute to start on 2 busy cores), so 3 rounds show the rejoin, no spare round.
     server = spawn(
         [
             "server",
             "debug=tiny",
-            "num_rounds=4",
+            "num_rounds=3",
             "num_clients=3",
             "clients_per_round=null",
             "server.strategy.min_train_nodes=2",
-            "server.strategy.min_available_nodes=2",
+            "server.strategy.min_available_nodes=3",
             f"run_dir={run_dir}",
             f"hydra.run.dir={run_dir}",
             f"server.address=127.0.0.1:{link}",
@@ -81,9 +83,9 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
         procs.append(_client(2, 3, link, tmp_path, env))  # restarted: it should join a later round as a new node
         assert server.wait(900) == 0, (tmp_path / "server.log").read_text()[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3, 4] and metrics["test"]["n"] > 0
+        assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3] and metrics["test"]["n"] > 0
         assert metrics["rounds"][2]["clients"] == 2, "round 2 completes with the two live clients"
-        assert metrics["rounds"][4]["clients"] == 3, "the restarted client trains in the last round"
+        assert metrics["rounds"][3]["clients"] == 3, "the restarted client trains in the last round"
         assert len(metrics["clients"]) == 3
         print(f"run {time.monotonic() - started:.0f}s, {time.monotonic() - killed_at:.0f}s after the kill")
     finally:
@@ -112,7 +114,7 @@ def _control_calls(rogue_pub: Path, run_id: int) -> dict[str, bytes]:
 def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superlink(tmp_path):
     """TLS + node auth: an unregistered key is refused, a caller holding only ca.crt is refused on every Control
     call through the address clients dial, the operator's `flwr` on the loopback control port works, and the two
-    registered SuperNodes finish a 2-round run."""
+    registered SuperNodes finish a run (one round: both train in it)."""
     link, control = ports(2)
     env, run_dir, certs = dict(os.environ), tmp_path / "run", tmp_path / "certs"
     subprocess.run(
@@ -126,7 +128,7 @@ def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superli
         [
             "server",
             "debug=tiny",
-            "num_rounds=2",
+            "num_rounds=1",
             "num_clients=2",
             f"run_dir={run_dir}",
             f"hydra.run.dir={run_dir}",
@@ -186,7 +188,7 @@ def test_only_registered_supernodes_train_and_outsiders_cannot_drive_the_superli
         procs.append(_client(1, 2, link, tmp_path, env, *tls, "--auth-key", str(certs / "node-1.key")))
         assert server.wait(600) == 0, (tmp_path / "server.log").read_text()[-3000:]
         rounds = _rounds(run_dir)
-        assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[1]["clients"] == rounds[2]["clients"] == 2
+        assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["clients"] == 2
     finally:
         for p in procs:
             kill(p)
