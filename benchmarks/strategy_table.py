@@ -66,7 +66,6 @@ def scaled_by_100(sent: np.ndarray, local: np.ndarray) -> np.ndarray:
 def run(overrides: str, num_clients: int, client: Client = client_app) -> dict:
     """Run one federation in-process and return its metrics.json."""
     run_dir = Path(tempfile.mkdtemp(prefix="strategy_table-"))
-    torch.manual_seed(0)  # the server's initial model is not seeded: give every compared run the same start
     return run_in_process(f"{overrides} num_clients={num_clients}", run_dir, num_clients, client)
 
 

@@ -124,3 +124,15 @@ def test_report_without_test_predictions_still_draws_the_rest(tmp_path):
 def test_report_names_the_missing_file_and_the_fix(tmp_path):
     with pytest.raises(SystemExit, match=r"metrics.json: no such file; pass a run directory"):
         report_main([str(tmp_path)])
+
+
+def test_a_thousand_clients_draw_a_readable_width_not_one_bar_label_each(tmp_path):
+    _fake_run(tmp_path / "big", 0.001, [0.5, 0.6], [0, 0], seed=0)
+    metrics = json.loads((tmp_path / "big" / "metrics.json").read_text())
+    client = {"n_train": 2, "label_counts": [1, 1], "n_text": 2, "n_image": 2, "n_both": 2}
+    metrics["clients"] = [{"partition_id": i, **client} for i in range(1000)]
+    (tmp_path / "big" / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "out"
+    report_main([str(tmp_path / "big"), "--out", str(out)])
+    width, height = Image.open(out / "report" / "clients_0.png").size
+    assert 1000 < width <= 24 * 110 and height < 600  # was 99,550 px wide for 1,000 clients

@@ -23,6 +23,8 @@ from fedmemes.report.runs import Run
 
 COLORS = [plt.get_cmap("tab10")(i) for i in range(10)]
 BENIGN, HATEFUL = "#4c72b0", "#dd5144"
+MAX_WIDTH = 24.0  # inches of a per-client figure (2,640 px at the report's 110 dpi)
+MAX_LABELLED_CLIENTS = 20  # 0.9 inch per client and its labels: 20 fit in MAX_WIDTH
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False})
 
 
@@ -127,14 +129,16 @@ def client_bars(run: Run) -> Figure | None:
         return None
     ids = np.arange(len(clients))
     names = [str(c["partition_id"]) for c in clients]
-    fig, (ax_lab, ax_mod) = plt.subplots(1, 2, figsize=(max(10.0, 0.9 * len(clients) + 5), 3.8))
+    few = len(clients) <= MAX_LABELLED_CLIENTS  # beyond that bar labels and ticks overlap: matplotlib's own ticks
+    # Capped width: a thousand clients drew a 100,000-pixel PNG that took 0.8 GB and 36 s to render.
+    fig, (ax_lab, ax_mod) = plt.subplots(1, 2, figsize=(min(MAX_WIDTH, max(10.0, 0.9 * len(clients) + 5)), 3.8))
     benign = np.array([c["label_counts"][0] for c in clients])
     hateful = np.array([c["label_counts"][1] for c in clients])
     ax_lab.bar(ids, benign, color=BENIGN, label="benign")
     bars = ax_lab.bar(ids, hateful, bottom=benign, color=HATEFUL, label="hateful")
-    ax_lab.bar_label(
-        bars, [f"{h / max(1, b + h):.0%} hateful" for b, h in zip(benign, hateful, strict=True)], fontsize=8, padding=2
-    )
+    if few:
+        shares = [f"{h / max(1, b + h):.0%} hateful" for b, h in zip(benign, hateful, strict=True)]
+        ax_lab.bar_label(bars, shares, fontsize=8, padding=2)
     ax_lab.set_ylim(0, 1.45 * max(1, (benign + hateful).max()))  # room for the legend above the bars
     ax_lab.set(title="training labels per client", xlabel="client (partition id)", ylabel="memes")
     width = 0.27
@@ -147,7 +151,8 @@ def client_bars(run: Run) -> Figure | None:
     ax_mod.set_ylim(0, 1.45 * max([1] + [c.get("n_train", 0) for c in clients]))
     ax_mod.set(title="modalities per client", xlabel="client (partition id)", ylabel="memes")
     for ax in (ax_lab, ax_mod):
-        ax.set_xticks(ids, names)
+        if few:
+            ax.set_xticks(ids, names)
         ax.legend(frameon=False, ncol=3, loc="upper center", fontsize=8.5)
     fig.suptitle(f"clients of run {run.name}", fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
