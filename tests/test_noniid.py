@@ -240,5 +240,4 @@ def test_strategy_configs_build_with_reply_checks(name, cls):
 
 def test_label_skew_preset_composes():
     cfg = load_config("experiment=label_skew")
-    assert cfg.num_clients == 6 and cfg.partition.alpha == 0.3 and cfg.num_rounds == 30
-    assert cfg.loss._target_.endswith("FedLCLoss") and cfg.server.strategy._target_.endswith("FedAvg")
+    assert cfg.num_clients == 6 and cfg.partition.alpha == 0.3
