@@ -111,6 +111,19 @@ def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> P
     return run_dir
 
 
+def _simulate(run_dir: Path, overrides: tuple[str, ...], env: dict[str, str]) -> str:
+    """Run `fedmemes simulate` in a subprocess as a person runs it; return its stdout."""
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmemes.cli", "simulate", *overrides, f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
 @dataclass(frozen=True)
 class SimulatedRun:
     """A finished `fedmemes simulate` run: its overrides, directory, stdout, and the environment it ran in."""
@@ -120,6 +133,10 @@ class SimulatedRun:
     stdout: str
     env: dict[str, str]
 
+    def rerun(self, run_dir: Path) -> str:
+        """Run the same overrides again, in the same environment, into run_dir; return its stdout."""
+        return _simulate(run_dir, self.overrides, self.env)
+
 
 @pytest.fixture(scope="session")
 def simulated_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SimulatedRun:
@@ -127,12 +144,4 @@ def simulated_run(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # Set here, not by _isolated_cache: a session fixture is built before the function-scoped ones.
     env = {**os.environ, "FEDMEMES_CACHE": str(cache_dir)}
     run_dir = tmp_path_factory.mktemp("simulated") / "run"
-    out = subprocess.run(
-        [sys.executable, "-m", "fedmemes.cli", "simulate", *SIMULATE, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return SimulatedRun(SIMULATE, run_dir, out.stdout, env)
+    return SimulatedRun(SIMULATE, run_dir, _simulate(run_dir, SIMULATE, env), env)

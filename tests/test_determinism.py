@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -70,17 +68,6 @@ def test_training_leaves_the_callers_rng_as_it_was() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def _simulate(run_dir: Path, overrides: tuple[str, ...], env: dict[str, str]) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "fedmemes.cli", "simulate", *overrides, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return [{k: v for k, v in r.items() if k not in CLOCK_KEYS | NODE_ID_KEYS} for r in metrics["rounds"]] + [
@@ -93,7 +80,7 @@ def test_two_simulate_runs_with_one_seed_give_the_same_metrics(simulated_run, tm
     # The session's run (conftest: 3 clients on 2 actors with dropout and modality dropout) and a second one with
     # the same overrides and cache: which actor serves which client each round is up to Ray, so any draw left to a
     # process's own RNG history would show up here.
-    _simulate(tmp_path / "b", simulated_run.overrides, simulated_run.env)
+    simulated_run.rerun(tmp_path / "b")
     first, second = _metrics(simulated_run.run_dir), _metrics(tmp_path / "b")
     assert len(first) == len(second) == 8  # rounds 0-6 and the test split
     for a, b in zip(first, second, strict=True):
