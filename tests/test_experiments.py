@@ -54,6 +54,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "num_clients": 6,
         "num_rounds": 30,
         "partition.alpha": 0.5,
+        "num_epochs": 1,
         "optimizer._target_": "torch.optim.Adam",
     },
     "label_skew": {
@@ -62,6 +63,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "partition.alpha": 0.3,
         "loss._target_": "fedmemes.local_objectives.FedLCLoss",
         "server.strategy._target_": "flwr.serverapp.strategy.FedAvg",
+        "num_epochs": 1,
         "local_steps": None,  # one local Adam epoch, the defaults (it was the FedSGD regime: 1 step, lr 0.1)
         "lr": 0.001,
     },
