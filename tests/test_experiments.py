@@ -53,19 +53,19 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "skew_benchmark": {
         "num_clients": 6,
         "num_rounds": 30,
-        "partition.alpha": 0.5,
         "num_epochs": 1,
         "optimizer._target_": "torch.optim.Adam",
     },
     "label_skew": {
         "num_clients": 6,
-        "num_rounds": 30,
+        "num_rounds": 100,
         "partition.alpha": 0.3,
         "loss._target_": "fedmemes.local_objectives.FedLCLoss",
-        "server.strategy._target_": "flwr.serverapp.strategy.FedAvg",
-        "num_epochs": 1,
-        "local_steps": None,  # one local Adam epoch, the defaults (it was the FedSGD regime: 1 step, lr 0.1)
-        "lr": 0.001,
+        "server.strategy._target_": "flwr.serverapp.strategy.FedAdam",
+        "server.strategy.eta": 0.02,
+        "optimizer._target_": "torch.optim.SGD",
+        "local_steps": 1,  # the FedSGD regime with a server Adam (it was FedAvg + FedLC over whole epochs)
+        "lr": 0.1,
     },
 }
 
