@@ -10,7 +10,8 @@ client every round, the clients' seeds and data exactly as `fedmemes simulate` b
 in one process without Ray so a whole table fits on 2 cores. The best round by hold-out (val)
 AUROC is scored on the test split, as the ServerApp does. Centralized: the same loop with one
 client holding every training meme (num_clients=1). Frozen encoders (MiniLM, EfficientNet-Lite0)
-are cached per node, so after the first run every run costs what the heads cost.
+are cached per node, so after the first run a frozen run costs what the heads cost; with
+experiment=harmeme MiniLM's last layers train, and each pass over the captions runs them.
 Prints mean +- std over seeds; `--json` also keeps every run's per-round hold-out curve.
 """
 

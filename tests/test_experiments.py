@@ -67,6 +67,18 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "local_steps": 1,  # the FedSGD regime with a server Adam (it was FedAvg + FedLC over whole epochs)
         "lr": 0.1,
     },
+    "harmeme": {  # real_memes on HarMeme: MiniLM's last 2 layers fine-tuned, frozen EfficientNet-Lite0 at 160 px
+        "num_clients": 4,
+        "num_rounds": 5,
+        "num_epochs": 1,
+        "lr": 0.0001,
+        "image_size": 160,
+        "optimizer._target_": "torch.optim.AdamW",
+        "model.text_encoder._target_": "fedmemes.models.components.trainable_text_encoder.TrainableTextEncoder",
+        "model.text_encoder.trainable_layers": 2,
+        "model.image_encoder._target_": "fedmemes.models.components.efficientnet.EfficientNetLite0",
+        "dataset.source._target_": "fedmemes.data.harmeme.HarMemeSource",
+    },
 }
 
 
