@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file
 
-from fedmemes.config import load_config
+from fedmemes.config import build_model, load_config
 from fedmemes.data.harmeme import HarMemeSource
 from fedmemes.data.meme import DataError
 from fedmemes.node_datasets import load_splits
+from fedmemes.testing import run_in_process
 
 LEVELS = ["not harmful", "somewhat harmful", "very harmful"]
 
@@ -76,11 +78,6 @@ def test_dataset_config(tmp_path):
 
 def test_harmeme_preset_trains_minilm_layers_end_to_end(tmp_path, one_thread):
     """experiment=harmeme on a folder in MMF's layout: the fine-tuned MiniLM layers train and reach the saved model."""
-    from safetensors.torch import load_file
-
-    from fedmemes.config import build_model
-    from fedmemes.testing import run_in_process
-
     root = make_harmeme(tmp_path / "harmeme", sizes=(("train", 24), ("val", 6), ("test", 6)))
     overrides = (
         f"experiment=harmeme dataset.root={root} cache_dir={tmp_path / 'cache'} num_clients=2 partition=iid "
