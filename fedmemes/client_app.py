@@ -34,9 +34,10 @@ def _data_dir(context: Context) -> str | None:
     return str(context.node_config.get("data-dir") or "") or None
 
 
-def _node_setup(context: Context) -> tuple[DictConfig, int, ClientData]:
-    """Return the run's config, this node's partition id and its data."""
-    overrides = overrides_of(context.run_config)
+def _node_setup(context: Context, msg: Message) -> tuple[DictConfig, int, ClientData]:
+    """Return the run's config (with the recipe the server is trying or chose), this node's partition id and data."""
+    recipe = str(msg.content["config"].get("recipe", "")) if "config" in msg.content.config_records else ""
+    overrides = f"{overrides_of(context.run_config)} {recipe}".strip()
     cfg = load_config(overrides)
     pid, num = _partition(context)
     return cfg, pid, client_data(overrides, pid, num, _data_dir(context))
@@ -51,7 +52,7 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""
-    cfg, pid, data = _node_setup(context)
+    cfg, pid, data = _node_setup(context, msg)
     model = _model(cfg, msg)
     config = msg.content["config"]
     device = engine.pick_device(cfg.device)
@@ -103,7 +104,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this client's kept-back validation share."""
-    cfg, _, data = _node_setup(context)
+    cfg, _, data = _node_setup(context, msg)
     scores = engine.evaluate(_model(cfg, msg), data.val.dataset(), cfg.batch_size, engine.pick_device(cfg.device))
     metrics = {k: (0.0 if v != v else float(v)) for k, v in scores.items() if k != "n"}  # NaN -> 0: keys must match
     metrics["num-examples"] = len(data.val)

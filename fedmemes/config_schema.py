@@ -36,6 +36,10 @@ class ServerSchema:
     heartbeat_s: float = MISSING
     round_timeout: float = MISSING
     eval_every: int = MISSING
+    patience: int | None = MISSING
+    threshold_prior: float = MISSING
+    recipes: Any = MISSING  # name -> overrides; free-form so a command line can set a whole new mapping
+    trial_rounds: int = MISSING
     token_file: str | None = MISSING
     max_update_norm: Any = MISSING  # K*median, a number or null: UpdateBounds.parse reads it
     max_client_weight: float | None = MISSING
@@ -180,6 +184,9 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("server.heartbeat_s", *_positive()),
         ("server.round_timeout", *_positive()),
         ("server.eval_every", *_whole(1)),
+        ("server.patience", *_whole(1, null=True)),
+        ("server.threshold_prior", lambda v: _number(v) and v >= 0, "a number of memes >= 0 (0: the raw pick)"),
+        ("server.trial_rounds", *_whole(1)),
         ("server.max_update_norm", _norm_bound, "null, K*median (e.g. 3*median), a number > 0 or a list of both"),
         ("server.max_client_weight", lambda v: v is None or (_number(v) and 0 < v <= 1), "null or a share in (0, 1]"),
         ("simulation.client_cpus", *_positive()),

@@ -215,6 +215,23 @@ def pick_threshold(prob: np.ndarray, label: np.ndarray) -> float:
     return float(min((t for t, s in zip(candidates, scores, strict=True) if s == best), key=lambda t: abs(t - 0.5)))
 
 
+def rate_threshold(prob: np.ndarray, label: np.ndarray) -> float:
+    """Return the threshold that flags as many memes as are hateful (the score quantile at 1 - positive rate)."""
+    if not len(label):
+        return 0.5
+    return float(np.quantile(prob, 1.0 - float(np.mean(label))))
+
+
+def shrunk_threshold(picked: float, anchor: float, n_dev: int, prior_memes: float) -> float:
+    """Pull a dev-picked threshold toward `anchor` by the dev set's size: w = n / (n + prior_memes)."""
+    # A macro-F1 pick on a small dev split is noisy (HarMeme's 177 memes: the argmax of a flat, jagged
+    # curve); the rate-matching threshold is a quantile, stable on few memes, and follows the model's
+    # own calibration where a fixed 0.5 does not (an early round's scores sit far below 0.5). It acts
+    # as a prior worth `prior_memes` memes: a large dev split keeps most of its pick, a small one less.
+    weight = n_dev / (n_dev + prior_memes) if prior_memes > 0 else 1.0
+    return float(anchor + weight * (picked - anchor))
+
+
 def metrics_at(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy and macro-F1 of `prob > threshold`."""
     pred = (prob > threshold).astype(int)

@@ -39,6 +39,8 @@ class RunHistory:
     best_round: int | None = None
     test: dict[str, Any] | None = None
     data_issues: dict[str, int] = field(default_factory=dict)  # bad rows per kind the source skipped
+    stopped_early: int | None = None  # the round server.patience ended the run at
+    recipes: dict[str, Any] | None = None  # the candidate recipes' hold-out trials and the one chosen (server.recipes)
 
     def add_round(self, server_round: int, scores: dict[str, Any]) -> bool:
         """Record a round's hold-out scores; return True if it is the new best (highest AUROC)."""
@@ -67,11 +69,13 @@ class RunHistory:
             "clients": dict(self.clients),
             "nodes": dict(self.nodes),
             "best_round": self.best_round,
+            "stopped_early": self.stopped_early,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpointed `state()`: its rounds are kept and never recorded again."""
         self.rounds, self.best_round = list(state["rounds"]), state["best_round"]
+        self.stopped_early = state.get("stopped_early")
         self.clients.update(state["clients"])
         self.nodes.update(state.get("nodes", {}))
 
@@ -81,6 +85,8 @@ class RunHistory:
             {
                 "rounds": self.rounds,
                 "best_round": self.best_round,
+                "stopped_early": self.stopped_early,
+                "recipes": self.recipes,
                 "test": self.test,
                 "clients": [self.clients[k] for k in sorted(self.clients)],
                 "nodes": [self.nodes[k] for k in sorted(self.nodes)],

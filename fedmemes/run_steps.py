@@ -53,6 +53,11 @@ def summary(run_dir: Path) -> str:
         mark = "  <- best" if r["round"] == metrics["best_round"] else ""
         auroc = r["auroc"] or float("nan")
         lines.append(f"{r['round']:>5}  {auroc:>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
+    if metrics.get("stopped_early"):
+        lines.append(f"stopped after round {metrics['stopped_early']}: no better hold-out for server.patience rounds")
+    if recipes := metrics.get("recipes"):
+        tried = ", ".join(f"{name} {(t['best'] or float('nan')):.3f}" for name, t in recipes["candidates"].items())
+        lines.append(f"recipe chosen on the hold-out: {recipes['chosen']} ({recipes['overrides']}); trials: {tried}")
     test = metrics.get("test") or {}
     lines.append(f"data issues (rows skipped or kept partly): {format_issues(metrics.get('data_issues') or {})}")
     lines.append(

@@ -95,7 +95,8 @@ def find_runs(root: Path) -> list[Path]:
     marks = {p.parent for p in root.rglob(METRICS_FILE)} | {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     if (root / METRICS_FILE).is_file() or (root / ".hydra").is_dir():
         marks.add(root)
-    return sorted(marks)
+    # A run's recipe trials (RUN/recipes/<name>/, server.recipes) are part of that run, listed in its recipes.json.
+    return sorted(d for d in marks if not (d.parent.name == "recipes" and (d.parent.parent / "recipes.json").is_file()))
 
 
 def format_table(runs: list[RunInfo], root: Path) -> str:

@@ -16,7 +16,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fedmemes import checkpoint, engine
+from fedmemes import checkpoint, engine, recipe_search
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_model, build_strategy, load_config, overrides_of
 from fedmemes.data.report import read_client_facts
@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 app = ServerApp()
 
 CLIENT_FACTS = ("partition_id", "label_0", "label_1", "val_n", "n_text", "n_image", "n_both")
+
+
+class EarlyStop(Exception):
+    """Raised from the hold-out scoring when `server.patience` rounds passed without a better AUROC."""
+
+    # Flower's strategy.start has no stop hook: the exception leaves its loop, main() catches it.
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -59,10 +65,11 @@ class ServerRun:
             int, dict[str, Any]
         ] = {}  # per round: replies, dropped_replies, kept_previous_model, sampled node ids
         self.partitions: list[int] = []  # the partitions whose replies were aggregated in the latest round
-        self.strategy = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
+        self.strategy: Any = None  # set once built: its own state (e.g. FedAdam's moments) goes into each checkpoint
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
         self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
         self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
+        self.latest = self.best_state  # the latest round's global model: final.safetensors after an early stop
 
     def resume(self, ckpt: checkpoint.Checkpoint) -> dict[str, Any]:
         """Continue after the checkpointed round: history, best model and strategy state come back; return the
@@ -116,6 +123,20 @@ class ServerRun:
                     checkpoint.setup_of(self.cfg),
                 ),
             )
+        self.latest = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
+        if self.patience_spent(server_round):
+            log.info(
+                "round %d/%d | hold-out AUROC %.3f | no better hold-out AUROC than round %s for %d rounds "
+                "(server.patience): stopping, the best round's model is kept",
+                server_round,
+                self.cfg.num_rounds,
+                scores["auroc"],
+                self.history.best_round,
+                server_round - (self.history.best_round or 0),
+            )
+            self.history.stopped_early = server_round
+            self.history.write()
+            raise EarlyStop
         if not scored:
             log.info(
                 "round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
@@ -136,6 +157,17 @@ class ServerRun:
             scores["seconds"],
         )
         return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
+
+    def patience_spent(self, server_round: int) -> bool:
+        """Whether `server.patience` rounds have passed since the best hold-out round (never before the last)."""
+        patience = self.cfg.server.get("patience")
+        best = self.history.best_round
+        return (
+            bool(patience)
+            and best is not None
+            and server_round - best >= patience
+            and server_round < self.cfg.num_rounds
+        )
 
     def record_node(self, node_id: int, metrics: dict[str, Any]) -> None:
         """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its
@@ -166,12 +198,20 @@ class ServerRun:
         self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
         self.history.save_model("best", self.best_state)
         best = self._load(self.best_state)
-        # The decision threshold is picked on the hold-out (dev) split, never on test: max macro-F1 there.
-        threshold = engine.pick_threshold(
-            *engine.predict(best, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)[:2]
-        )
+        # The decision threshold is picked on the hold-out (dev) split, never on test: max macro-F1 there,
+        # pulled toward the rate-matching threshold by the dev split's size (server.threshold_prior).
+        dev_prob, dev_label = engine.predict(best, self.val.dataset(), self.cfg.batch_size, self.device, self.amp)[:2]
+        picked = engine.pick_threshold(dev_prob, dev_label)
+        prior = float(self.cfg.server.get("threshold_prior") or 0)
+        threshold = engine.shrunk_threshold(picked, engine.rate_threshold(dev_prob, dev_label), len(self.val), prior)
         prob, label, loss = engine.predict(best, self.test.dataset(), self.cfg.batch_size, self.device, self.amp)
         self.history.test = engine.threshold_metrics(prob, label, loss, threshold)
+        at_pick = engine.metrics_at(prob, label, picked)  # reported beside, so the shrink's effect shows
+        self.history.test.update(
+            threshold_dev=picked,
+            accuracy_at_dev_threshold=at_pick["accuracy"],
+            f1_macro_at_dev_threshold=at_pick["f1_macro"],
+        )
         save_test_predictions(self.history.run_dir, prob, label)  # the report's ROC/PR curves and confusion matrix
         self.history.write()
         write_report_safely(self.history.run_dir)
@@ -188,6 +228,74 @@ class ServerRun:
         return self.model
 
 
+def _build(cfg: DictConfig, overrides: str, run_dir: Path) -> ServerRun:
+    """Return the server's side of a run (or of a recipe trial) with its strategy built."""
+    run = ServerRun(cfg, overrides, run_dir)
+    run.strategy = build_strategy(
+        cfg,
+        train_metrics_aggr_fn=run.aggregate_train_metrics,
+        branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
+        reply_report_fn=run.record,  # dropped-reply counts land in the round's metrics.json row
+        sample_report_fn=run.record,  # so do the node ids sampled to train (and to evaluate)
+        reply_facts_fn=run.record_node,  # client facts keyed by the node that sent them
+    )
+    return run
+
+
+def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) -> ArrayRecord:
+    """Run the rounds left; return the final global model (the latest one when server.patience stopped early)."""
+    cfg, strategy = run.cfg, run.strategy
+    assert strategy is not None
+    strategy.round_offset = run.offset  # after a resume the sample seed follows the true round
+    # round_offset: after a resume, clients seed by the true round, not the strategy's restarted count;
+    # recipe: the chosen candidate's overrides, which every client composes on top of the run's own.
+    train_config = {"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs), "round_offset": run.offset}
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial),
+            num_rounds=cfg.num_rounds - run.offset,
+            timeout=float(cfg.server.round_timeout),  # a dead client's reply is waited for at most this long
+            train_config=ConfigRecord({**train_config, "recipe": recipe}),
+            evaluate_config=ConfigRecord({"recipe": recipe}),
+            evaluate_fn=run.evaluate,
+        )
+    except EarlyStop:
+        return ArrayRecord(run.latest)
+    return cast(ArrayRecord, result.arrays)
+
+
+def _choose_recipe(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -> dict[str, Any] | None:
+    """Try each of server.recipes for server.trial_rounds on the hold-out (recipe_search); None when there are none."""
+    candidates = {str(k): str(v) for k, v in (cfg.server.get("recipes") or {}).items()}
+    if not candidates:
+        return None
+    earlier = recipe_search.load(run_dir)  # a resumed run keeps the recipe it chose
+    if earlier is not None:
+        return earlier
+    rounds = min(int(cfg.server.trial_rounds), int(cfg.num_rounds))  # a trial never outlasts the run
+
+    def trial(name: str, recipe: str) -> list[float | None]:
+        log.info("recipe trial %r (%s): %d rounds on the hold-out", name, recipe, rounds)
+        trial_overrides = f"{overrides} {recipe} num_rounds={rounds} server.eval_every=1 server.patience=null"
+        run = _build(load_config(trial_overrides), trial_overrides, run_dir / "recipes" / name)
+        _rounds(grid, run, engine.trainable_state(run.model), recipe)
+        return [r.get("auroc") for r in run.history.rounds if r["round"] > 0]
+
+    record = recipe_search.choose(candidates, trial, run_dir, rounds)
+    log.info("recipe %r chosen on the hold-out: %s", record["chosen"], record["overrides"])
+    return record
+
+
+def _rounds_so_far(cfg: DictConfig, run_dir: Path, recipes: dict[str, Any] | None) -> Path | None:
+    """Return the folder whose checkpoint holds the run's rounds so far: its own (resume), else the chosen trial's."""
+    if cfg.resume and (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
+        return run_dir
+    if recipes:  # the winner's trial was this run's first rounds (same seeds, same model): go on from there
+        return run_dir / "recipes" / str(recipes["chosen"])
+    return run_dir if cfg.resume else None  # no checkpoint to resume: checkpoint.load names the fix
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run `num_rounds` rounds of the configured strategy with server-side hold-out scoring."""
@@ -197,33 +305,25 @@ def main(grid: Grid, context: Context) -> None:
     # never overwrite an earlier run's results
     run_dirs.check_fresh(run_dir, cfg.resume, bool(cfg.get("overwrite", False)))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    recipes = _choose_recipe(grid, cfg, overrides, run_dir)
+    recipe = recipes["overrides"] if recipes else ""
+    if recipe:
+        overrides = f"{overrides} {recipe}"
+        cfg = load_config(overrides)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # the chosen recipe's: predict rebuilds this model
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)
-    run = ServerRun(cfg, overrides, run_dir)
-    run.strategy = strategy = build_strategy(
-        cfg,
-        train_metrics_aggr_fn=run.aggregate_train_metrics,
-        branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
-        reply_report_fn=run.record,  # dropped-reply counts land in the round's metrics.json row
-        sample_report_fn=run.record,  # so do the node ids sampled to train (and to evaluate)
-        reply_facts_fn=run.record_node,  # client facts keyed by the node that sent them
-    )
+    run = _build(cfg, overrides, run_dir)
+    run.history.recipes = recipes
     initial = engine.trainable_state(run.model)
-    if cfg.resume:
-        ckpt = checkpoint.load(run_dir)
-        checkpoint.check_fits(ckpt, cfg, initial, run_dir)  # before any client trains: model, tensors, strategy
+    start_from = _rounds_so_far(cfg, run_dir, recipes)
+    if start_from is not None:
+        ckpt = checkpoint.load(start_from)
+        checkpoint.check_fits(ckpt, cfg, initial, start_from)  # before any client trains: model, tensors, strategy
         initial = run.resume(ckpt)
-    strategy.round_offset = run.offset  # after a resume the sample seed follows the true round
-    if cfg.num_rounds <= run.offset:  # resumed after the last round: only the final scoring was left
+    # resumed after the last round, or after server.patience stopped it: only the final scoring was left
+    if run.offset and run.patience_spent(run.offset):
+        run.history.stopped_early = run.offset
+    if cfg.num_rounds <= run.offset or run.history.stopped_early:
         run.finish(ArrayRecord(initial))
         return
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial),
-        num_rounds=cfg.num_rounds - run.offset,
-        timeout=float(cfg.server.round_timeout),  # a dead client's reply is waited for at most this long
-        # round_offset: after a resume, clients seed by the true round, not the strategy's restarted count
-        train_config=ConfigRecord({"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs), "round_offset": run.offset}),
-        evaluate_fn=run.evaluate,
-    )
-    run.finish(result.arrays)
+    run.finish(_rounds(grid, run, initial, recipe))

@@ -67,15 +67,22 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "local_steps": 1,  # the FedSGD regime with a server Adam (it was FedAvg + FedLC over whole epochs)
         "lr": 0.1,
     },
-    "harmeme": {  # real_memes on HarMeme: MiniLM's last 2 layers fine-tuned, frozen EfficientNet-Lite0 at 160 px
+    "harmeme": {  # real_memes on HarMeme: MiniLM (+ n-grams) fine-tuned or frozen, chosen on the hold-out
         "num_clients": 4,
-        "num_rounds": 5,
+        "num_rounds": 15,  # an upper bound: server.patience ends the run
+        "server.patience": 3,
+        "server.trial_rounds": 2,
+        "server.recipes": {
+            "finetune": "model/text_encoder=finetune_ngrams lr=1e-4",
+            "frozen": "model/text_encoder=frozen_ngrams lr=1e-3",
+        },
         "num_epochs": 1,
         "lr": 0.0001,
         "image_size": 160,
         "optimizer._target_": "torch.optim.AdamW",
-        "model.text_encoder._target_": "fedmemes.models.components.trainable_text_encoder.TrainableTextEncoder",
-        "model.text_encoder.trainable_layers": 2,
+        "model.text_encoder._target_": "fedmemes.models.components.char_ngrams.CharNgramText",
+        "model.text_encoder.base._target_": "fedmemes.models.components.trainable_text_encoder.TrainableTextEncoder",
+        "model.text_encoder.base.trainable_layers": 2,
         "model.image_encoder._target_": "fedmemes.models.components.efficientnet.EfficientNetLite0",
         "dataset.source._target_": "fedmemes.data.harmeme.HarMemeSource",
     },

@@ -77,16 +77,18 @@ def test_dataset_config(tmp_path):
 
 
 def test_harmeme_preset_trains_minilm_layers_end_to_end(tmp_path, one_thread):
-    """experiment=harmeme on a folder in MMF's layout: the fine-tuned MiniLM layers train and reach the saved model."""
+    """experiment=harmeme on a folder in MMF's layout: the fine-tuned MiniLM layers and the n-gram table train and reach
+    the saved model (its default recipe, without the hold-out search that tests/test_recipe_search.py covers)."""
     root = make_harmeme(tmp_path / "harmeme", sizes=(("train", 24), ("val", 6), ("test", 6)))
     overrides = (
         f"experiment=harmeme dataset.root={root} cache_dir={tmp_path / 'cache'} num_clients=2 partition=iid "
-        "num_rounds=1 image_size=32 local_val_share=0"
+        "num_rounds=1 image_size=32 local_val_share=0 server.recipes=null"
     )
     metrics = run_in_process(overrides, tmp_path / "run", 2)
     assert [r["round"] for r in metrics["rounds"]] == [0, 1] and metrics["test"]["n"] == 6
     saved = load_file(tmp_path / "run" / "final.safetensors")
     pretrained = build_model(load_config(overrides)).state_dict()
-    top, bottom = "text_encoder.bert.encoder.layer.5.output.dense.weight", "text_encoder.bert.encoder.layer.0"
+    top, bottom = "text_encoder.base.bert.encoder.layer.5.output.dense.weight", "text_encoder.base.bert.encoder.layer.0"
     assert not saved[top].equal(pretrained[top])  # the last MiniLM layers trained and travelled
+    assert not saved["text_encoder.embed.weight"].equal(pretrained["text_encoder.embed.weight"])  # so did the n-grams
     assert not any(k.startswith(bottom) for k in saved)  # frozen layers stay off the wire

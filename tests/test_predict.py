@@ -52,9 +52,13 @@ def test_server_picks_the_threshold_on_dev_and_reports_test_at_it_and_at_half(ru
     run = load_run(run_dir)
     dev = run_split(run.cfg, "dev")
     dev_prob = run.score(dev.memes)
-    assert test["threshold"] == pytest.approx(
-        engine.pick_threshold(dev_prob, np.array([m.label for m in dev.memes])), abs=1e-6
-    )
+    dev_label = np.array([m.label for m in dev.memes])
+    picked, anchor = engine.pick_threshold(dev_prob, dev_label), engine.rate_threshold(dev_prob, dev_label)
+    assert test["threshold_dev"] == pytest.approx(picked, abs=1e-6)
+    # server.threshold_prior=200 pulls the pick toward the rate-matching threshold by the dev split's size
+    weight = len(dev.memes) / (len(dev.memes) + run.cfg.server.threshold_prior)
+    assert test["threshold"] == pytest.approx(anchor + weight * (picked - anchor), abs=1e-6)
+    assert min(picked, anchor) - 1e-9 <= test["threshold"] <= max(picked, anchor) + 1e-9
     assert run.threshold == pytest.approx(test["threshold"])
     tst = run_split(run.cfg, "test")
     prob, label = run.score(tst.memes), np.array([m.label for m in tst.memes])

