@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean gpu-bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# What the lent GPU machine lacks (wheels, MiniLM in fp16) in gpu-bundle/; there: `bash gpu-bundle/run.sh` (README).
+gpu-bundle: $(STAMP)
+	$(BIN)/python benchmarks/gpu_bundle.py build $(ARGS)
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache gpu-bundle

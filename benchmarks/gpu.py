@@ -1,19 +1,30 @@
-"""Memes per second on CPU and, when present, CUDA: caption encoding, image encoding, head training, server scoring.
+"""Memes per second on CPU and, when present, CUDA: caption encoding, image encoding, head training, server scoring;
+and seconds per federated round on each.
 
-    python benchmarks/gpu.py [--memes 512] [--repeats 2] [hydra overrides, e.g. model=late_fusion image_size=96]
+    python benchmarks/gpu.py [--memes 512] [--repeats 2] [--rounds 2] [hydra overrides, e.g. model=late_fusion]
 
 Each step runs once to warm up (weights load, kernels compile), then `--repeats` times timed;
 CUDA timings synchronise before the clock stops. On CUDA the training and scoring rows run
 without autocast and with `amp=auto` (bf16, fp16 where bf16 is missing). Captions and images come
 from the configured data source (synthetic by default).
+
+The federated rows run `--rounds` rounds of the configured federation in this process (the real
+ServerApp and ClientApps, no Ray) with `device=cpu`, then `device=cuda`, and read the seconds from
+its metrics.json. Round 1 also builds each client's tensors, and encodes its captions the first
+time (the feature cache then holds them for the next device). On the GPU machine, run this from
+the bundle: `make gpu-bundle` here, `bash gpu-bundle/run.sh` there (benchmarks/gpu_bundle.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import logging
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -23,6 +34,7 @@ from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
 from fedmemes.data.images import load_image_array
 from fedmemes.node_datasets import holdout
+from fedmemes.testing import run_in_process
 
 
 def _rate(n: int, fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -51,11 +63,24 @@ def _encode_images(
             encoder(images[i : i + 64].to(device, non_blocking=True).float().div_(255.0))
 
 
+def _round_seconds(overrides: list[str], device: torch.device, rounds: int) -> list[float]:
+    """Run `rounds` federated rounds in process on `device`; return each round's seconds (server scoring included)."""
+    with tempfile.TemporaryDirectory(prefix="gpu-rounds-") as run_dir:
+        metrics = run_in_process(
+            " ".join([*overrides, f"device={device.type}", f"num_rounds={rounds}"]),
+            Path(run_dir),
+            load_config(" ".join(overrides)).num_clients,
+        )
+    seconds = [row["seconds"] for row in metrics["rounds"]]  # cumulative; row 0 scores the initial model
+    return [b - a for a, b in itertools.pairwise(seconds)]
+
+
 def main() -> None:
     """Print one row per step, device and precision."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memes", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="federated rounds per device (0: none)")
     args, overrides = parser.parse_known_args()
     cfg = load_config(" ".join(overrides))
     memes = holdout(cfg).pool[: args.memes]
@@ -117,6 +142,17 @@ def main() -> None:
                 f"| server scoring (batch 256) | {device.type} | {label} | "
                 f"{_rate(n, score, device, args.repeats):,.0f} |"
             )
+
+    if args.rounds > 0:
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # the ServerApp's round-by-round log would bury the table
+        per_device = {device.type: _round_seconds(overrides, device, args.rounds) for device in devices}
+        strategy = cfg.server.strategy._target_.rsplit(".", 1)[-1]
+        head = f"federated rounds ({cfg.num_clients} clients in process, {strategy})"
+        print(f"\n| {head} | device | round 1 (s) | later rounds (s, mean) |")
+        print("|---|---|---:|---:|")
+        for device_type, per_round in per_device.items():  # printed after the runs: their warnings come first
+            later = f"{sum(per_round[1:]) / len(per_round[1:]):.1f}" if len(per_round) > 1 else "-"
+            print(f"| {args.rounds} rounds | {device_type} | {per_round[0]:.1f} | {later} |")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def test_ngrams_are_words_and_marked_pieces_in_order_without_repeats():
     assert char_ngrams("ＡＢ", 2, 2) == char_ngrams("ab", 2, 2)  # NFKC folds full-width letters
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch (seconds)
 def test_bucket_ids_are_the_same_in_another_process():
     # Python salts str hashes per process: every client must hash a caption to the same buckets.
     grams = char_ngrams(CAPTIONS[0], 2, 4)

@@ -61,6 +61,7 @@ def searched(tmp_path_factory, cache_dir, one_thread) -> tuple[Path, dict]:
     return run_dir, run_in_process(f"{SEARCH} cache_dir={cache_dir}", run_dir, 2)
 
 
+@pytest.mark.slow  # a real ServerApp run, 2 trials + up to 8 rounds (about 15 s)
 def test_the_recipe_with_the_better_hold_out_is_chosen_and_built_everywhere(searched):
     run_dir, metrics = searched
     trials = metrics["recipes"]["candidates"]
@@ -75,6 +76,7 @@ def test_the_recipe_with_the_better_hold_out_is_chosen_and_built_everywhere(sear
     assert "text_encoder.embed.weight" in load_file(run_dir / "best.safetensors")  # clients trained the winner too
 
 
+@pytest.mark.slow  # a real ServerApp run, 2 trials + up to 8 rounds (about 15 s)
 def test_patience_stops_after_rounds_without_a_better_hold_out_and_keeps_the_best(searched):
     run_dir, metrics = searched
     rounds = [r["round"] for r in metrics["rounds"]]
@@ -87,6 +89,7 @@ def test_patience_stops_after_rounds_without_a_better_hold_out_and_keeps_the_bes
     assert metrics["test"]["auroc"] > 0.5 and "threshold_dev" in metrics["test"]
 
 
+@pytest.mark.slow  # a real ServerApp run, 2 trials + up to 8 rounds (about 15 s)
 def test_a_resumed_run_that_had_stopped_early_only_finishes(searched, cache_dir):
     run_dir, metrics = searched
     metrics_before = json.loads((run_dir / "metrics.json").read_text())
