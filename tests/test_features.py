@@ -97,6 +97,7 @@ def test_real_encoder_identity_follows_settings_and_weight_files(tmp_path):
     folder = tmp_path / "bert"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 10)
+    (folder / "config.json").write_text("{}")  # the encoder checks for a model folder when it is built
     enc = FrozenTextEncoder(str(folder))
     before = enc.identity()
     (folder / "model.safetensors").write_bytes(b"y" * 11)  # re-trained checkpoint, same folder
