@@ -136,3 +136,27 @@ def test_a_thousand_clients_draw_a_readable_width_not_one_bar_label_each(tmp_pat
     report_main([str(tmp_path / "big"), "--out", str(out)])
     width, height = Image.open(out / "report" / "clients_0.png").size
     assert 1000 < width <= 24 * 110 and height < 600  # was 99,550 px wide for 1,000 clients
+
+
+def test_a_recipe_search_and_an_early_stop_are_shown(tmp_path):
+    _fake_run(tmp_path / "searched", 0.001, [0.5, 0.7, 0.72, 0.69], [0, 0, 0, 0], seed=0)
+    metrics = json.loads((tmp_path / "searched" / "metrics.json").read_text())
+    trials = {
+        "finetune": {
+            "overrides": "model/text_encoder=finetune_ngrams lr=1e-4",
+            "holdout_auroc": [0.66, 0.7],
+            "best": 0.7,
+        },
+        "frozen": {
+            "overrides": "model/text_encoder=frozen_ngrams lr=1e-3",
+            "holdout_auroc": [0.68, None],
+            "best": 0.68,
+        },
+    }
+    metrics.update(stopped_early=3, recipes={"trial_rounds": 2, "candidates": trials, "chosen": "finetune"})
+    (tmp_path / "searched" / "metrics.json").write_text(json.dumps(metrics))
+    _, md = write_report([tmp_path / "searched"], tmp_path / "out")
+    text = md.read_text()
+    assert "| searched | finetune | model/text_encoder=finetune_ngrams lr=1e-4 | 0.660 0.700 | 0.700 | chosen |" in text
+    assert "| searched | frozen | model/text_encoder=frozen_ngrams lr=1e-3 | 0.680 n/a | 0.680 |  |" in text
+    assert "searched stopped after round 3 (server.patience)" in text

@@ -74,6 +74,28 @@ def _summary_rows(runs: list[Run]) -> list[list[Any]]:
     return rows
 
 
+def _recipe_section(runs: list[Run]) -> Section:
+    """Each candidate recipe's trial (server.recipes): hold-out AUROC per round, and the one chosen."""
+    rows = []
+    for run in runs:
+        record = run.metrics["recipes"]
+        for name, trial in record["candidates"].items():
+            curve = " ".join(_fmt(a) for a in trial["holdout_auroc"])
+            chosen = "chosen" if name == record["chosen"] else ""
+            rows.append([run.name, name, trial["overrides"], curve, trial["best"], chosen])
+    stops = [
+        f"{run.name} stopped after round {run.metrics['stopped_early']}"
+        for run in runs
+        if run.metrics.get("stopped_early")
+    ]
+    return Section(
+        "Recipe search on the hold-out",
+        tables=[(["run", "recipe", "overrides", "hold-out AUROC per trial round", "best", ""], rows)],
+        note="Each recipe trained from the same seeded model, scored on the hold-out only; the run went on from the "
+        "chosen one's trial. " + ("; ".join(stops) + " (server.patience)." if stops else ""),
+    )
+
+
 def _sections(runs: list[Run]) -> list[Section]:
     first = runs[0]
     model = first.config.get("model", {}).get("_target_", "?").rsplit(".", 1)[-1] if first.config else "?"
@@ -105,6 +127,8 @@ def _sections(runs: list[Run]) -> list[Section]:
     sections.append(
         Section("Hold-out AUROC and loss per round", figures=[("holdout.png", _png(plots.holdout_curves(runs)))])
     )
+    if searched := [run for run in runs if run.metrics.get("recipes")]:
+        sections.append(_recipe_section(searched))
     test_figs = [
         (name, _png(fig))
         for name, fig in (
