@@ -187,6 +187,11 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("server.patience", *_whole(1, null=True)),
         ("server.threshold_prior", lambda v: _number(v) and v >= 0, "a number of memes >= 0 (0: the raw pick)"),
         ("server.trial_rounds", *_whole(1)),
+        (
+            "server.recipes",
+            lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+            'null or a mapping of names to override strings, e.g. {frozen: "lr=1e-3", finetune: "lr=1e-4"}',
+        ),
         ("server.max_update_norm", _norm_bound, "null, K*median (e.g. 3*median), a number > 0 or a list of both"),
         ("server.max_client_weight", lambda v: v is None or (_number(v) and 0 < v <= 1), "null or a share in (0, 1]"),
         ("simulation.client_cpus", *_positive()),

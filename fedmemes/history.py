@@ -69,13 +69,11 @@ class RunHistory:
             "clients": dict(self.clients),
             "nodes": dict(self.nodes),
             "best_round": self.best_round,
-            "stopped_early": self.stopped_early,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpointed `state()`: its rounds are kept and never recorded again."""
         self.rounds, self.best_round = list(state["rounds"]), state["best_round"]
-        self.stopped_early = state.get("stopped_early")
         self.clients.update(state["clients"])
         self.nodes.update(state.get("nodes", {}))
 

@@ -273,6 +273,11 @@ def _choose_recipe(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -
     earlier = recipe_search.load(run_dir)  # a resumed run keeps the recipe it chose
     if earlier is not None:
         return earlier
+    for name, recipe in candidates.items():  # a recipe that does not compose stops the run before any trial
+        try:
+            load_config(f"{overrides} {recipe}")
+        except ValueError as err:
+            raise ValueError(f"server.recipes.{name}={recipe!r}: {err}") from None
     rounds = min(int(cfg.server.trial_rounds), int(cfg.num_rounds))  # a trial never outlasts the run
 
     def trial(name: str, recipe: str) -> list[float | None]:

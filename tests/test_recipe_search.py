@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedmemes import engine, recipe_search
+from fedmemes.config import load_config
 from fedmemes.testing import run_in_process
 
 # Two recipes that differ in what the model is (its caption encoder), so the chosen one shows in every artefact;
@@ -104,3 +105,18 @@ def test_a_resumed_run_that_had_stopped_early_only_finishes(searched, cache_dir)
     assert again["rounds"] == metrics_before["rounds"] and again["test"]["auroc"] == pytest.approx(
         metrics["test"]["auroc"]
     )
+
+
+def test_a_recipe_that_does_not_compose_stops_the_run_before_any_trial(tmp_path, cache_dir):
+    def client(msg, context):
+        raise AssertionError("no client trains while the recipes are bad")
+
+    bad = '\'server.recipes={good: "lr=1e-3", typo: "model/text_encoder=frozn"}\''
+    with pytest.raises(ValueError, match=r"server.recipes.typo='model/text_encoder=frozn': .*model/text_encoder"):
+        run_in_process(f"experiment=tiny_run cache_dir={cache_dir} {bad}", tmp_path / "run", 2, client)
+    assert not (tmp_path / "run" / "recipes").exists()
+
+
+def test_recipes_must_map_names_to_override_strings():
+    with pytest.raises(ValueError, match="server.recipes must be null or a mapping of names to override strings"):
+        load_config("server.recipes={a:3}")
