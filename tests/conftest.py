@@ -91,7 +91,7 @@ def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> P
 
     from fedmemes import engine
     from fedmemes.node_datasets import _tensors, holdout
-    from fedmemes.server_app import ServerRun
+    from fedmemes.server_run import ServerRun
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as one_thread, for a session fixture

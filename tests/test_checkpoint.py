@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from fedmemes import checkpoint, engine
 from fedmemes.history import RunHistory
-from fedmemes.server_app import ServerRun
+from fedmemes.server_run import ServerRun
 from fedmemes.tracking import build_trackers
 
 

@@ -23,7 +23,7 @@ from fedmemes.data.report import format_table
 from fedmemes.data.split import client_partition
 from fedmemes.history import RunHistory
 from fedmemes.node_datasets import _attached, client_split, holdout, split_facts
-from fedmemes.server_app import ServerRun
+from fedmemes.server_run import ServerRun
 
 
 def _folder(root: Path, n: int = 200) -> Path:
