@@ -58,7 +58,7 @@ class ServerRun:
         self.offset = 0  # rounds done before a restart: Flower's strategy.start always counts from round 1
         self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
         self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
-        self.latest = self.best_state  # the latest round's global model: final.safetensors after an early stop
+        self.latest = self.best_state  # the latest round's global model (set each round by evaluate)
 
     def resume(self, ckpt: checkpoint.Checkpoint) -> dict[str, Any]:
         """Continue after the checkpointed round: history, best model and strategy state come back; return the
@@ -99,21 +99,21 @@ class ServerRun:
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
         self.trackers.log_metrics(server_round, round_metrics(scores, self.train_metrics))
+        # the latest round's global model: the checkpoint's, and final.safetensors after an early stop
+        self.latest = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
         if server_round > 0:
-            state = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
             checkpoint.save(
                 self.history.run_dir,
                 checkpoint.Checkpoint(
                     server_round,
-                    state,
+                    self.latest,
                     self.history.state(),
                     self.best_state,
                     checkpoint.strategy_state(self.strategy),
                     checkpoint.setup_of(self.cfg),
                 ),
             )
-        self.latest = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
-        if self.patience_spent(server_round):
+        if scored and self.patience_spent(server_round):  # an unscored round (server.eval_every) decides nothing
             log.info(
                 "round %d/%d | hold-out AUROC %.3f | no better hold-out AUROC than round %s for %d rounds "
                 "(server.patience): stopping, the best round's model is kept",
