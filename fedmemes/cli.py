@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from fedmemes.config import OVERRIDES_ENV, compose_checked
 from fedmemes.config_schema import ConfigError
-from fedmemes.run_steps import check_data, job_overrides, quiet_libraries, summary
+from fedmemes.run_steps import check_data, finish_command, job_overrides, quiet_libraries
 
 # Named, not __name__: under `python -m fedmemes.cli` that is "__main__", outside the `fedmemes` logger
 # whose INFO level (conf/hydra/job_logging/fedmemes.yaml) lets the run summary through.
@@ -85,8 +85,8 @@ def simulate(cfg: DictConfig) -> None:
     live.end(finished)
     if not finished:
         raise SystemExit(f"the run did not finish; see {run_dir}/fedmemes.log (add -v for Flower's logs)")
-    print(summary(run_dir))
     live.linger()
+    finish_command(run_dir)  # exits non-zero when metrics.json says the run ended short
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

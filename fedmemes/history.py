@@ -41,6 +41,9 @@ class RunHistory:
     data_issues: dict[str, int] = field(default_factory=dict)  # bad rows per kind the source skipped
     stopped_early: int | None = None  # the round server.patience ended the run at
     recipes: dict[str, Any] | None = None  # the candidate recipes' hold-out trials and the one chosen (server.recipes)
+    # a run that stopped short of a sound finish, its results saved all the same: {"code": exit code, "reason": why};
+    # `fedmemes simulate`/`server` print the summary, then exit with that code (run_steps.finish_command)
+    ended: dict[str, Any] | None = None
 
     def add_round(self, server_round: int, scores: dict[str, Any]) -> bool:
         """Record a round's hold-out scores; return True if it is the new best (highest AUROC)."""
@@ -84,6 +87,7 @@ class RunHistory:
                 "rounds": self.rounds,
                 "best_round": self.best_round,
                 "stopped_early": self.stopped_early,
+                "ended": self.ended,
                 "recipes": self.recipes,
                 "test": self.test,
                 "clients": [self.clients[k] for k in sorted(self.clients)],

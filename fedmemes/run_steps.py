@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -41,6 +42,20 @@ def check_data(cfg: DictConfig, run_dir: Path, max_rows: int | None = None) -> s
         raise SystemExit(f"error: {e}") from None
     json_path, png_path = write_report(facts, run_dir, issues)
     return f"{format_table(facts, issues, max_rows)}\nclient split: {json_path} and {png_path.name}"
+
+
+# Exit codes of a run that wrote its files but did not finish soundly (metrics.json "ended"); 1, 2: Python, argparse.
+EXIT_PRIVACY_BUDGET = 3  # server.dp.max_epsilon reached: the rounds before it stand
+EXIT_NOTHING_AGGREGATED = 4  # no client reply was aggregated in any round: the model is the untrained one
+
+
+def finish_command(run_dir: Path) -> None:
+    """Print the finished run's summary; exit with its "ended" code when it stopped short of a sound finish."""
+    print(summary(run_dir))
+    ended = json.loads((run_dir / "metrics.json").read_text()).get("ended")
+    if ended:
+        print(f"error: {ended['reason']}", file=sys.stderr)
+        raise SystemExit(int(ended["code"]))
 
 
 def summary(run_dir: Path) -> str:

@@ -20,7 +20,7 @@ from fedmemes.deploy.exposure import refuse_plain_text
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
 from fedmemes.run_dir import prepare
-from fedmemes.run_steps import check_data, job_overrides, quiet_libraries, summary
+from fedmemes.run_steps import check_data, finish_command, job_overrides, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -131,4 +131,4 @@ def server(cfg: DictConfig) -> None:
             api.should_exit = True
     if final != "finished:completed":
         raise SystemExit(f"the run ended as {final}; Flower's log: {link.log_file}")
-    print(summary(run_dir))
+    finish_command(run_dir)  # exits non-zero when metrics.json says the run ended short
