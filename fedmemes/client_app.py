@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import cast
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from fedmemes import engine
+from fedmemes import engine, site_policy
 from fedmemes.client_corrections import local_setup
 from fedmemes.config import build_model, load_config, overrides_of
 from fedmemes.node_datasets import ClientData, client_data
+from fedmemes.site_policy import SitePolicy
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -34,13 +36,29 @@ def _data_dir(context: Context) -> str | None:
     return str(context.node_config.get("data-dir") or "") or None
 
 
-def _node_setup(context: Context, msg: Message) -> tuple[DictConfig, int, ClientData]:
-    """Return the run's config (with the recipe the server is trying or chose), this node's partition id and data."""
+@dataclass
+class Node:
+    """What one message runs with on this node: the run's config, checked against the site policy, and the data."""
+
+    cfg: DictConfig
+    pid: int
+    data: ClientData
+    policy: SitePolicy
+    site: str  # how this site signs its refusals and replies
+    policy_hash: str
+
+
+def _node_setup(context: Context, msg: Message) -> Node:
+    """Compose the run's config (with the recipe the server is trying or chose), refuse what the site policy does not
+    allow before any object is built, then load this node's partition."""
     recipe = str(msg.content["config"].get("recipe", "")) if "config" in msg.content.config_records else ""
     overrides = f"{overrides_of(context.run_config)} {recipe}".strip()
     cfg = load_config(overrides)
     pid, num = _partition(context)
-    return cfg, pid, client_data(overrides, pid, num, _data_dir(context))
+    policy, digest = site_policy.for_node(context.node_config)
+    site = policy.name or f"partition-{pid}"
+    site_policy.refuse(site, site_policy.refusals(policy, cfg))
+    return Node(cfg, pid, client_data(overrides, pid, num, _data_dir(context)), policy, site, digest)
 
 
 def _model(cfg: DictConfig, msg: Message) -> nn.Module:
@@ -52,11 +70,16 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""
-    cfg, pid, data = _node_setup(context, msg)
-    model = _model(cfg, msg)
+    node = _node_setup(context, msg)
+    cfg, pid, data, limits = node.cfg, node.pid, node.data, node.policy.limits
     config = msg.content["config"]
-    device = engine.pick_device(cfg.device)
     server_round = int(cast(int, config.get("server-round", 0))) + int(cast(int, config.get("round_offset", 0)))
+    epochs = int(config.get("num_epochs", cfg.num_epochs))
+    site_policy.refuse(node.site, site_policy.train_refusals(node.policy, server_round, epochs))
+    model = _model(cfg, msg)
+    device = engine.pick_device(limits.device or cfg.device)
+    # limits.max_memes_per_round: a cap on local batches, whatever the server's epochs and steps
+    caps = [cfg.local_steps, limits.max_memes_per_round and max(1, limits.max_memes_per_round // cfg.batch_size)]
     # SCAFFOLD / FedDyn corrections and the local loss (loss=fedlc); their state lives in context.state
     local = local_setup(
         msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss")
@@ -64,14 +87,14 @@ def train(msg: Message, context: Context) -> Message:
     stats = engine.train(
         model,
         data.train.dataset(),
-        epochs=int(config.get("num_epochs", cfg.num_epochs)),
+        epochs=epochs,
         lr=float(config.get("lr", cfg.lr)),
         batch_size=cfg.batch_size,
         device=device,
         seed=cfg.random_seed + 1000 * server_round + pid,
         proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
         optimizer=instantiate(cfg.optimizer),
-        max_steps=cfg.local_steps,
+        max_steps=min((int(c) for c in caps if c), default=None),
         amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
         loss_fn=local.loss_fn,
         grad_hook=local.grad_hook,
@@ -80,7 +103,9 @@ def train(msg: Message, context: Context) -> Message:
     val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}
     labels = data.train.label.bincount(minlength=2).tolist()
     has = data.train.mask > 0  # (N, 2) [has text, has image]: modality_aware weights each branch by these counts
-    metrics = MetricRecord(
+    metrics = site_policy.shared(  # only what the site's policy lets leave (default: what the strategy reads)
+        node.policy,
+        cfg,
         {
             "num-examples": len(data.train),
             "train_loss": stats["train_loss"],
@@ -93,10 +118,15 @@ def train(msg: Message, context: Context) -> Message:
             "n_text": int(has[:, 0].sum()),
             "n_image": int(has[:, 1].sum()),
             "n_both": int(has.all(dim=1).sum()),
-        }
+        },
     )
     reply = RecordDict(
-        {"arrays": ArrayRecord(engine.trainable_state(model)), "metrics": metrics, **local.finish(model)}
+        {
+            "arrays": ArrayRecord(engine.trainable_state(model)),
+            "metrics": MetricRecord(metrics),
+            "site": ConfigRecord({"name": node.site, "policy_sha256": node.policy_hash}),  # logged per node
+            **local.finish(model),
+        }
     )
     return Message(content=reply, reply_to=msg)
 
@@ -104,8 +134,9 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this client's kept-back validation share."""
-    cfg, _, data = _node_setup(context, msg)
-    scores = engine.evaluate(_model(cfg, msg), data.val.dataset(), cfg.batch_size, engine.pick_device(cfg.device))
+    node = _node_setup(context, msg)
+    cfg, device = node.cfg, engine.pick_device(node.policy.limits.device or node.cfg.device)
+    scores = engine.evaluate(_model(cfg, msg), node.data.val.dataset(), cfg.batch_size, device)
     metrics = {k: (0.0 if v != v else float(v)) for k, v in scores.items() if k != "n"}  # NaN -> 0: keys must match
-    metrics["num-examples"] = len(data.val)
+    metrics["num-examples"] = len(node.data.val)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)  # type: ignore[arg-type]  # flwr types it as an invariant dict; float values fit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +21,7 @@ from fedmemes.data.report import read_client_facts
 from fedmemes.history import RunHistory
 from fedmemes.node_datasets import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
+from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
 from fedmemes.tracking import build_trackers, round_metrics
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,15 @@ class ServerRun:
             self.history.stopped_early = server_round
             self.history.write()
             raise EarlyStop
+        if replies.get("kept_previous_model"):
+            log.warning(
+                "round %d/%d | no reply aggregated (%d of %d dropped): the global model is unchanged%s",
+                server_round,
+                self.cfg.num_rounds,
+                replies.get("dropped_replies", 0),
+                replies.get("replies", 0),
+                "".join(f"\n  {why}" for why in replies.get("dropped", [])[:5]),
+            )
         if not scored:
             log.info(
                 "round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
@@ -159,14 +170,19 @@ class ServerRun:
         )
 
     def record_node(self, node_id: int, metrics: dict[str, Any]) -> None:
-        """Remember what a node said about its data, under the id Flower gave it (its partition_id is only its
-        claim)."""
+        """Remember what a node said about its data and its site policy, under the id Flower gave it (its
+        partition_id is only its claim)."""
         facts: dict[str, Any] = {
-            k: metrics[k] for k in ("partition_id", "n_text", "n_image", "n_both", "val_n") if k in metrics
+            k: metrics[k]
+            for k in ("partition_id", "n_text", "n_image", "n_both", "val_n", "site", "policy_sha256")
+            if k in metrics
         }
-        facts.update(
-            n_train=metrics.get("num-examples"), label_counts=[metrics.get("label_0", 0), metrics.get("label_1", 0)]
-        )
+        facts["n_train"] = metrics.get("num-examples")
+        if "label_0" in metrics:  # only where the site's policy shares label counts
+            facts["label_counts"] = [metrics["label_0"], metrics.get("label_1", 0)]
+        earlier = self.history.nodes.get(int(node_id), {}).get("policy_sha256")
+        if "policy_sha256" in facts and facts["policy_sha256"] != earlier:
+            log.info("node %d is site %r, site policy sha256 %s", node_id, facts.get("site"), facts["policy_sha256"])
         self.history.add_node(node_id, facts)
 
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
@@ -184,6 +200,7 @@ class ServerRun:
 
     def finish(self, final: ArrayRecord) -> None:
         """Save best and final models, score the best round's model on the test split."""
+        self._check_anything_aggregated()
         self.history.save_model("final", engine.trainable_state(self._load(final.to_torch_state_dict())))
         self.history.save_model("best", self.best_state)
         best = self._load(self.best_state)
@@ -211,6 +228,20 @@ class ServerRun:
             self.history.test["auroc"],
             self.history.test["n"],
         )
+
+    def _check_anything_aggregated(self) -> None:
+        """Mark the run ended (exit 4) when no round aggregated a single reply: its model is the initial one."""
+        trained = [r for r in self.history.rounds if r["round"] > 0]
+        if not trained or any(not r.get("kept_previous_model", 0) for r in trained):
+            return
+        reasons = Counter(why.split(": ", 1)[-1] for r in trained for why in r.get("dropped", []))
+        said = "; ".join(f"{why} (x{n})" for why, n in reasons.most_common(3)) or "no client replied"
+        self.history.ended = {
+            "code": EXIT_NOTHING_AGGREGATED,
+            "reason": f"no client reply was aggregated in any of {len(trained)} rounds: the model is the untrained "
+            f"one. The clients said: {said}",
+        }
+        log.error("%s", self.history.ended["reason"])
 
     def _load(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         self.model.load_state_dict(state)

@@ -10,17 +10,17 @@ from fedmemes.config import build_model
 from fedmemes.history import RunHistory
 
 
-def _context(overrides: str) -> Context:
+def _context(overrides: str, **node_config: str) -> Context:
     return Context(
         run_id=1,
         node_id=7,
-        node_config={"partition-id": 1, "num-partitions": 2},
+        node_config={"partition-id": 1, "num-partitions": 2, **node_config},
         state=RecordDict(),
         run_config={"overrides": overrides},
     )
 
 
-def test_client_train_replies_with_trainable_weights_and_metrics(server_identity, tiny_data, small_config):
+def test_client_train_replies_with_trainable_weights_and_metrics(server_identity, tiny_data, small_config, tmp_path):
     cfg = small_config("num_clients=2")
     overrides = f"{tiny_data.overrides} num_clients=2"  # what the ClientApp composes: the same config
     model = build_model(cfg)
@@ -29,7 +29,9 @@ def test_client_train_replies_with_trainable_weights_and_metrics(server_identity
         {"arrays": ArrayRecord(sent), "config": ConfigRecord({"lr": 0.003, "num_epochs": 1, "server-round": 1})}
     )
     msg = Message(content=content, dst_node_id=7, message_type="train")
-    reply = client_app.train(msg, _context(overrides))
+    share_all = tmp_path / "site.yaml"  # a site that lets every metric leave
+    share_all.write_text("share: [label_counts, modality_counts, val_accuracy, train_metrics]\n")
+    reply = client_app.train(msg, _context(overrides, policy=str(share_all)))
 
     back = reply.content["arrays"].to_torch_state_dict()
     assert set(back) == set(sent) and all(back[k].shape == sent[k].shape for k in sent)

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         help="allow plain HTTP on a non-loopback --host and an http:// --status-url on another machine",
     )
     args = p.parse_args(argv)
+    supernode.check_policy(p, args.policy, args.check)  # a bad policy stops the manager now, not its SuperNode later
     try:
         token = read_token(args.token_file)
         supernode.node_config(args.partition_id, args.num_partitions, args.data_dir)  # fail now, not on /start

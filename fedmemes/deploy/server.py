@@ -71,13 +71,16 @@ class RoundPrinter:
             if r["round"] not in self.printed and "accuracy" in r:
                 self.printed.add(r["round"])
                 log.info(
-                    "round %d/%d | clients %s | hold-out AUROC %s  acc %.3f",
+                    "round %d/%d | clients %s | hold-out AUROC %s  acc %.3f%s",
                     r["round"],
                     self.num_rounds,
                     r.get("clients"),
                     f"{r['auroc']:.3f}" if r.get("auroc") is not None else "n/a",
                     r["accuracy"],
+                    " | no reply aggregated: the global model is unchanged" if r.get("kept_previous_model") else "",
                 )
+                for why in r.get("dropped", []):  # the clients' own words, escaped by the reply checks
+                    log.warning("round %d: dropped reply from %s", r["round"], why)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

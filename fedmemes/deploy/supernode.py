@@ -10,8 +10,10 @@ from pathlib import Path
 from fedmemes.deploy.processes import bin_path, flower_env, free_port
 
 
-def node_config(partition_id: int | None, num_partitions: int | None, data_dir: Path | None) -> str:
-    """Return the `--node-config` string the ClientApp reads: partition-id, num-partitions (+ data-dir)."""
+def node_config(
+    partition_id: int | None, num_partitions: int | None, data_dir: Path | None, policy: Path | None = None
+) -> str:
+    """Return the `--node-config` string the ClientApp reads: partition-id, num-partitions (+ data-dir, policy)."""
     if partition_id is None or num_partitions is None:
         # With --data-dir too: the number names the client in metrics.json and seeds its training.
         raise ValueError(
@@ -22,6 +24,8 @@ def node_config(partition_id: int | None, num_partitions: int | None, data_dir: 
     config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if data_dir is not None:  # read by the ClientApp when the server runs partition=per_client_dirs
         config += f' data-dir="{Path(data_dir).expanduser().resolve()}"'
+    if policy is not None:  # the site policy the ClientApp enforces (fedmemes/site_policy.py); never sent anywhere
+        config += f' policy="{Path(policy).expanduser().resolve()}"'
     return config
 
 
@@ -64,12 +68,31 @@ def parser() -> argparse.ArgumentParser:
         "--auth-key", type=Path, help="this node's private key when the server runs with server.supernode_auth=true"
     )
     p.add_argument("--flwr-home", type=Path, help="Flower's folder for this node (default: ~/.flwr)")
+    p.add_argument(
+        "--policy",
+        type=Path,
+        help="this site's policy (README 'Site policy'): allowed _target_s, limits, shared metrics; default: built-in",
+    )
+    p.add_argument("--check", action="store_true", help="print the policy with its defaults and sha256, then exit")
     return p
+
+
+def check_policy(p: argparse.ArgumentParser, path: Path | None, show: bool) -> None:
+    """Validate --policy now (argparse's exit 2 with one line), and print it under --check (then exit 0)."""
+    from fedmemes import site_policy
+
+    try:
+        policy = site_policy.load(path) if path else site_policy.SitePolicy()
+    except site_policy.PolicyError as err:
+        p.error(str(err))
+    if show:
+        print(policy.described(path))
+        raise SystemExit(0)
 
 
 def command_from_args(args: argparse.Namespace) -> list[str]:
     """Build the SuperNode command from parsed `fedmemes client` arguments."""
-    config = node_config(args.partition_id, args.num_partitions, args.data_dir)
+    config = node_config(args.partition_id, args.num_partitions, args.data_dir, args.policy)
     return supernode_command(args.superlink, config, args.root_certificates, args.auth_key)
 
 
@@ -81,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = p.parse_known_args(argv)
     if overrides:  # the run's Hydra config comes from the server; a client has nothing to override
         p.error(f"unknown arguments {overrides}; the run's settings are chosen on the server")
+    check_policy(p, args.policy, args.check)
     try:
         cmd = command_from_args(args)
     except ValueError as err:

@@ -25,6 +25,8 @@ class ModalityAwareAvg(ReplyAverage):
     do not vote on that block; a block no client trained keeps its previous global value.
     """
 
+    client_metrics_needed = ("modality_counts",)  # the site policy share every client must allow (site_policy.py)
+
     def __init__(
         self,
         *args: Any,

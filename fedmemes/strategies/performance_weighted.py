@@ -28,6 +28,8 @@ class PerformanceWeightedAvg(ReplyAverage):
     send `val_accuracy`); accuracy on the training data would reward overfitting.
     """
 
+    client_metrics_needed = ("val_accuracy",)  # the site policy share every client must allow (site_policy.py)
+
     def __init__(self, *args: Any, alpha: float = 0.7, accuracy_key: str = "val_accuracy", **kwargs: Any) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"server.strategy.alpha must be in [0, 1], got {alpha}")

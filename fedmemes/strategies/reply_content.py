@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import SType
 
 METRICS_RECORD = "metrics"  # the MetricRecord name our ClientApp replies with (fedmemes/client_app.py)
+SITE_RECORD = "site"  # optional ConfigRecord: the site's name and its policy's sha256 (fedmemes/site_policy.py)
+SITE_NAME = re.compile(r"[\w.@:/ -]{1,64}")  # what a site name may hold: it lands in logs and metrics.json
+POLICY_HASH = re.compile(r"[0-9a-f]{64}|default")
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -46,6 +50,7 @@ class Reply:
     arrays: dict[str, np.ndarray]
     metrics: dict[str, int | float]
     extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # Reference.extra_arrays, decoded
+    site: dict[str, str] = field(default_factory=dict)  # the site's name and policy hash, checked
 
     @property
     def node(self) -> int:
@@ -131,7 +136,9 @@ def judge(msg: Message, ref: Reference) -> Reply:
     if msg.has_error():
         raise ReplyError(f"client error: {msg.error.reason}")
     content = msg.content
-    names, wanted = sorted(content.keys()), sorted({ref.arrays_key, METRICS_RECORD, *ref.extra_arrays})
+    site = _site(content[SITE_RECORD]) if SITE_RECORD in content else {}
+    names = sorted(k for k in content if k != SITE_RECORD)
+    wanted = sorted({ref.arrays_key, METRICS_RECORD, *ref.extra_arrays})
     if names != wanted:
         raise ReplyError(f"records {names}; the server expects exactly {wanted}")
     arrays, metrics = content[ref.arrays_key], content[METRICS_RECORD]
@@ -154,7 +161,19 @@ def judge(msg: Message, ref: Reference) -> Reply:
         if not 0.0 <= values[key] <= 1.0:
             raise ReplyError(f"metric '{key}' must lie in [0, 1], got {values[key]}")
     extras = {name: _tensors(content[name], ref.tensors, name) for name in ref.extra_arrays}
-    return Reply(msg, _tensors(arrays, ref.tensors, ref.arrays_key), values, extras)
+    return Reply(msg, _tensors(arrays, ref.tensors, ref.arrays_key), values, extras, site)
+
+
+def _site(record: Any) -> dict[str, str]:
+    """Check the optional site record: a short printable name and a sha256 (or "default")."""
+    if not isinstance(record, ConfigRecord) or sorted(record.keys()) != ["name", "policy_sha256"]:
+        raise ReplyError(f"'{SITE_RECORD}' must be a ConfigRecord with exactly 'name' and 'policy_sha256'")
+    name, digest = record["name"], record["policy_sha256"]
+    if not (isinstance(name, str) and SITE_NAME.fullmatch(name)):
+        raise ReplyError(f"'{SITE_RECORD}.name' must be 1-64 letters, digits or ._-@:/ and spaces")
+    if not (isinstance(digest, str) and POLICY_HASH.fullmatch(digest)):
+        raise ReplyError(f"'{SITE_RECORD}.policy_sha256' must be 64 hex digits or 'default'")
+    return {"site": name, "policy_sha256": digest}
 
 
 def _tensors(record: Any, reference: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:

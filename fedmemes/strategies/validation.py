@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,8 +32,14 @@ from fedmemes.strategies.update_bounds import (
 
 log = logging.getLogger(__name__)
 
-ReportFn = Callable[[int, dict[str, int]], None]
+ReportFn = Callable[[int, dict[str, Any]], None]  # (round, reply counts and the reasons replies were dropped)
 FactsFn = Callable[[int, dict[str, Any]], None]  # (sending node id, its checked metrics)
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Return a client-supplied text fit for one log line: control characters escaped, at most `limit` characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _as_reference_dtypes(arrays: ArrayRecord, reference: ArrayRecord | None) -> ArrayRecord:
@@ -101,19 +106,21 @@ class ReplyChecks:
         for msg in replies:
             try:
                 sound.append(judge(msg, ref))
-            except ReplyError as err:
-                reasons.append(f"node {msg.metadata.src_node_id}: {err}")
+            except ReplyError as err:  # its text may quote the client (an error reason): escaped for the log
+                reasons.append(f"node {msg.metadata.src_node_id}: {printable(str(err))}")
             except Exception as err:  # noqa: BLE001  anything a hostile payload makes a library raise is a drop, never a crash
-                reasons.append(f"node {msg.metadata.src_node_id}: unreadable reply ({type(err).__name__}: {err})")
-        if sound:  # metric keys must agree (Flower ends the run otherwise): keep the most common key set
-            common, _ = Counter(frozenset(r.metrics) for r in sound).most_common(1)[0]
-            for reply in [r for r in sound if frozenset(r.metrics) != common]:
-                sound.remove(reply)
-                keys = frozenset(reply.metrics)
-                reasons.append(
-                    f"node {reply.node}: metric keys differ from the other clients' "
-                    f"(missing {sorted(common - keys)}, extra {sorted(keys - common)})"
+                why = printable(f"{type(err).__name__}: {err}")
+                reasons.append(f"node {msg.metadata.src_node_id}: unreadable reply ({why})")
+        # Metric keys must agree (Flower ends the run otherwise). The keys a strategy weighs by are required by
+        # judge(); the rest (what each site's policy lets leave) are kept where every reply has them, so a client
+        # adding or holding back an optional key drops no one's reply.
+        common = frozenset.intersection(*(frozenset(r.metrics) for r in sound)) if sound else frozenset()
+        for reply in sound:
+            if extra := sorted(set(reply.metrics) - common):
+                log.info(
+                    "round %d: node %d's metrics %s are not in every reply: left out", server_round, reply.node, extra
                 )
+                reply.metrics = {k: v for k, v in reply.metrics.items() if k in common}
         for reason in reasons:
             log.warning("round %d: dropped reply from %s", server_round, reason)
         return sound, reasons
@@ -192,7 +199,7 @@ class ReplyChecks:
         sound.sort(key=lambda r: (float(r.metrics.get("partition_id", math.inf)), r.node))
         if self.reply_facts_fn is not None:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
-                self.reply_facts_fn(reply.node, dict(reply.metrics))
+                self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
         clipped, capped = self.bound_replies(server_round, sound) if sound else (0, 0)
         arrays, metrics = None, None
         if len(sound) >= self._minimum():
@@ -224,6 +231,7 @@ class ReplyChecks:
                     "clipped_replies": clipped,
                     "capped_weights": capped,
                     "kept_previous_model": int(kept),
+                    "dropped": reasons[:20],  # why, per node (the round line and a run that aggregated nothing say)
                 },
             )
         return arrays, metrics

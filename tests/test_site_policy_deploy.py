@@ -1,0 +1,71 @@
+"""A hostile run in a real deployment on 127.0.0.1: SuperLink + 2 SuperNodes whose site policies refuse the callables
+the server's overrides name. Nothing runs on the clients, their refusals reach the server, the run exits 4."""
+
+import json
+import os
+import time
+
+import pytest
+from deploy_helpers import kill, ports, spawn
+
+from fedmemes.deploy.processes import wait_for_port
+from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_server_naming_callables_runs_nothing_on_the_clients(tmp_path):
+    link, control = ports(2)
+    env, run_dir, marker = dict(os.environ), tmp_path / "run", tmp_path / "marker"
+    policy = tmp_path / "site.yaml"
+    policy.write_text("name: client-a\nlimits: {max_rounds: 5}\n")
+    hostile = [  # the server never builds an optimizer or a loss itself: only the clients would run these
+        "optimizer._partial_=false",
+        "optimizer._target_=builtins.open",
+        "~optimizer.weight_decay",
+        f"+optimizer.file={marker}",
+        "+optimizer.mode=w",
+        "loss._target_=pathlib.Path.touch",
+        f"+loss.self={marker}",
+    ]
+    server = spawn(
+        [
+            "server",
+            "debug=tiny",
+            "num_rounds=2",
+            *hostile,
+            f"run_dir={run_dir}",
+            f"hydra.run.dir={run_dir}",
+            f"server.address=127.0.0.1:{link}",
+            f"server.control_port={control}",
+            f"server.flwr_home={tmp_path / 'flwr'}",
+            "server.status_port=null",
+        ],
+        tmp_path / "server.log",
+        env,
+    )
+    procs = [server]
+    try:
+        wait_for_port("127.0.0.1", link, 120, server)
+        for i, flags in enumerate((["--policy", str(policy)], [])):  # one site with its own policy, one default
+            procs.append(
+                spawn(
+                    ["client", "--superlink", f"127.0.0.1:{link}", "--partition-id", str(i), "--num-partitions", "2"]
+                    + ["--flwr-home", str(tmp_path / f"n{i}-{time.monotonic_ns()}"), *flags],
+                    tmp_path / f"client{i}.log",
+                    env,
+                )
+            )
+        code = server.wait(timeout=420)
+    finally:
+        for proc in procs:
+            kill(proc)
+    log = (tmp_path / "server.log").read_text()
+    assert code == EXIT_NOTHING_AGGREGATED, log[-3000:]
+    assert not marker.exists()
+    assert "site client-a refuses optimizer._target_=builtins.open" in log  # the client's error, in the server's log
+    assert "site partition-1 refuses" in log and "no reply aggregated" in log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["kept_previous_model"] for r in metrics["rounds"] if r["round"] > 0] == [1, 1]
+    assert metrics["ended"]["code"] == EXIT_NOTHING_AGGREGATED and "refuses" in metrics["ended"]["reason"]
+    assert metrics["test"]["n"] > 0  # the files a finished run leaves are there all the same
