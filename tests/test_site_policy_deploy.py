@@ -1,12 +1,13 @@
-"""A hostile run in a real deployment on 127.0.0.1: SuperLink + 2 SuperNodes whose site policies refuse the callables
-the server's overrides name. Nothing runs on the clients, their refusals reach the server, the run exits 4."""
+"""A hostile run on 127.0.0.1, deployed (SuperLink + 2 SuperNodes) and simulated: the clients' site policies refuse the
+callables the server's overrides name. Nothing runs on the clients, their refusals reach the server, the run exits 4."""
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
-from deploy_helpers import kill, ports, spawn
+from deploy_helpers import FEDMEMES, kill, ports, spawn
 
 from fedmemes.deploy.processes import wait_for_port
 from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
@@ -65,7 +66,27 @@ def test_a_server_naming_callables_runs_nothing_on_the_clients(tmp_path):
     assert not marker.exists()
     assert "site client-a refuses optimizer._target_=builtins.open" in log  # the client's error, in the server's log
     assert "site partition-1 refuses" in log and "no reply aggregated" in log
+    assert "deprecat" not in log.lower()  # `flwr run` against the deployment warns of nothing (its warnings land here)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["kept_previous_model"] for r in metrics["rounds"] if r["round"] > 0] == [1, 1]
     assert metrics["ended"]["code"] == EXIT_NOTHING_AGGREGATED and "refuses" in metrics["ended"]["reason"]
     assert metrics["test"]["n"] > 0  # the files a finished run leaves are there all the same
+
+
+def test_the_issues_simulation_truncates_nothing_and_exits_non_zero(tmp_path):
+    # The example of issue 24: under `fedmemes simulate` this truncated the file in every client and exited 0.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("kept")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [*FEDMEMES, "simulate", "debug=tiny", "num_rounds=1", "optimizer._partial_=false"]
+        + ["optimizer._target_=builtins.open", "~optimizer.weight_decay", f"+optimizer.file={victim}"]
+        + ["+optimizer.mode=w", f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == EXIT_NOTHING_AGGREGATED, proc.stderr[-2000:]
+    assert victim.read_text() == "kept"
+    assert "no client reply was aggregated in any of 1 rounds" in proc.stderr
+    assert "refuses optimizer._target_=builtins.open" in proc.stderr

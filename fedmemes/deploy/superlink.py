@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 from fedmemes.deploy.certs import TlsFiles
 from fedmemes.deploy.processes import bin_path, flower_env, spawn, split_address, wait_for_port
 
+log = logging.getLogger(__name__)
 CONNECTION = "fedmemes"  # the connection name written to $FLWR_HOME/config.toml
 
 # The FAB only names our installed components: code, data and weights never travel in it.
@@ -132,6 +134,8 @@ class SuperLink:
             timeout=timeout_s,
             cwd=self.flwr_home,
         )
+        if "deprecat" in (said := proc.stdout + proc.stderr).lower():  # a Flower upgrade asks for a change: show it
+            log.warning("`flwr %s` warns: %s", args[0], " ".join(said.split())[:600])
         start = proc.stdout.find("{")
         try:
             reply = json.loads(proc.stdout[start:]) if start >= 0 else {}
