@@ -7,6 +7,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -106,9 +107,13 @@ def _cached(path: str, mtime_ns: int) -> SitePolicy:
     return load(Path(path))
 
 
+POLICY_ENV = "FEDMEMES_SITE_POLICY"  # the machine's own setting (e.g. for `fedmemes simulate`), never the server's
+
+
 def for_node(node_config: Mapping[str, Any]) -> tuple[SitePolicy, str]:
-    """Return this node's policy and its hash: the file its `policy` node-config names, else the default."""
-    path = str(node_config.get("policy") or "")
+    """Return this node's policy and its hash: the file its `policy` node-config (`--policy`) names, else the one in
+    $FEDMEMES_SITE_POLICY, else the default."""
+    path = str(node_config.get("policy") or os.environ.get(POLICY_ENV) or "")
     if not path:
         return SitePolicy(), "default"
     try:
@@ -156,6 +161,10 @@ def target_allowed(target: str, allowed: list[str]) -> bool:
     return False
 
 
+# Flower's own strategies cannot carry the class attribute: the groups those that read a metric need.
+FLOWER_NEEDS: dict[str, tuple[str, ...]] = {"flwr.serverapp.strategy.QFedAvg": ("train_metrics",)}
+
+
 def needed_shares(cfg: DictConfig) -> set[str]:
     """Return the share groups the configured strategy (and any it wraps) reads from every reply."""
     needed: set[str] = set()
@@ -163,7 +172,8 @@ def needed_shares(cfg: DictConfig) -> set[str]:
     while isinstance(level, DictConfig) and "_target_" in level:
         from hydra.utils import get_class  # only after target_allowed passed: importing is then safe
 
-        needed |= set(getattr(get_class(str(level["_target_"])), SitePolicy.needs_of, ()))
+        target = str(level["_target_"])
+        needed |= set(getattr(get_class(target), SitePolicy.needs_of, FLOWER_NEEDS.get(target, ())))
         level = level.get("strategy")
     return needed
 
