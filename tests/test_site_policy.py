@@ -140,3 +140,16 @@ def test_the_policy_path_travels_in_the_node_config(tmp_path):
     path = _policy(tmp_path, "name: a\n")
     config = supernode.node_config(0, 2, None, path)
     assert f'policy="{path.resolve()}"' in config
+
+
+def test_a_machine_policy_in_the_environment_applies_where_no_policy_is_given(tmp_path, monkeypatch):
+    path = _policy(tmp_path, "name: sim-site\nlimits: {max_local_epochs: 1}\n")
+    monkeypatch.setenv(site_policy.POLICY_ENV, str(path))
+    policy, digest = site_policy.for_node({"partition-id": 0})
+    assert policy.name == "sim-site" and digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "own").mkdir()
+    other = _policy(tmp_path / "own", "name: own\n")
+    assert site_policy.for_node({"policy": str(other)})[0].name == "own"  # --policy wins over the environment
+    monkeypatch.setenv(site_policy.POLICY_ENV, str(tmp_path / "gone.yaml"))
+    with pytest.raises(PolicyError, match="gone.yaml"):  # never the looser default when the named file is missing
+        site_policy.for_node({})
