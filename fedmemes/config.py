@@ -196,7 +196,7 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
         if old in spec:
             raise ValueError(f"{where}.{old} is a Flower 1.x key that Flower 1.42 dropped; {why}")
     target = get_class(spec["_target_"])
-    min_valid = int(spec.pop("min_valid_replies", 1))  # the reply checks' setting (outermost only), not the class's
+    min_valid = spec.pop("min_valid_replies", None)  # the reply checks' setting (outermost only), not the class's
     accepted, open_ended = _accepted(target)
     unknown = sorted(set(spec) - accepted - HYDRA_KEYS)
     if unknown and not open_ended:
@@ -211,7 +211,7 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
     args = instantiate(spec, _partial_=True, **extra)
     strategy: Any = with_sampling(with_reply_checks(target))(*args.args, **args.keywords)  # a class built at run time
     strategy.reply_report_fn = hooks.get("reply_report_fn")
-    strategy.min_valid_replies = min_valid
+    strategy.min_valid_replies = None if min_valid is None else int(min_valid)
     return strategy
 
 

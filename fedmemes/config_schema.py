@@ -10,6 +10,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from fedmemes.strategies.update_bounds import parse_weight
+
 # config.yaml lists this node first in its defaults: the YAML keeps every default value and comment (fields
 # here are MISSING, so there is one place for a default), the dataclasses give the types, so Hydra rejects
 # `lr=abc` while it composes (and in `--cfg job`).
@@ -42,7 +44,7 @@ class ServerSchema:
     trial_rounds: int = MISSING
     token_file: str | None = MISSING
     max_update_norm: Any = MISSING  # K*median, a number or null: UpdateBounds.parse reads it
-    max_client_weight: float | None = MISSING
+    max_client_weight: Any = MISSING  # K/n, a share or null: UpdateBounds.parse reads it
 
 
 @dataclass
@@ -150,6 +152,14 @@ def _norm_bound(v: Any) -> bool:
     return v is None or (_number(v) and 0 < v < float("inf")) or (relative is not None and float(relative.group(1)) > 0)
 
 
+def _weight_cap(v: Any) -> bool:
+    try:
+        parse_weight(v)
+    except ValueError:
+        return False
+    return True
+
+
 def allowed_for(key: str) -> str | None:
     """Return what `key` accepts in words, or None when no rule names it."""
     return next((allowed for k, _, allowed in _rules(DictConfig({})) if k == key), None)
@@ -193,7 +203,7 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
             'null or a mapping of names to override strings, e.g. {frozen: "lr=1e-3", finetune: "lr=1e-4"}',
         ),
         ("server.max_update_norm", _norm_bound, "null, K*median (e.g. 3*median), a number > 0 or a list of both"),
-        ("server.max_client_weight", lambda v: v is None or (_number(v) and 0 < v <= 1), "null or a share in (0, 1]"),
+        ("server.max_client_weight", _weight_cap, "null, K/n with K >= 1 (e.g. 2/n) or a share in (0, 1]"),
         ("simulation.client_cpus", *_positive()),
         ("simulation.client_gpus", lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.5"),
         ("simulation.status_linger_s", lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),

@@ -87,7 +87,8 @@ BAD = [
     ),
     (
         "server.max_client_weight=1.5",
-        "server.max_client_weight=1.5 is not allowed: server.max_client_weight must be null or a share in (0, 1]",
+        "server.max_client_weight=1.5 is not allowed: server.max_client_weight must be null, K/n with K >= 1 "
+        "(e.g. 2/n) or a share in (0, 1]",
     ),
     (
         "simulation.client_cpus=0",

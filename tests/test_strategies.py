@@ -10,6 +10,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 from fedmemes.config import build_strategy, load_config
 from fedmemes.strategies import ModalityAwareAvg, PerformanceWeightedAvg, with_reply_checks
 from fedmemes.strategies.performance_weighted import performance_weights
+from fedmemes.strategies.update_bounds import UpdateBounds
 from fedmemes.testing import StaticGrid, reply_from
 
 GLOBAL = {"t.w": np.zeros(2, np.float32), "i.w": np.zeros(2, np.float32), "h.w": np.zeros(2, np.float32)}
@@ -189,7 +190,8 @@ def test_checks_work_for_other_strategies(cls):
 
 
 def test_checks_sit_in_front_of_central_dp():
-    strategy = build_strategy(load_config("strategy=dp_fixed server.strategy.noise_multiplier=0.0"))
+    overrides = "strategy=dp_fixed server.strategy.noise_multiplier=0.0 server.strategy.min_valid_replies=1"
+    strategy = build_strategy(load_config(overrides))
     configured(strategy)
     arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0), BAD_REPLIES["non-finite"]()])
     assert np.isfinite(np.concatenate([v.ravel() for v in _np(arrays).values()])).all()
@@ -231,8 +233,9 @@ def test_dp_wraps_the_chosen_inner_strategy():
 
 def test_modality_counts_are_capped_like_num_examples():
     strategy, reports = _checked(ModalityAwareAvg, branches=BRANCHES)
+    strategy.update_bounds = UpdateBounds.parse(max_client_weight=0.5)  # a fixed share: with two clients, equal says
     arrays, _ = strategy.aggregate_train(1, [reply(1, 1.0), reply(2, 2.0, n_text=10**6)])
-    np.testing.assert_allclose(_np(arrays)["t.w"], [1.5, 1.5])  # two clients: the text block is an equal say, not 2.0
+    np.testing.assert_allclose(_np(arrays)["t.w"], [1.5, 1.5])  # the text block is an equal say, not 2.0
     assert reports[1]["capped_weights"] == 1 and reports[1]["clipped_replies"] == 0
 
 

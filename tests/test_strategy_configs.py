@@ -19,7 +19,7 @@ SHARED: dict[str, Any] = {
     "min_train_nodes": 3,
     "min_evaluate_nodes": 3,
     "min_available_nodes": 3,
-    "min_valid_replies": 1,
+    "min_valid_replies": None,
 }
 FEDAVG = {"_target_": FLWR + "FedAvg", **SHARED}
 ADAM = {"eta": 0.01, "eta_l": 0.001, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.001}
@@ -56,7 +56,7 @@ WRAPPERS: dict[str, dict[str, Any]] = {
         "initial_clipping_norm": 5.0,
         "target_clipped_quantile": 0.5,
         "clip_norm_lr": 0.2,
-        "min_valid_replies": 1,
+        "min_valid_replies": None,
         "strategy": FEDAVG,
     },
     "dp_fixed": {
@@ -64,7 +64,7 @@ WRAPPERS: dict[str, dict[str, Any]] = {
         "noise_multiplier": 0.1,
         "clipping_norm": 5.0,
         "num_sampled_clients": 3,
-        "min_valid_replies": 1,
+        "min_valid_replies": None,
         "strategy": FEDAVG,
     },
 }

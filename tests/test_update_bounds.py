@@ -50,7 +50,17 @@ def test_bad_norm_rule_names_the_key(bad):
 
 def test_config_keys_reach_the_strategy():
     strategy = build_strategy(load_config("server.max_update_norm=5*median server.max_client_weight=null"))
-    assert strategy.update_bounds == UpdateBounds(5.0, None, None)
-    assert build_strategy(load_config("")).update_bounds == UpdateBounds(3.0, None, 0.5)
+    assert strategy.update_bounds == UpdateBounds(5.0, None, None, None)
+    assert build_strategy(load_config("")).update_bounds == UpdateBounds(3.0, None, None, 2.0)  # 2/n
+    fixed = build_strategy(load_config("server.max_client_weight=0.5")).update_bounds
+    assert fixed == UpdateBounds(3.0, None, 0.5, None)
     with pytest.raises(ValueError, match="server.max_client_weight"):
         build_strategy(load_config("server.max_client_weight=1.5"))
+
+
+@pytest.mark.parametrize(("replies", "cap"), [(1, 1.0), (2, 1.0), (3, 2 / 3), (4, 0.5), (10, 0.2)])
+def test_the_default_cap_is_two_equal_shares_of_the_round(replies, cap):
+    bounds = UpdateBounds.parse()
+    assert bounds.weight_cap(replies) == pytest.approx(cap)
+    sizes = [1315, 484]  # make demo's two honest clients: no cap, FedAvg's size weights
+    assert capped_counts(sizes, bounds.weight_cap(2)) == sizes

@@ -21,6 +21,9 @@ METRICS_RECORD = "metrics"  # the MetricRecord name our ClientApp replies with (
 SITE_RECORD = "site"  # optional ConfigRecord: the site's name and its policy's sha256 (fedmemes/site_policy.py)
 SITE_NAME = re.compile(r"[\w.@:/ -]{1,64}")  # what a site name may hold: it lands in logs and metrics.json
 POLICY_HASH = re.compile(r"[0-9a-f]{64}|default")
+EVALUATE_METRICS = ("auroc", "accuracy", "f1_macro", "loss")  # what our ClientApp's evaluate sends (client_app.py)
+MAX_COUNT = 10**9  # no client holds a billion memes; larger counts would overflow the weight arithmetic (1e308)
+MAX_METRIC = 1e12  # every other metric's magnitude: losses, accuracies and counts all lie far below
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -120,15 +123,34 @@ def _number(key: str, value: Any) -> int | float:
         raise ReplyError(f"metric '{key}' must be a single number, got {type(value).__name__} {str(value)[:40]}")
     if not math.isfinite(value):
         raise ReplyError(f"metric '{key}' is not finite ({value})")
+    if abs(value) > MAX_METRIC:
+        raise ReplyError(f"metric '{key}' is out of range (|{value:.3g}| > {MAX_METRIC:g})")
     return value
 
 
 def _integer(key: str, value: int | float, minimum: int) -> int:
     if isinstance(value, float) and not value.is_integer():
         raise ReplyError(f"metric '{key}' must be an integer, got {value}")
-    if value < minimum:
-        raise ReplyError(f"metric '{key}' must be an integer >= {minimum}, got {value}")
+    if not minimum <= value <= MAX_COUNT:
+        raise ReplyError(f"metric '{key}' must be an integer in [{minimum}, {MAX_COUNT}], got {value:.6g}")
     return int(value)
+
+
+def judge_metrics(msg: Message, weight_key: str) -> tuple[dict[str, int | float], list[str]]:
+    """Return an evaluate reply's checked metrics (exactly EVALUATE_METRICS and a count `weight_key` in
+    [1, MAX_COUNT], scalar, finite, bounded) and the extra keys left out; raise ReplyError naming what is wrong."""
+    if msg.has_error():
+        raise ReplyError(f"client error: {msg.error.reason}")
+    names = sorted(k for k in msg.content if k != SITE_RECORD)
+    if names != [METRICS_RECORD] or not isinstance(msg.content[METRICS_RECORD], MetricRecord):
+        raise ReplyError(f"records {names}; the server expects exactly one MetricRecord '{METRICS_RECORD}'")
+    record = msg.content[METRICS_RECORD]
+    wanted = (weight_key, *EVALUATE_METRICS)
+    if missing := [k for k in wanted if k not in record]:
+        raise ReplyError(f"metrics {missing} are missing")
+    values = {key: _number(key, record[key]) for key in wanted}
+    values[weight_key] = _integer(weight_key, values[weight_key], 1)  # 0 would divide by zero in the average
+    return values, sorted(set(record) - set(wanted))
 
 
 def judge(msg: Message, ref: Reference) -> Reply:

@@ -8,11 +8,15 @@ Rules (set under `server:` in conf/config.yaml):
   raise its own bound); a plain number is a fixed bound; both are allowed together as
   `[3*median, 10.0]` (the smaller wins); null switches clipping off. An update above the bound
   is scaled down onto it (`clipped_replies`); a median of 0 sets no relative bound that round.
-- `server.max_client_weight`: no reply may carry more than this share (default 0.5) of the
-  round's total claimed `num-examples` (and of each count a strategy weighs by, e.g.
-  modality_aware's `n_text`). Larger claims are cut down to the level where they hold exactly
-  the cap (water-filling, rounded down), before the strategy aggregates (`capped_weights`).
-  With n replies the cap is at least 1/n (n clients cannot all be under 1/n); null switches it off.
+- `server.max_client_weight`: no reply may carry more than this share of the round's total
+  claimed `num-examples` (and of each count a strategy weighs by, e.g. modality_aware's
+  `n_text`). `K/n` (default `2/n`) scales with the n replies of the round: at most K equal
+  shares, so 2 honest clients keep FedAvg's size weights whatever their sizes, while one
+  over-claimer among 10 holds at most 20% (and its update, clipped to 3x the median norm, at
+  most 0.6 of the 0.8 the other nine pull with). A plain number is a fixed share in (0, 1].
+  Larger claims are cut down to the level where they hold exactly the cap (water-filling,
+  rounded down), before the strategy aggregates (`capped_weights`). With n replies the cap is at
+  least 1/n (n clients cannot all be under 1/n); null switches it off.
 """
 
 from __future__ import annotations
@@ -26,8 +30,24 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MAX_UPDATE_NORM = "3*median"
-DEFAULT_MAX_CLIENT_WEIGHT = 0.5
+DEFAULT_MAX_CLIENT_WEIGHT = "2/n"
 _RELATIVE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*\*\s*median\s*")
+_PER_REPLY = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*/\s*n\s*")
+
+
+def parse_weight(value: Any) -> tuple[float | None, float | None]:
+    """Read `server.max_client_weight` into (fixed share, K of K/n); raise ValueError naming the allowed forms."""
+    if value is None:
+        return None, None
+    match = _PER_REPLY.fullmatch(value) if isinstance(value, str) else None
+    if match and float(match.group(1)) >= 1:
+        return None, float(match.group(1))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value), None
+    raise ValueError(
+        f"server.max_client_weight: {value!r} is not a cap; use 'K/n' with K >= 1 (e.g. '2/n': at most twice an "
+        "equal share of the round), a share in (0, 1], or null (no cap)"
+    )
 
 
 @dataclass(frozen=True)
@@ -36,7 +56,8 @@ class UpdateBounds:
 
     median_factor: float | None = 3.0  # K of K*median; None: no relative bound
     norm_limit: float | None = None  # fixed L2 bound; None: none
-    max_client_weight: float | None = DEFAULT_MAX_CLIENT_WEIGHT
+    max_client_weight: float | None = None  # a fixed share of the round
+    weight_per_reply: float | None = 2.0  # K of K/n
 
     @classmethod
     def parse(
@@ -58,12 +79,17 @@ class UpdateBounds:
                     f"server.max_update_norm: {rule!r} is not a bound; use 'K*median' (e.g. '3*median'), "
                     "a positive number (a fixed L2 bound), a list of both, or null (no clipping)"
                 )
-        weight = max_client_weight
-        if weight is not None and (
-            isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1
-        ):
-            raise ValueError(f"server.max_client_weight must be a share in (0, 1] or null (no cap), got {weight!r}")
-        return cls(factor, limit, None if weight is None else float(weight))
+        return cls(factor, limit, *parse_weight(max_client_weight))
+
+    def weight_cap(self, replies: int) -> float | None:
+        """Return the largest share of a round of `replies` replies one claim may hold (None: no cap)."""
+        if self.weight_per_reply is not None:
+            return min(1.0, self.weight_per_reply / max(1, replies))
+        return self.max_client_weight
+
+    def describe_weight(self) -> str:
+        """Return the weight rule as configured, for log lines."""
+        return f"{self.weight_per_reply:g}/n" if self.weight_per_reply is not None else f"{self.max_client_weight}"
 
     def describe(self) -> str:
         """Return the norm rule in words for log lines."""

@@ -19,6 +19,7 @@ from fedmemes.strategies.reply_content import (
     Reply,
     ReplyError,
     judge,
+    judge_metrics,
     reference_of,
 )
 from fedmemes.strategies.strategy_utils import innermost, with_mixin
@@ -64,22 +65,26 @@ class ReplyChecks:
     before the strategy's own checks. Use `with_reply_checks`.
     """
 
-    min_valid_replies: int = 1  # fewer sound replies than this: the round keeps the previous model
+    min_valid_replies: int | None = None  # fewer sound replies: keep the previous model; None: 2 when 2+ were sampled
     reply_report_fn: ReportFn | None = None  # told (round, counts) after every aggregation
     reply_facts_fn: FactsFn | None = None  # told (node id, metrics) of every sound reply: facts keyed by the sender
     update_bounds: UpdateBounds = UpdateBounds()
     _reply_reference: ArrayRecord | None = None
     _judge_reference: Reference | None = None
+    _sampled: int = 0  # train messages sent this round
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Remember the global model (the reference replies are checked against), then configure."""
         self._reply_reference, self._judge_reference = arrays, None
-        messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._sampled = len(messages)
         return messages
 
     def _minimum(self) -> int:
+        if self.min_valid_replies is None:  # one client alone never makes the model while others were asked
+            return min(2, max(1, self._sampled))
         return max(1, int(self.min_valid_replies))
 
     def _reference(self) -> Reference:
@@ -112,8 +117,8 @@ class ReplyChecks:
                 why = printable(f"{type(err).__name__}: {err}")
                 reasons.append(f"node {msg.metadata.src_node_id}: unreadable reply ({why})")
         # Metric keys must agree (Flower ends the run otherwise). The keys a strategy weighs by are required by
-        # judge(); the rest (what each site's policy lets leave) are kept where every reply has them, so a client
-        # adding or holding back an optional key drops no one's reply.
+        # judge(); an optional key a client adds or holds back (its site policy) drops no one's reply: only keys every
+        # reply has are kept. No vote over key sets is taken, which a tie would hand to the first to answer.
         common = frozenset.intersection(*(frozenset(r.metrics) for r in sound)) if sound else frozenset()
         for reply in sound:
             if extra := sorted(set(reply.metrics) - common):
@@ -124,6 +129,29 @@ class ReplyChecks:
         for reason in reasons:
             log.warning("round %d: dropped reply from %s", server_round, reason)
         return sound, reasons
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Average the evaluate replies whose metrics are sound (the keys our ClientApp sends, scalar, finite,
+        bounded, a count >= 1); drop the rest with their reason, so no reply can end the run."""
+        key = str(getattr(innermost(self), "weighted_by_key", "num-examples"))
+        sound: list[tuple[Message, dict[str, int | float]]] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            try:
+                metrics, extra = judge_metrics(msg, key)
+            except Exception as err:  # noqa: BLE001  a drop, never a crash
+                log.warning(
+                    "round %d: dropped evaluate reply from node %d: %s", server_round, node, printable(str(err))
+                )
+                continue
+            if extra:
+                log.info("round %d: node %d's evaluate metrics %s left out", server_round, node, printable(str(extra)))
+            sound.append((msg, metrics))
+        rebuilt = [
+            Message(content=RecordDict({METRICS_RECORD: MetricRecord(metrics)}), metadata=msg.metadata)  # type: ignore[call-overload,arg-type]  # see _rebuilt
+            for msg, metrics in sound
+        ]
+        return super().aggregate_evaluate(server_round, rebuilt) if rebuilt else None  # type: ignore[misc]
 
     def bound_replies(self, server_round: int, sound: list[Reply]) -> tuple[int, int]:
         """Clip outsized updates and cap over-claimed counts in place; return (clipped, capped) reply counts."""
@@ -159,9 +187,10 @@ class ReplyChecks:
                         extra_bound,
                     )
         capped: set[int] = set()
+        cap = bounds.weight_cap(len(sound))
         for key in (ref.weight_key, *ref.count_keys):
             claimed = [int(r.metrics[key]) for r in sound]
-            for i, (reply, new) in enumerate(zip(sound, capped_counts(claimed, bounds.max_client_weight), strict=True)):
+            for i, (reply, new) in enumerate(zip(sound, capped_counts(claimed, cap), strict=True)):
                 if new != claimed[i]:
                     log.warning(
                         "round %d: node %d claims %s=%d, %.0f%% of the round; counted as %d "
@@ -172,7 +201,7 @@ class ReplyChecks:
                         claimed[i],
                         100 * claimed[i] / sum(claimed),
                         new,
-                        bounds.max_client_weight,
+                        bounds.describe_weight(),
                     )
                     reply.metrics[key] = new
                     capped.add(i)
