@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from fedmemes.image_urls import UrlPolicy
 from fedmemes.predict import load_run
 from fedmemes.predict_inputs import read_jsonl
-from fedmemes.image_urls import UrlPolicy
 from fedmemes.serve import Limits, create_app, main
 
 TOKEN = "s3cret-token"

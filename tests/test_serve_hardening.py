@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -43,10 +42,11 @@ def _png() -> bytes:
 
 
 @contextmanager
-def serving(app: object, slow: SlowClientLimits = SlowClientLimits()) -> Iterator[int]:
+def serving(app: object, slow: SlowClientLimits | None = None) -> Iterator[int]:
     """Run `app` under a real uvicorn (the service's own slow-client settings) in a thread; yield its port."""
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **slow.uvicorn_kwargs()))
+    kwargs = (slow or SlowClientLimits()).uvicorn_kwargs()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **kwargs))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
