@@ -42,9 +42,9 @@ def is_public(host: str, ip: IPAddress) -> bool:
     """Return whether `ip` may be connected to: none of the ranges that reach the server's own networks."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-    return not (
-        ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
-    )
+    blocked = ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
+    # not is_global also covers shared address space (100.64.0.0/10) and other special-purpose ranges.
+    return not (blocked or ip.is_unspecified or not ip.is_global)
 
 
 @dataclass(frozen=True)
