@@ -12,7 +12,7 @@ from typing import Any, cast
 from omegaconf import DictConfig
 
 from fedmemes.data.images import DEFAULT_MAX_PIXELS
-from fedmemes.data.local_dir import ON_ERROR, LocalDirSource, check_row, repeated_id
+from fedmemes.data.local_dir import MAX_JSON_DEPTH, ON_ERROR, LocalDirSource, check_row, repeated_id, too_deep
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
 
 
@@ -26,16 +26,28 @@ class Inputs:
     split: list[str]
 
 
+_TOO_DEEP = (
+    f"nested deeper than {MAX_JSON_DEPTH} levels or a number too long; "
+    'write one flat {"id", "img", "label", "text"} object per line'
+)
+
+
 def parse_line(raw: bytes, n: int, path: Path) -> tuple[object, DataIssue | None]:
     """Decode one jsonl line as training does (fedmemes/data/local_dir.py), one bad byte costing one row."""
     try:
-        return json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")), None
+        row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n"))
     except UnicodeDecodeError as e:
         return None, DataIssue(
             str(path), n, "bad_json", f"not UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8"
         )
     except json.JSONDecodeError as e:
         return None, DataIssue(str(path), n, "bad_json", f"{e.msg} (column {e.colno}); fix or delete the line")
+    except (RecursionError, ValueError):
+        # Nesting deeper than the interpreter's stack, or a 5,000-digit number: one bad row, never a crash (or a 500).
+        return None, DataIssue(str(path), n, "bad_json", _TOO_DEEP)
+    if too_deep(row):
+        return None, DataIssue(str(path), n, "bad_json", _TOO_DEEP)
+    return row, None
 
 
 def check_rows(

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from fedmemes.image_urls import UrlPolicy
 from fedmemes.predict import load_run
 from fedmemes.predict_inputs import read_jsonl
 from fedmemes.serve import Limits, create_app, main
@@ -79,11 +80,11 @@ def test_predict_refuses_bad_inputs(run):
     assert client.post("/predict", files=ok).status_code == 422  # no text
     assert client.post("/predict", data={"text": "hello"}).status_code == 422  # no image
     bad = client.post("/predict", data={"text": "hello"}, files={"image": ("a.png", b"\x89PNG not really")})
-    assert bad.status_code == 422 and "cannot decode" in bad.json()["detail"]
+    assert bad.status_code == 415 and "PNG, JPEG" in bad.json()["detail"]  # no allowed parser identifies it
     truncated = client.post("/predict", data={"text": "hello"}, files={"image": ("a.png", _png()[:60])})
     assert truncated.status_code == 422
     tiff = client.post("/predict", data={"text": "hello"}, files={"image": ("a.tif", _png(fmt="TIFF"))})
-    assert tiff.status_code == 415 and "TIFF" in tiff.json()["detail"]
+    assert tiff.status_code == 415 and "not a PNG, JPEG, GIF, WEBP, BMP image" in tiff.json()["detail"]
     big = client.post("/predict", data={"text": "hello"}, files={"image": ("a.png", _png((60, 60)))})
     assert big.status_code == 413 and "decompression-bomb" in big.json()["detail"]
     long_text = client.post("/predict", data={"text": "x" * 31}, files=ok)
@@ -105,9 +106,9 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
     (root / "img" / "escape.png").symlink_to(outside)
     fetched: list[str] = []
 
-    def fake_fetch(url: str, dest: Path, limits: Limits) -> None:  # no network in tests
+    def fake_fetch(url: str, policy: UrlPolicy) -> bytes:  # no network in tests
         fetched.append(url)
-        dest.write_bytes((data / rows[2]["img"]).read_bytes())
+        return (data / rows[2]["img"]).read_bytes()
 
     lines = [
         json.dumps(rows[0]),
@@ -127,11 +128,11 @@ def test_batch_scores_good_lines_and_reports_bad_ones(run, data, expected, tmp_p
     assert sorted(errors) == [2, 3, 4, 5, 6, 7]
     assert errors[2]["kind"] == "bad_json" and "outside the image root" in errors[3]["detail"]
     assert "outside the image root" in errors[4]["detail"] and "outside the image root" in errors[5]["detail"]
-    assert "--allow-urls" in errors[6]["detail"] and "key 'img' is missing" in errors[7]["detail"]
-    assert fetched == []  # never fetched without --allow-urls
+    assert "--allow-url" in errors[6]["detail"] and "key 'img' is missing" in errors[7]["detail"]
+    assert fetched == []  # never fetched without --allow-url
 
     opened = (
-        TestClient(create_app(run, image_root=root, allow_urls=True, fetch=fake_fetch))
+        TestClient(create_app(run, image_root=root, urls=UrlPolicy(frozenset({"example.com"})), fetch=fake_fetch))
         .post("/predict/batch", content=body)
         .json()
     )

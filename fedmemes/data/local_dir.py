@@ -37,7 +37,7 @@ IMAGE_KINDS = frozenset({"bad_img", "missing_image", "unreadable_image", "image_
 MAX_JSON_DEPTH = 32  # a meme row is a flat object; deeper nesting is hostile or broken
 
 
-def _too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+def too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
     """Return True if `value` nests lists/dicts deeper than `limit` (iterative: no recursion to exhaust)."""
     stack = [(value, 1)]
     while stack:
@@ -235,7 +235,7 @@ class LocalDirSource:
                     detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
                     issues.append(DataIssue(str(path), n, "bad_json", f"{detail}; fix or delete the line"))
                     continue
-                if _too_deep(row):
+                if too_deep(row):
                     issues.append(
                         DataIssue(
                             str(path),

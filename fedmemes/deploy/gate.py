@@ -19,6 +19,7 @@ from typing import Any
 
 from fedmemes.deploy.exposure import is_loopback
 from fedmemes.deploy.processes import split_address
+from fedmemes.deploy.slow_clients import SlowClientLimits
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             log_config=get_uvicorn_log_config(console_handler.level),
             ssl_keyfile=config.ssl_keyfile,
             ssl_certfile=config.ssl_certfile,
+            # SuperNodes are few and keep one connection each; slow or idle strangers are cut off.
+            **SlowClientLimits(max_connections=1024).uvicorn_kwargs(),
         )
     )
     server.run(sockets=[_listen(config.host, config.port), _listen(public_host, public_port)])

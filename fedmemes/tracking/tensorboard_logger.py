@@ -39,7 +39,7 @@ class TensorBoardLogger(Tracker):
         self.writer.add_text("artifacts", "\n".join(f"- {p}" for p in paths), 0)
         for path in paths:
             if path.suffix == ".png":
-                image = np.asarray(Image.open(path).convert("RGB"))
+                image = np.asarray(Image.open(path, formats=["PNG"]).convert("RGB"))
                 self.writer.add_image(f"report/{path.stem}", image, 0, dataformats="HWC")
 
     def close(self) -> None:
