@@ -66,7 +66,7 @@ def _target_ok(target: Any, where: str) -> bool:
 def problems(node: Any, where: str = "") -> Iterator[str]:
     """Yield what in a run's config (plain dicts and lists, not resolved) could run code; nothing is built."""
     if isinstance(node, dict):
-        for key, value in node.items():
+        for key, value in sorted(node.items(), key=lambda item: item[0] != "_target_"):  # the target is named first
             here = f"{where}.{key}" if where else str(key)
             if key == "_target_":
                 if not _target_ok(value, where):
