@@ -7,7 +7,6 @@ run code when it is loaded. NumPy arrays in a strategy's state travel as tensors
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmemes import private_files
 from fedmemes.models.old_targets import current_target
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -87,22 +87,21 @@ def _restored(value: Any) -> Any:
 def save(run_dir: Path, ckpt: Checkpoint) -> Path:
     """Write `<run_dir>/checkpoint.pt` atomically (a crash mid-write leaves the previous one intact)."""
     path = Path(run_dir) / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        _plain(
-            {
-                "server_round": ckpt.server_round,
-                "arrays": ckpt.arrays,
-                "history": ckpt.history,
-                "best_state": ckpt.best_state,
-                "strategy": ckpt.strategy,
-                "setup": ckpt.setup,
-            },
-            "checkpoint",
-        ),
-        tmp,
-    )
-    os.replace(tmp, path)
+    with private_files.private_open(path, "wb") as f:  # 0600 from the first byte, like every run file
+        torch.save(
+            _plain(
+                {
+                    "server_round": ckpt.server_round,
+                    "arrays": ckpt.arrays,
+                    "history": ckpt.history,
+                    "best_state": ckpt.best_state,
+                    "strategy": ckpt.strategy,
+                    "setup": ckpt.setup,
+                },
+                "checkpoint",
+            ),
+            f,
+        )
     return path
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+from fedmemes import private_files
 
 METRICS_FILE = "metrics.json"
 
@@ -100,17 +101,10 @@ class RunHistory:
     def write(self) -> Path:
         """Write metrics.json atomically and return its path."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / METRICS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return private_files.write_text(self.run_dir / METRICS_FILE, json.dumps(self.as_dict(), indent=2))
 
     def save_model(self, name: str, state: dict[str, torch.Tensor]) -> Path:
         """Save a state dict as `<run_dir>/<name>.safetensors` atomically (a crash mid-write keeps the previous
         file)."""
-        path = self.run_dir / f"{name}.safetensors"
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-        return path
+        data = save({k: v.contiguous() for k, v in state.items()})  # bytes: written 0600 like every run file
+        return private_files.write_bytes(self.run_dir / f"{name}.safetensors", data)

@@ -14,16 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file
 
-from fedmemes import engine
+from fedmemes import engine, run_config
 from fedmemes.config import build_model
 from fedmemes.data.features import build_tensors
 from fedmemes.data.local_dir import ON_ERROR
 from fedmemes.data.meme import DataIssue, Meme
 from fedmemes.history import METRICS_FILE
-from fedmemes.models.old_targets import upgrade_targets
 from fedmemes.predict_inputs import Inputs, read_input, run_split, single
 
 MODELS = ("best", "final")
@@ -84,9 +83,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> R
             f"{weights} not found: the run did not finish (`fedmemes runs` shows its status; "
             f"resume it with `fedmemes simulate resume={run_dir}`)"
         )
-    cfg = OmegaConf.create(upgrade_targets(OmegaConf.to_container(OmegaConf.load(config))))  # runs saved before a move
-    if not isinstance(cfg, DictConfig):
-        raise ValueError(f"{config}: not a run's config (a YAML mapping); was the file replaced?")
+    cfg = run_config.load(run_dir)  # a run folder is data: RunConfigError names a key that could run code
     torch.manual_seed(int(cfg.random_seed))  # the constructor draws weights; every trainable one is then overwritten
     model = build_model(cfg)
     model.load_state_dict(load_file(weights))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from fedmemes import private_files
 
 RECIPES_FILE = "recipes.json"
 
@@ -35,10 +36,7 @@ def load(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _write(run_dir: Path, record: dict[str, Any]) -> None:
-    path = run_dir / RECIPES_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    private_files.write_text(run_dir / RECIPES_FILE, json.dumps(record, indent=2))
 
 
 def choose(

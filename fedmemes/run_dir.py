@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedmemes import checkpoint
+from fedmemes import checkpoint, run_config
 from fedmemes.history import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def check_fresh(run_dir: Path, resume: Any = None, overwrite: bool = False) -> N
 
 def check_resume(run_dir: Path, cfg: Any) -> None:
     """Fail before any client trains if resume=RUN_DIR has no checkpoint or one made with another model or strategy."""
+    if (Path(run_dir) / run_config.CONFIG_FILE).is_file():  # a run folder is data: refuse one that names code
+        run_config.read(run_dir)
     ckpt = checkpoint.load(run_dir)  # FileNotFoundError / ValueError name the fix
     # tensor shapes are checked by the ServerApp, which builds the model
     checkpoint.check_fits(ckpt, cfg, None, run_dir)

@@ -8,7 +8,9 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
@@ -21,6 +23,43 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning, same behaviour
     os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+
+
+class PrivateHydraFiles(Callback):
+    """Create the run folder, .hydra/*.yaml and the log owner-only (0700/0600): Hydra writes them with plain open()
+    before the job starts, so only the umask reaches them. The job itself runs with the caller's umask (fedmemes'
+    own run files are 0600 through fedmemes.private_files; the feature cache keeps the usual mode)."""
+
+    def __init__(self) -> None:
+        self.umask: int | None = None
+
+    def _tighten(self) -> None:
+        old = os.umask(0o077)
+        os.umask(old | 0o077)  # never looser than the caller's own umask
+        self.umask = old if self.umask is None else self.umask
+
+    def _restore(self) -> None:
+        if self.umask is not None:
+            os.umask(self.umask)
+            self.umask = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._tighten()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._tighten()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._restore()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self._tighten()  # the next job of a sweep writes its .hydra/ files before its on_job_start
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._restore()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._restore()
 
 
 def job_overrides(run_dir: Path) -> str:

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine, recipe_search
+from fedmemes import checkpoint, engine, private_files, recipe_search, run_config
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of
 from fedmemes.server_run import EarlyStop, ServerRun
@@ -71,6 +71,12 @@ def _choose_recipe(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -
         return None
     earlier = recipe_search.load(run_dir)  # a resumed run keeps the recipe it chose
     if earlier is not None:
+        # a run folder is data: the overrides composed here come from this command's server.recipes, never the file
+        if candidates.get(str(earlier["chosen"])) != earlier.get("overrides"):
+            raise run_config.RunConfigError(
+                f"{run_dir / recipe_search.RECIPES_FILE}: chosen={earlier['chosen']} with overrides "
+                f"{earlier.get('overrides')!r} is not one of this run's server.recipes; {run_config.RULE}"
+            )
         return earlier
     for name, recipe in candidates.items():  # a recipe that does not compose stops the run before any trial
         try:
@@ -108,13 +114,16 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = run_dir_of(cfg)
     # never overwrite an earlier run's results
     run_dirs.check_fresh(run_dir, cfg.resume, bool(cfg.get("overwrite", False)))
+    if cfg.resume and (run_dir / run_config.CONFIG_FILE).is_file():
+        run_config.read(run_dir)  # a run folder is data: refuse one whose config.yaml names code, before any build
     run_dir.mkdir(parents=True, exist_ok=True)
     recipes = _choose_recipe(grid, cfg, overrides, run_dir)
     recipe = recipes["overrides"] if recipes else ""
     if recipe:
         overrides = f"{overrides} {recipe}"
         cfg = load_config(overrides)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # the chosen recipe's: predict rebuilds this model
+    # the chosen recipe's, resolved: predict rebuilds this model (run_config checks it first)
+    private_files.write_text(run_dir / run_config.CONFIG_FILE, OmegaConf.to_yaml(cfg))
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)
     run = _build(cfg, overrides, run_dir)
     run.history.recipes = recipes

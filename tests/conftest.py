@@ -89,7 +89,7 @@ def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> P
     """Return a finished run directory on tiny_data made through the server's own code, without Flower's loop."""
     from flwr.app import ArrayRecord
 
-    from fedmemes import engine
+    from fedmemes import engine, private_files
     from fedmemes.node_datasets import _tensors, holdout
     from fedmemes.server_run import ServerRun
 
@@ -98,7 +98,7 @@ def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> P
     try:
         cfg = load_config(tiny_data.overrides)
         run_dir = tmp_path_factory.mktemp("tiny-run")
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))  # as server_app.main writes it
+        private_files.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # as server_app.main writes it
         run = ServerRun(cfg, tiny_data.overrides, run_dir)
         torch.manual_seed(0)
         pool = _tensors(cfg, holdout(cfg).pool)

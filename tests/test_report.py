@@ -52,7 +52,7 @@ def _fake_run(path, lr, aurocs, dropped, seed):
                 "run_dir": str(path),
                 "cache_dir": cache,
                 "dataset": {"root": f"{cache}/data"},
-                "model": {"_target_": "fedmemes.models.EarlyFusion"},
+                "model": {"_target_": "fedmemes.models.early_fusion.EarlyFusion"},
             }
         )
     )

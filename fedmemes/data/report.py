@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from fedmemes import private_files
 from fedmemes.data.meme import Meme
 from fedmemes.data.skew import SkewFacts
 
@@ -89,7 +89,8 @@ def plot_label_counts(facts: list[dict[str, Any]], path: Path) -> Path:
     ax.legend(frameon=False, ncol=2, loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with private_files.private_open(path, "wb") as f:  # 0600 like every file of a run folder
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -98,9 +99,7 @@ def write_report(facts: list[dict[str, Any]], out_dir: Path, issues: dict[str, i
     """Write `clients.json` and `clients.png` into out_dir; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / CLIENTS_JSON
-    tmp = json_path.with_name(f".{json_path.name}.tmp")  # atomic: a crash mid-write keeps the previous file
-    tmp.write_text(json.dumps({"clients": facts, "data_issues": issues or {}}, indent=2))
-    os.replace(tmp, json_path)
+    private_files.write_text(json_path, json.dumps({"clients": facts, "data_issues": issues or {}}, indent=2))
     return json_path, plot_label_counts(facts, out_dir / CLIENTS_PNG)
 
 

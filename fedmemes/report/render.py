@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import yaml
 from matplotlib.figure import Figure
 
+from fedmemes import private_files
 from fedmemes.report import plots
 from fedmemes.report.runs import Run, config_differences, load_run, run_names
 
@@ -238,13 +239,23 @@ def write_report(run_dirs: list[Path | str], out: Path | str | None = None) -> t
     title = f"fedmemes report: {runs[0].name}" if len(runs) == 1 else f"fedmemes report: {len(runs)} runs"
     figure_dir = out / FIGURE_DIR
     figure_dir.mkdir(parents=True, exist_ok=True)
+    # In a run folder the report is 0600 like every run file (it quotes config.yaml and metrics.json); --out DIR
+    # elsewhere is a report made to be shared: written with the usual mode (the umask's).
+    private = any(out == r.path for r in runs)
     for s in sections:
         for name, png in s.figures or []:
-            (figure_dir / name).write_bytes(png)
+            _write(figure_dir / name, png, private)
     page, markdown = _render(title, sections)
-    (out / "report.html").write_text(page)
-    (out / "report.md").write_text(markdown)
+    _write(out / "report.html", page.encode("utf-8"), private)
+    _write(out / "report.md", markdown.encode("utf-8"), private)
     return out / "report.html", out / "report.md"
+
+
+def _write(path: Path, data: bytes, private: bool) -> None:
+    if private:
+        private_files.write_bytes(path, data)
+    else:
+        path.write_bytes(data)
 
 
 def write_report_safely(run_dir: Path) -> Path | None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from fedmemes import private_files, run_config
 from fedmemes.history import METRICS_FILE
 from fedmemes.tracking.base import flatten
 
@@ -22,7 +22,7 @@ NOT_A_CHOICE = {"run_dir", "resume", "cache_dir", "verbose", "server.flwr_home"}
 def save_test_predictions(run_dir: Path, prob: np.ndarray, label: np.ndarray) -> Path:
     """Write the best model's test probabilities as CSV (p_hateful,label): the report's ROC/PR curves come from it."""
     path = Path(run_dir) / PREDICTIONS_FILE
-    with path.open("w", newline="") as f:
+    with private_files.private_open(path, "w", newline="") as f:  # 0600 like every run file
         out = csv.writer(f)
         out.writerow(("p_hateful", "label"))
         out.writerows((f"{p:.6g}", int(y)) for p, y in zip(prob.tolist(), label.tolist(), strict=True))
@@ -66,7 +66,7 @@ def load_run(path: Path, name: str | None = None) -> Run:
     except json.JSONDecodeError as err:
         raise ValueError(f"{metrics_file}: line {err.lineno}: not valid JSON ({err.msg})") from None
     config_file = path / "config.yaml"
-    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    config = run_config.read(path) if config_file.is_file() else {}  # data only: refuses a key that could run code
     run = Run(path, name or path.name, metrics, config, flat_config=flatten(config))
     predictions = path / PREDICTIONS_FILE
     if predictions.is_file():

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedmemes import private_files
 from fedmemes.tracking.base import Tracker
 
 
@@ -22,17 +23,17 @@ class CsvLogger(Tracker):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.metrics = self.folder / "metrics.csv"
         if not self.metrics.exists():  # a resumed run appends to its earlier rows
-            self.metrics.write_text("step,name,value\n")
+            private_files.write_text(self.metrics, "step,name,value\n")  # 0600 like every run file; appends keep it
 
     def log_config(self, config: dict[str, Any]) -> None:
-        (self.folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        private_files.write_text(self.folder / "config.json", json.dumps(config, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         with self.metrics.open("a", newline="") as f:
             csv.writer(f).writerows((step, name, repr(value)) for name, value in metrics.items())
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
-        with (self.folder / "artifacts.csv").open("w", newline="") as f:
+        with private_files.private_open(self.folder / "artifacts.csv", "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(("path", "bytes", "sha256"))
             for path in paths:
