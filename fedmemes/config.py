@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from flwr.app import RecordDict
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -58,6 +59,12 @@ HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
 def overrides_of(run_config: dict[str, Any]) -> str:
     """Return the Hydra overrides string for this run: run_config first, then the environment."""
     return str(run_config.get(OVERRIDES_KEY) or os.environ.get(OVERRIDES_ENV, ""))
+
+
+def message_overrides(run_config: dict[str, Any], content: RecordDict) -> str:
+    """Return the run's overrides plus the recipe a message's config carries (the one the server tries or chose)."""
+    recipe = str(content["config"].get("recipe", "")) if "config" in content.config_records else ""
+    return f"{overrides_of(run_config)} {recipe}".strip()
 
 
 CONF_DIR = Path(__file__).parent / "conf"
