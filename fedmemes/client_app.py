@@ -67,7 +67,7 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
     return model
 
 
-# local_dp clips and noises the reply (client.dp); a secure-aggregation mod goes before it, so it masks the noised update
+# local_dp clips and noises the reply (client.dp); a secure-aggregation mod goes first: it masks the noised update
 @app.train(mods=[local_dp])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""

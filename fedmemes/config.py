@@ -20,6 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from fedmemes import server_dp
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
@@ -243,7 +244,12 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.get("clients_per_eval_round"),
         int(cfg.random_seed),
     )
+    # strategy=dp_fixed: Flower's accountant (None where it does not apply); only the fixed-clipping wrappers take it
+    accountant = server_dp.accountant_for(cfg)
+    hooks = {**hooks, "accountant": accountant} if accountant is not None else hooks
     strategy = _build_one(fill_sizes(spec, plan.train.size(int(cfg.num_clients))), "server.strategy", hooks, outer=True)
+    # Flower accounts a plain average of the clipped updates: every reply counts once, whatever it claims
+    strategy.uniform_weights = accountant is not None
     strategy.sampling, strategy.sample_report_fn = plan, hooks.get("sample_report_fn")
     strategy.update_bounds = UpdateBounds.parse(
         cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),

@@ -9,9 +9,10 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine, recipe_search
+from fedmemes import checkpoint, engine, recipe_search, server_dp
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of
 from fedmemes.server_run import EarlyStop, ServerRun
@@ -60,6 +61,12 @@ def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) ->
             evaluate_fn=run.evaluate,
         )
     except EarlyStop:
+        return ArrayRecord(run.latest)
+    except PrivacyBudgetExhausted:  # raised before the next round's clients are sent anything
+        last = max((r["round"] for r in run.history.rounds), default=run.offset)
+        run.history.ended = server_dp.budget_ended(cfg, strategy, last)
+        run.history.write()
+        log.error("%s", run.history.ended["reason"])
         return ArrayRecord(run.latest)
     return cast(ArrayRecord, result.arrays)
 
