@@ -44,8 +44,8 @@ def _reply(node: int, value: float, n: int) -> Message:
 
 @pytest.mark.usefixtures("server_identity")
 def test_each_round_reports_the_accountants_epsilon():
-    cfg = load_config("strategy=dp_fixed num_clients=3 server.strategy.noise_multiplier=1.3 server.dp.target_delta=1e-4")
-    strategy = build_strategy(cfg)
+    overrides = "strategy=dp_fixed num_clients=3 server.strategy.noise_multiplier=1.3 server.dp.target_delta=1e-4"
+    strategy = build_strategy(load_config(overrides))
     assert strategy.accountant is not None and strategy.uniform_weights
     for rnd in (1, 2, 3):
         global_arrays = ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
