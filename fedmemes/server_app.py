@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedmemes import checkpoint, engine, recipe_search, server_dp
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of
+from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
 from fedmemes.server_run import EarlyStop, ServerRun
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) ->
         return ArrayRecord(run.latest)
     except PrivacyBudgetExhausted:  # raised before the next round's clients are sent anything
         last = max((r["round"] for r in run.history.rounds), default=run.offset)
-        run.history.ended = server_dp.budget_ended(cfg, strategy, last)
+        run.history.ended = {"code": EXIT_PRIVACY_BUDGET, "reason": server_dp.budget_reason(cfg, strategy, last)}
         run.history.write()
         log.error("%s", run.history.ended["reason"])
         return ArrayRecord(run.latest)

@@ -12,7 +12,6 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from fedmemes.config_schema import ConfigError
-from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
 
 FIX = "use strategy=dp_fixed with noise_multiplier > 0 and fedavg or fedprox inside, or server.dp.max_epsilon=null"
 
@@ -80,15 +79,14 @@ def note(scores: dict[str, Any]) -> str:
     return f" | epsilon {scores['epsilon']:.3f} (delta {scores['delta']:g})" if "epsilon" in scores else ""
 
 
-def budget_ended(cfg: DictConfig, strategy: Any, last_round: int) -> dict[str, Any]:
-    """Return metrics.json's `ended` for a run Flower stopped before a release would exceed server.dp.max_epsilon."""
+def budget_reason(cfg: DictConfig, strategy: Any, last_round: int) -> str:
+    """Return why the run ended when Flower refused the release that would exceed server.dp.max_epsilon."""
     now = spent(strategy)
-    return {
-        "code": EXIT_PRIVACY_BUDGET,
-        "reason": f"privacy budget server.dp.max_epsilon={cfg.server.dp.max_epsilon} exhausted after round "
-        f"{last_round} (epsilon {now.get('epsilon', float('nan')):.4f} at delta {now.get('delta', 0.0):g}): "
-        "the next round would exceed it; the rounds before stand (raise the budget and resume=RUN_DIR to go on)",
-    }
+    return (
+        f"privacy budget server.dp.max_epsilon={cfg.server.dp.max_epsilon} exhausted after round {last_round} "
+        f"(epsilon {now.get('epsilon', float('nan')):.4f} at delta {now.get('delta', 0.0):g}): the next round would "
+        "exceed it; the rounds before stand (raise the budget and resume=RUN_DIR to go on)"
+    )
 
 
 def restore_accountant(strategy: Any, state: dict[str, Any] | None) -> None:
