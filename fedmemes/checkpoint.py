@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmemes import private_files
+from fedmemes import private_files, server_dp
 from fedmemes.models.old_targets import current_target
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -42,7 +42,10 @@ def strategy_state(strategy: Any) -> dict[str, Any]:
     """Return the strategy's own state (empty for stateless ones like FedAvg)."""
     if hasattr(strategy, "state_dict"):
         return dict(strategy.state_dict())
-    return {name: getattr(strategy, name) for name in STRATEGY_ATTRS if getattr(strategy, name, None) is not None}
+    state = {name: getattr(strategy, name) for name in STRATEGY_ATTRS if getattr(strategy, name, None) is not None}
+    if getattr(strategy, "accountant", None) is not None:  # Flower's RdpAccountant: its ledger of DP releases
+        state["accountant"] = strategy.accountant.state_dict()
+    return state
 
 
 def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
@@ -50,6 +53,8 @@ def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
     if hasattr(strategy, "load_state_dict"):
         strategy.load_state_dict(state)
         return
+    state = dict(state)
+    server_dp.restore_accountant(strategy, state.pop("accountant", None))
     for name, value in state.items():
         setattr(strategy, name, value)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from fedmemes import server_dp
 from fedmemes.config import OVERRIDES_ENV, compose_checked
 from fedmemes.config_schema import ConfigError
 from fedmemes.run_steps import check_data, finish_command, job_overrides, quiet_libraries
@@ -170,11 +171,12 @@ def check_overrides(args: list[str]) -> None:
             overrides.append(a)
     config_dir = flags.get("-cd") or flags.get("--config-dir")
     try:
-        compose_checked(
+        cfg = compose_checked(
             overrides,
             flags.get("-cn") or flags.get("--config-name") or "config",
             str(Path(config_dir).expanduser()) if config_dir else None,
         )
+        server_dp.check(cfg)  # a budget no accountant can keep; here, not in every client's compose: it imports classes
     except ConfigError as e:  # Ray, a SuperLink and the run directory are not started yet
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,8 @@ from torch import nn
 
 from fedmemes import engine, site_policy
 from fedmemes.client_corrections import local_setup
-from fedmemes.config import build_model, load_config, overrides_of
+from fedmemes.client_dp import local_dp
+from fedmemes.config import build_model, load_config, message_overrides
 from fedmemes.node_datasets import ClientData, client_data
 from fedmemes.site_policy import SitePolicy
 
@@ -51,8 +52,7 @@ class Node:
 def _node_setup(context: Context, msg: Message) -> Node:
     """Compose the run's config (with the recipe the server is trying or chose), refuse what the site policy does not
     allow before any object is built, then load this node's partition."""
-    recipe = str(msg.content["config"].get("recipe", "")) if "config" in msg.content.config_records else ""
-    overrides = f"{overrides_of(context.run_config)} {recipe}".strip()
+    overrides = message_overrides(context.run_config, msg.content)
     cfg = load_config(overrides)
     pid, num = _partition(context)
     policy, digest = site_policy.for_node(context.node_config)
@@ -67,7 +67,8 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
     return model
 
 
-@app.train()
+# local_dp clips and noises the reply (client.dp); a secure-aggregation mod goes first: it masks the noised update
+@app.train(mods=[local_dp])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""
     node = _node_setup(context, msg)

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from flwr.app import RecordDict
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -19,6 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from fedmemes import server_dp
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
@@ -58,6 +60,12 @@ HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
 def overrides_of(run_config: dict[str, Any]) -> str:
     """Return the Hydra overrides string for this run: run_config first, then the environment."""
     return str(run_config.get(OVERRIDES_KEY) or os.environ.get(OVERRIDES_ENV, ""))
+
+
+def message_overrides(run_config: dict[str, Any], content: RecordDict) -> str:
+    """Return the run's overrides plus the recipe a message's config carries (the one the server tries or chose)."""
+    recipe = str(content["config"].get("recipe", "")) if "config" in content.config_records else ""
+    return f"{overrides_of(run_config)} {recipe}".strip()
 
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -236,7 +244,12 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.get("clients_per_eval_round"),
         int(cfg.random_seed),
     )
+    # strategy=dp_fixed: Flower's accountant (None where it does not apply); only the fixed-clipping wrappers take it
+    accountant = server_dp.accountant_for(cfg)
+    hooks = {**hooks, "accountant": accountant} if accountant is not None else hooks
     strategy = _build_one(fill_sizes(spec, plan.train.size(int(cfg.num_clients))), "server.strategy", hooks, outer=True)
+    # Flower accounts a plain average of the clipped updates: every reply counts once, whatever it claims
+    strategy.uniform_weights = accountant is not None
     strategy.sampling, strategy.sample_report_fn = plan, hooks.get("sample_report_fn")
     strategy.update_bounds = UpdateBounds.parse(
         cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),

@@ -21,6 +21,31 @@ SCHEMA_NAME = "fedmemes_schema"
 
 
 @dataclass
+class ServerDpSchema:
+    """Types of `server.dp:` (privacy accounting of the fixed-clipping DP strategies)."""
+
+    max_epsilon: float | None = MISSING
+    target_delta: float = MISSING
+
+
+@dataclass
+class ClientDpSchema:
+    """Types of `client.dp:` (local DP on every train reply)."""
+
+    epsilon: float | None = MISSING
+    delta: float = MISSING
+    clipping_norm: float = MISSING
+    sensitivity: float | None = MISSING
+
+
+@dataclass
+class ClientSchema:
+    """Types of the `client:` block (what every ClientApp applies to its replies)."""
+
+    dp: ClientDpSchema = field(default_factory=ClientDpSchema)
+
+
+@dataclass
 class ServerSchema:
     """Types of the `server:` block (`fedmemes server` and the ServerApp)."""
 
@@ -45,6 +70,7 @@ class ServerSchema:
     token_file: str | None = MISSING
     max_update_norm: Any = MISSING  # K*median, a number or null: UpdateBounds.parse reads it
     max_client_weight: Any = MISSING  # K/n, a share or null: UpdateBounds.parse reads it
+    dp: ServerDpSchema = field(default_factory=ServerDpSchema)
 
 
 @dataclass
@@ -86,6 +112,7 @@ class ConfigSchema:
     resume: str | None = MISSING
     overwrite: bool = MISSING
     server: ServerSchema = field(default_factory=ServerSchema)
+    client: ClientSchema = field(default_factory=ClientSchema)
     simulation: SimulationSchema = field(default_factory=SimulationSchema)
 
 
@@ -134,6 +161,10 @@ def _positive(null: bool = False) -> tuple[Callable[[Any], bool], str]:
 
 def _share(v: Any) -> bool:
     return _number(v) and 0 <= v < 1
+
+
+def _probability(v: Any) -> bool:
+    return _number(v) and 0 < v < 1
 
 
 def _share_or_count(v: Any) -> bool:
@@ -204,6 +235,12 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ),
         ("server.max_update_norm", _norm_bound, "null, K*median (e.g. 3*median), a number > 0 or a list of both"),
         ("server.max_client_weight", _weight_cap, "null, K/n with K >= 1 (e.g. 2/n) or a share in (0, 1]"),
+        ("server.dp.max_epsilon", *_positive(null=True)),
+        ("server.dp.target_delta", _probability, "a probability in (0, 1), e.g. 1e-5"),
+        ("client.dp.epsilon", *_positive(null=True)),
+        ("client.dp.delta", _probability, "a probability in (0, 1), e.g. 1e-5"),
+        ("client.dp.clipping_norm", *_positive()),
+        ("client.dp.sensitivity", *_positive(null=True)),
         ("simulation.client_cpus", *_positive()),
         ("simulation.client_gpus", lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.5"),
         ("simulation.status_linger_s", lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),

@@ -107,6 +107,12 @@ def summary(run_dir: Path) -> str:
         mark = "  <- best" if r["round"] == metrics["best_round"] else ""
         auroc = r["auroc"] or float("nan")
         lines.append(f"{r['round']:>5}  {auroc:>14.3f}  {r['accuracy']:>8.3f}  {r['loss']:>5.3f}{mark}")
+    if spent := [r for r in metrics["rounds"] if r.get("epsilon") is not None]:  # strategy=dp_fixed's accountant
+        last = spent[-1]
+        lines.append(
+            f"privacy spent (Flower's RDP accountant): epsilon {last['epsilon']:.3f} at delta {last['delta']:g} "
+            f"after {last['dp_releases']} noised releases"
+        )
     if metrics.get("stopped_early"):
         lines.append(f"stopped after round {metrics['stopped_early']}: no better hold-out for server.patience rounds")
     if recipes := metrics.get("recipes"):

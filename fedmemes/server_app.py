@@ -9,11 +9,13 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine, private_files, recipe_search, run_config
+from fedmemes import checkpoint, engine, private_files, recipe_search, run_config, server_dp
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of
+from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
 from fedmemes.server_run import EarlyStop, ServerRun
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,12 @@ def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) ->
             evaluate_fn=run.evaluate,
         )
     except EarlyStop:
+        return ArrayRecord(run.latest)
+    except PrivacyBudgetExhausted:  # raised before the next round's clients are sent anything
+        last = max((r["round"] for r in run.history.rounds), default=run.offset)
+        run.history.ended = {"code": EXIT_PRIVACY_BUDGET, "reason": server_dp.budget_reason(cfg, strategy, last)}
+        run.history.write()
+        log.error("%s", run.history.ended["reason"])
         return ArrayRecord(run.latest)
     return cast(ArrayRecord, result.arrays)
 

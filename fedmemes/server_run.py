@@ -15,7 +15,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from omegaconf import DictConfig
 from torch import nn
 
-from fedmemes import checkpoint, engine
+from fedmemes import checkpoint, engine, server_dp
 from fedmemes.config import build_model
 from fedmemes.data.report import read_client_facts
 from fedmemes.history import RunHistory
@@ -97,6 +97,7 @@ class ServerRun:
         scores.update(replies)
         if server_round > 0:
             scores["partitions"] = list(self.partitions)
+            scores.update(server_dp.spent(self.strategy))  # strategy=dp_fixed: Flower's accountant, after this round
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
@@ -139,15 +140,16 @@ class ServerRun:
             )
         if not scored:
             log.info(
-                "round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs",
+                "round %d/%d | clients %d | hold-out not scored (server.eval_every) | %.0fs%s",
                 server_round,
                 self.cfg.num_rounds,
                 self.trained,
                 scores["seconds"],
+                server_dp.note(scores),
             )
             return None
         log.info(
-            "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs",
+            "round %d/%d | clients %d | hold-out AUROC %.3f  acc %.3f  loss %.3f | %.0fs%s",
             server_round,
             self.cfg.num_rounds,
             self.trained,
@@ -155,6 +157,7 @@ class ServerRun:
             scores["accuracy"],
             scores["loss"],
             scores["seconds"],
+            server_dp.note(scores),
         )
         return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
 

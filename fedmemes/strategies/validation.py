@@ -69,6 +69,7 @@ class ReplyChecks:
     reply_report_fn: ReportFn | None = None  # told (round, counts) after every aggregation
     reply_facts_fn: FactsFn | None = None  # told (node id, metrics) of every sound reply: facts keyed by the sender
     update_bounds: UpdateBounds = UpdateBounds()
+    uniform_weights: bool = False  # every sound reply weighs 1 (the DP accountant's plain average of clipped updates)
     _reply_reference: ArrayRecord | None = None
     _judge_reference: Reference | None = None
     _sampled: int = 0  # train messages sent this round
@@ -229,6 +230,9 @@ class ReplyChecks:
         if self.reply_facts_fn is not None:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
                 self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
+        if self.uniform_weights:  # after the facts above took each node's own claim
+            for reply in sound:
+                reply.metrics[self._reference().weight_key] = 1
         clipped, capped = self.bound_replies(server_round, sound) if sound else (0, 0)
         arrays, metrics = None, None
         if len(sound) >= self._minimum():
