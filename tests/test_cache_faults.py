@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from fedmemes.data import cache_entry
 from fedmemes.data.cache_entry import CHECKSUM, read_entry
 from fedmemes.data.features import MemeTensors, build_tensors
 from fedmemes.data.meme import Meme
@@ -199,15 +200,20 @@ def test_an_entry_written_before_checksums_is_kept_and_given_one(
 def test_a_full_disk_skips_the_entry_and_leaves_no_temporary_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fsync = os.fsync
+    write, temporaries = cache_entry.write_atomically, []
 
-    def full_for_text_entries(fd: int) -> None:
-        # The temporary file exists and holds its bytes when the disk turns out to be full.
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".text-"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        fsync(fd)
+    def no_space(fd: int) -> None:
+        temporaries.extend(tmp_path.rglob(".text-*.tmp"))  # the partial file that must not stay behind
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full_for_text_entries)
+    def full_for_text_entries(path: Path, data: bytes) -> None:
+        # The temporary file exists and holds its bytes when the disk turns out to be full (at fsync).
+        with monkeypatch.context() as m:
+            if path.name.startswith("text-"):
+                m.setattr(os, "fsync", no_space)
+            write(path, data)
+
+    monkeypatch.setattr(cache_entry, "write_atomically", full_for_text_entries)
     caplog.set_level(logging.INFO, LOGGER)
     node = Node(tmp_path)  # builds a's and b's features on a disk that is full for their text entries
     features = node.cache / "features"
@@ -216,10 +222,10 @@ def test_a_full_disk_skips_the_entry_and_leaves_no_temporary_file(
     lines = _warnings(caplog)
     assert len(lines) == 2 and all("disk full" in line and "MiB free on" in line for line in lines)  # a's, b's
     assert [p.name for p in features.iterdir() if p.name.startswith("text-")] == []
-    assert list(node.cache.rglob("*.tmp")) == []  # no partial temporary file left behind
+    assert len(temporaries) == 2 and list(node.cache.rglob("*.tmp")) == []  # none of them is left behind
     assert len(node.files_a) == 3  # a's two shards and image entry: only the failed writes are skipped
 
-    monkeypatch.setattr(os, "fsync", fsync)  # space again: the next lookup caches the entry
+    monkeypatch.setattr(cache_entry, "write_atomically", write)  # space again: the next lookup caches the entry
     encoded = node.encoded()
     _same(node.build(node.a), node.first_a, [0, 1, 2])
     assert node.encoded() == encoded  # from the shards that were written
