@@ -4,23 +4,22 @@ Cache files are keyed by the encoder's identity and the inputs' content (caption
 strings, image bytes), so a changed encoder, caption or image never reuses a stale entry.
 An image encoder with a frozen part (`encode_images`, e.g. EfficientNet-Lite0, CLIP) gets its
 outputs cached the same way, keyed by its identity, the image size and the image bytes: rounds
-after the first then cost what the trainable head costs.
+after the first then cost what the trainable head costs. Every entry is verified when read and
+rebuilt when damaged (`fedmemes.data.cache_entry`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from fedmemes.data.cache_entry import read_entry, read_metadata, write_entry
 from fedmemes.data.images import load_image_array
 from fedmemes.data.meme import Meme
 
@@ -68,15 +67,13 @@ def _digest(parts: list[bytes]) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached(path: Path, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    if path.exists():
-        x: torch.Tensor = load_file(path)["x"]
-        return x
+def _cached(path: Path, rows: int, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Return the verified entry at `path` (`rows` rows), or build and save it (a bad entry is deleted first)."""
+    entry = read_entry(path, rows)
+    if entry is not None:
+        return entry[0]
     x = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"x": x.contiguous()}, tmp)
-    os.replace(tmp, path)  # atomic: concurrent clients never read a half-written file
+    write_entry(path, x)  # atomic: concurrent clients never read a half-written file; a full disk only skips it
     return x
 
 
@@ -99,10 +96,10 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
     """
     wanted, known = set(keys), {}
     for shard in sorted(store.glob("*.safetensors")) if store.is_dir() else []:
-        with safe_open(shard, "pt") as f:
-            shard_keys = (f.metadata() or {}).get("keys", "").split(",")
-            if wanted.intersection(shard_keys):
-                known.update({k: row for k, row in zip(shard_keys, f.get_tensor("x"), strict=True) if k in wanted})
+        # Header first: a shard is verified (and, if bad, deleted) only by lookups of keys it holds.
+        shard_keys = (read_metadata(shard) or {}).get("keys", "").split(",")
+        if wanted.intersection(shard_keys) and (entry := read_entry(shard, len(shard_keys))) is not None:
+            known.update({k: row for k, row in zip(shard_keys, entry[0], strict=True) if k in wanted})
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k not in known:
@@ -112,11 +109,7 @@ def _store_rows(store: Path, keys: list[str], compute: Callable[[list[int]], tor
     for start in range(0, len(missing), SHARD_ROWS):
         chunk = dict(missing[start : start + SHARD_ROWS])
         x = compute(list(chunk.values()))
-        store.mkdir(parents=True, exist_ok=True)
-        path = store / f"{_digest([k.encode() for k in chunk])}.safetensors"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"x": x.contiguous()}, tmp, metadata={"keys": ",".join(chunk)})
-        os.replace(tmp, path)
+        write_entry(store / f"{_digest([k.encode() for k in chunk])}.safetensors", x, {"keys": ",".join(chunk)})
         known.update(zip(chunk, x, strict=True))
     return [known[k] for k in keys]
 
@@ -148,7 +141,7 @@ def encode_texts(texts: list[str | None], encoder: TextEncoder, cache_dir: Path)
         out[present] = vectors[[row[t] for t in texts if t is not None]]  # the rows of `present`, in order
         return out
 
-    return _cached(cache_dir / f"text-{key}.safetensors", build)
+    return _cached(cache_dir / f"text-{key}.safetensors", len(texts), build)
 
 
 def load_images(paths: list[Path | None], size: int, cache_dir: Path) -> torch.Tensor:
@@ -166,7 +159,7 @@ def load_images(paths: list[Path | None], size: int, cache_dir: Path) -> torch.T
                 out[i] = torch.from_numpy(load_image_array(p, size))
         return out
 
-    return _cached(cache_dir / f"image-{key}.safetensors", build)
+    return _cached(cache_dir / f"image-{key}.safetensors", len(paths), build)
 
 
 def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, cache_dir: Path) -> torch.Tensor:
@@ -207,7 +200,7 @@ def encode_images(paths: list[Path | None], size: int, encoder: ImageEncoder, ca
         out[present] = torch.stack(rows)
         return out
 
-    return _cached(cache_dir / f"imgfeat-{key}.safetensors", build)
+    return _cached(cache_dir / f"imgfeat-{key}.safetensors", len(paths), build)
 
 
 def build_tensors(
