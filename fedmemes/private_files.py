@@ -1,10 +1,18 @@
-"""Write a run's files owner-only (0600) from their first byte, and atomically: a crash mid-write keeps the old file."""
+"""Write files owner-only (0600) from their first byte, atomically and durably: readers see the old file or the whole
+new one, never a part, even after kill -9 or a power cut.
+
+The one place that writes this way (and fsyncs): a temporary file in the target's folder (same
+filesystem, so the rename is atomic), created 0600, written, flushed and fsynced before
+`os.replace`, then the folder fsynced so the rename itself survives a crash. On any error (a full
+disk, Ctrl-C) the temporary file is removed.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,18 +24,35 @@ MODE = 0o600  # what every file in a run folder gets (README, "What a run leaves
 @contextmanager
 def private_open(path: Path | str, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`, created 0600 (never readable by others, not even for a moment); on success
-    it replaces `path`, on an error it is removed."""
+    it is fsynced and replaces `path`, on an error it is removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # O_EXCL below: a stale temporary keeps no mode of its own
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), MODE)
+    # mkstemp: 0600, O_EXCL, a name unique per call (two threads never share one); `.tmp` keeps it out of every glob
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename lives in the folder's entries; without this a crash may bring back the old name.
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform that cannot open folders (Windows) has nothing to fsync here
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the file itself is already durable
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path | str, text: str) -> Path:

@@ -200,7 +200,7 @@ def test_an_entry_written_before_checksums_is_kept_and_given_one(
 def test_a_full_disk_skips_the_entry_and_leaves_no_temporary_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write, temporaries = cache_entry.write_atomically, []
+    write, temporaries = cache_entry.write_bytes, []
 
     def no_space(fd: int) -> None:
         temporaries.extend(tmp_path.rglob(".text-*.tmp"))  # the partial file that must not stay behind
@@ -213,7 +213,7 @@ def test_a_full_disk_skips_the_entry_and_leaves_no_temporary_file(
                 m.setattr(os, "fsync", no_space)
             write(path, data)
 
-    monkeypatch.setattr(cache_entry, "write_atomically", full_for_text_entries)
+    monkeypatch.setattr(cache_entry, "write_bytes", full_for_text_entries)
     caplog.set_level(logging.INFO, LOGGER)
     node = Node(tmp_path)  # builds a's and b's features on a disk that is full for their text entries
     features = node.cache / "features"
@@ -225,7 +225,7 @@ def test_a_full_disk_skips_the_entry_and_leaves_no_temporary_file(
     assert len(temporaries) == 2 and list(node.cache.rglob("*.tmp")) == []  # none of them is left behind
     assert len(node.files_a) == 3  # a's two shards and image entry: only the failed writes are skipped
 
-    monkeypatch.setattr(cache_entry, "write_atomically", write)  # space again: the next lookup caches the entry
+    monkeypatch.setattr(cache_entry, "write_bytes", write)  # space again: the next lookup caches the entry
     encoded = node.encoded()
     _same(node.build(node.a), node.first_a, [0, 1, 2])
     assert node.encoded() == encoded  # from the shards that were written

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from fedmemes.data.atomic_file import write_atomically
+from fedmemes.private_files import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def write_entry(path: Path, x: torch.Tensor, metadata: dict[str, str] | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         # Serialized in memory, written by Python: a full disk raises an OSError with its errno
         # (safetensors' own file writer reports it as a SafetensorError).
-        write_atomically(path, save({"x": x}, metadata=meta))
+        write_bytes(path, save({"x": x}, metadata=meta))
     except OSError as e:
         if e.errno in _DISK_FULL:
             log.warning(
