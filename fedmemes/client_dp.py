@@ -1,4 +1,5 @@
-"""Local differential privacy on the train reply: Flower's LocalDpMod, switched on by the run's `client.dp`."""
+"""Local differential privacy on the train reply: Flower's LocalDpMod, switched on by the run's `client.dp` or by the
+site's own policy (`local_dp:`), whichever is stronger."""
 
 from __future__ import annotations
 
@@ -7,18 +8,28 @@ from flwr.clientapp.mod import LocalDpMod
 from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig, OmegaConf
 
+from fedmemes import site_policy
 from fedmemes.config import load_config, message_overrides
+from fedmemes.site_policy import LocalDp
 
 
-def local_dp_mod(cfg: DictConfig) -> LocalDpMod | None:
-    """Return Flower's LocalDpMod for the config's `client.dp`, or None when local DP is off (epsilon null)."""
+def local_dp_mod(cfg: DictConfig, floor: LocalDp | None = None) -> LocalDpMod | None:
+    """Return Flower's LocalDpMod for the config's `client.dp` and the site's `floor` (each setting the stricter of
+    the two), or None when neither asks for local DP."""
     dp = OmegaConf.select(cfg, "client.dp")  # a config of the user's own (-cd) may have no client block
-    if dp is None or dp.get("epsilon") is None:
+    run = None if dp is None or dp.get("epsilon") is None else dp
+    if run is None and floor is None:
         return None
-    clip = float(dp.clipping_norm)
-    # Two updates clipped to the same ball around the global model differ by at most its diameter.
-    sensitivity = 2.0 * clip if dp.get("sensitivity") is None else float(dp.sensitivity)
-    return LocalDpMod(clipping_norm=clip, sensitivity=sensitivity, epsilon=float(dp.epsilon), delta=float(dp.delta))
+    pick = [] if run is None else [(float(run.epsilon), float(run.delta), float(run.clipping_norm))]
+    pick += [] if floor is None else [(floor.epsilon, floor.delta, floor.clipping_norm)]
+    epsilon, delta, clip = (min(values) for values in zip(*pick, strict=True))
+    # Two updates clipped to the same ball around the global model differ by at most its diameter; a site's own
+    # guarantee never trusts a smaller sensitivity the run claims.
+    claimed = None if run is None or run.get("sensitivity") is None else float(run.sensitivity)
+    sensitivity = 2.0 * clip if claimed is None else claimed
+    if floor is not None:
+        sensitivity = max(sensitivity, 2.0 * clip)
+    return LocalDpMod(clipping_norm=clip, sensitivity=sensitivity, epsilon=epsilon, delta=delta)
 
 
 def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -26,5 +37,6 @@ def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
 
     A Flower mod, composable: in `mods=[secagg_mod, local_dp]` the noise is added before the update is masked.
     """
-    mod = local_dp_mod(load_config(message_overrides(context.run_config, msg.content)))
+    floor = site_policy.for_node(context.node_config)[0].local_dp
+    mod = local_dp_mod(load_config(message_overrides(context.run_config, msg.content)), floor)
     return call_next(msg, context) if mod is None else mod(msg, context, call_next)

@@ -63,6 +63,16 @@ class Limits(BaseModel):
     device: str | None = None  # cpu | cuda | cuda:1: replaces the run's device on this machine
 
 
+class LocalDp(BaseModel):
+    """Local DP this site adds to every train reply whatever the run asks (Flower's LocalDpMod, fedmemes/client_dp.py);
+    a run's `client.dp` can only make it stronger."""
+
+    model_config = ConfigDict(extra="forbid")
+    epsilon: float = Field(gt=0)  # of one reply: smaller is more noise
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    clipping_norm: float = Field(default=1.0, gt=0)  # L2 bound on the update before the noise
+
+
 class SitePolicy(BaseModel):
     """What `site.yaml` holds (README, "Site policy")."""
 
@@ -71,6 +81,7 @@ class SitePolicy(BaseModel):
     allowed_targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS), min_length=1)
     limits: Limits = Field(default_factory=Limits)
     share: list[ShareName] | None = None  # null: the minimum the configured strategy needs
+    local_dp: LocalDp | None = None  # null: local DP only when the run's client.dp asks for it
     needs_of: ClassVar[str] = "client_metrics_needed"  # the strategy class attribute naming the groups it reads
 
     def described(self, path: Path | None) -> str:

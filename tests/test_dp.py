@@ -17,7 +17,7 @@ import torch
 from dp_accounting import rdp
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmemes import checkpoint, cli, client_app, client_dp, engine, server_dp
+from fedmemes import checkpoint, cli, client_app, client_dp, engine, server_dp, site_policy
 from fedmemes.config import build_model, build_strategy, load_config
 from fedmemes.config_schema import ConfigError
 from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
@@ -181,6 +181,24 @@ def test_client_dp_adds_local_dp_mods_documented_noise(tiny_data):
     update = _flat(clipped) - np.concatenate([v.ravel() for v in sent.values()])
     assert np.linalg.norm(_flat(clean) - np.concatenate([v.ravel() for v in sent.values()])) > 0.01
     assert np.linalg.norm(update) == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.usefixtures("server_identity", "one_thread")
+def test_a_sites_own_local_dp_holds_whatever_the_run_asks(tiny_data, tmp_path, monkeypatch):
+    base = f"{tiny_data.overrides} num_clients=2"
+    msg, _ = _train_message(load_config(base))
+    clean = client_app.train(msg, _context(base))
+
+    def again(m: Message, c: Context) -> Message:
+        return Message(content=RecordDict({k: v for k, v in clean.content.items()}), reply_to=m)
+
+    site = tmp_path / "site.yaml"
+    site.write_text("local_dp: {epsilon: 4.0, delta: 1.0e-5, clipping_norm: 1.0e+6}\n")
+    monkeypatch.setenv(site_policy.POLICY_ENV, str(site))
+    documented = 2e6 * math.sqrt(2 * math.log(1.25 / 1e-5)) / 4.0  # sensitivity 2 x clipping_norm
+    for run in (base, f"{base} client.dp.epsilon=1000 client.dp.sensitivity=1e-9 client.dp.clipping_norm=1e7"):
+        diff = _flat(client_dp.local_dp(msg, _context(run), again)) - _flat(clean)
+        assert diff.std() == pytest.approx(documented, rel=0.05)  # the site's epsilon and sensitivity, not the run's
 
 
 @pytest.mark.usefixtures("server_identity", "one_thread")

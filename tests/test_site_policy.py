@@ -77,10 +77,13 @@ def test_limits_hold_against_a_server_that_asks_for_more(tiny_data, small_config
 
 def test_max_memes_per_round_caps_local_training(tiny_data, small_config, tmp_path):
     cfg = small_config()
-    free = client_app.train(_train_message(cfg), _context(tiny_data.overrides))
+    msg = _train_message(cfg)
+    sent = msg.content[
+        "arrays"
+    ].to_torch_state_dict()  # both train from this model (build_model draws from torch's RNG)
+    free = client_app.train(msg, _context(tiny_data.overrides))
     capped_policy = _policy(tmp_path, f"limits: {{max_memes_per_round: {cfg.batch_size}}}\n")
-    capped = client_app.train(_train_message(cfg), _context(tiny_data.overrides, capped_policy))
-    sent = engine.trainable_state(build_model(cfg))
+    capped = client_app.train(msg, _context(tiny_data.overrides, capped_policy))
 
     def moved(reply: Message) -> float:
         back = reply.content["arrays"].to_torch_state_dict()
