@@ -14,6 +14,7 @@ from torch import nn
 
 from fedmemes import engine, site_policy
 from fedmemes.client_corrections import local_setup
+from fedmemes.client_secagg import secagg_mod
 from fedmemes.config import build_model, load_config, overrides_of
 from fedmemes.node_datasets import ClientData, client_data
 from fedmemes.site_policy import SitePolicy
@@ -67,7 +68,8 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
     return model
 
 
-@app.train()
+# secagg_mod answers the SecAgg+ stages (server.secagg=true) and masks this handler's reply; other messages pass.
+@app.train(mods=[secagg_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""
     node = _node_setup(context, msg)

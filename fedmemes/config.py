@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
+from fedmemes.secagg import SecAggSettings, refusal
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.validation import with_reply_checks
@@ -219,12 +220,20 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
     passing the hooks each level accepts."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
+    if secagg_settings(cfg) is not None:  # refused before anything is built: the strategy would need each update
+        level: Any = spec
+        targets = []
+        while isinstance(level, dict) and "_target_" in level:
+            targets.append(get_class(level["_target_"]))
+            level = level.get("strategy")
+        if why := refusal(targets):
+            raise ConfigError(why)
     # the plan reads Flower 1.42's names (_build_one warns about the old ones)
     for (
         old,
         new,
     ) in SEED_STRATEGY_KEYS.items():
-        level: Any = spec
+        level = spec
         while isinstance(level, dict):
             if old in level:
                 level[new] = level[old]
@@ -244,6 +253,19 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
     return strategy
+
+
+def secagg_settings(cfg: DictConfig) -> SecAggSettings | None:
+    """Return the SecAgg+ settings when `server.secagg` is on (`server.secagg_params`), else None."""
+    if not cfg.server.get("secagg", False):
+        return None
+    params = cast(dict[str, Any], OmegaConf.to_container(cfg.server.get("secagg_params") or {}, resolve=True))
+    try:
+        settings = SecAggSettings(**params)
+        settings.workflow(None)  # Flower's own checks of the numbers, at config time
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"server.secagg_params: {err}") from None
+    return settings
 
 
 def build_model(cfg: DictConfig) -> MemeClassifier:

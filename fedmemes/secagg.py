@@ -200,3 +200,42 @@ class SecAggGrid:
                 self.facts_fn(proxy.node_id, {**res.metrics, "num-examples": res.num_examples})
         log.info("round %d: secure aggregate of %d clients (%d dropped)", server_round, len(stages.results), len(dropped))
         return _reply(first, aggregate_content(reference, [res for _, res in stages.results], key))
+
+
+def _needs_each_update() -> dict[type, str]:
+    """Return the strategy classes that read individual replies, and what they read (imported when asked)."""
+    from flwr.serverapp import strategy as flwr_strategies
+
+    from fedmemes.strategies.feddyn import FedDyn
+    from fedmemes.strategies.scaffold import Scaffold
+    from fedmemes.strategies.strategy_utils import ReplyAverage
+
+    return {
+        flwr_strategies.FedMedian: "takes the median of the individual updates",
+        flwr_strategies.FedTrimmedAvg: "trims the individual updates",
+        flwr_strategies.Krum: "scores each update against the others",
+        flwr_strategies.MultiKrum: "scores each update against the others",
+        flwr_strategies.Bulyan: "scores and trims the individual updates",
+        flwr_strategies.QFedAvg: "reweights each client's update by its own loss",
+        flwr_strategies.FedXgbBagging: "merges each client's trees",
+        flwr_strategies.FedXgbCyclic: "takes one client's model at a time",
+        flwr_strategies.DifferentialPrivacyServerSideFixedClipping: "clips each update on the server",
+        flwr_strategies.DifferentialPrivacyServerSideAdaptiveClipping: "clips each update on the server",
+        flwr_strategies.DifferentialPrivacyClientSideAdaptiveClipping: "reads each reply's clipping bit",
+        ReplyAverage: "weighs each reply by its own metrics (performance_weighted, modality_aware)",
+        Scaffold: "needs each client's control-variate delta",
+        FedDyn: "counts the replies for its server state",
+    }
+
+
+def refusal(targets: list[type]) -> str | None:
+    """Return why server.secagg=true cannot run a strategy made of `targets` (outermost first), or None."""
+    for cls in targets:
+        for base, why in _needs_each_update().items():
+            if issubclass(cls, base):
+                return (
+                    f"server.secagg=true cannot run server.strategy {cls.__name__}: it {why}, and under secure "
+                    "aggregation the server sees only their sum; use strategy=fedavg|fedprox|fedavgm|fedadam|fedyogi|"
+                    "fedadagrad|fedavg_slr (or client-side DP), or set server.secagg=false"
+                )
+    return None

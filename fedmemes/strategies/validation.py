@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -199,7 +200,8 @@ class ReplyChecks:
         sound.sort(key=lambda r: (float(r.metrics.get("partition_id", math.inf)), r.node))
         if self.reply_facts_fn is not None:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
-                self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
+                if reply.node != SUPERLINK_NODE_ID:  # a secure aggregate (fedmemes/secagg.py) is no node's facts
+                    self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
         clipped, capped = self.bound_replies(server_round, sound) if sound else (0, 0)
         arrays, metrics = None, None
         if len(sound) >= self._minimum():
