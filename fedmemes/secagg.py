@@ -74,11 +74,15 @@ class _StageStrategy:
         self.node_ids = node_ids
         self.results: list[tuple[_Proxy, FitRes]] = []
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[tuple[_Proxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> list[tuple[_Proxy, FitIns]]:
         # Placeholder FitIns: the real train contents replace them before the collect stage (SecAggGrid._run).
         return [(_Proxy(nid), FitIns(parameters, {})) for nid in self.node_ids]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[_Proxy, FitRes]], failures: list[Any]) -> tuple[None, dict[str, Any]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[_Proxy, FitRes]], failures: list[Any]
+    ) -> tuple[None, dict[str, Any]]:
         self.results = results  # every FitRes's parameters are the unmasked aggregate; metrics came in the clear
         return None, {}  # None: the stage writes no legacy history
 
@@ -119,9 +123,7 @@ def _reply(first: Message, content: RecordDict | None = None, error: str = "") -
     return make_message(metadata, content)
 
 
-def aggregate_content(
-    reference: ArrayRecord, results: list[FitRes], arrays_key: str = "arrays"
-) -> RecordDict:
+def aggregate_content(reference: ArrayRecord, results: list[FitRes], arrays_key: str = "arrays") -> RecordDict:
     """Return the strategy's reply: the unmasked weighted average (named and typed as the global model), the total
     num-examples, and the clients' metrics averaged by num-examples as FedAvg averages them."""
     aggregate = parameters_to_ndarrays(results[0].parameters)  # every result carries the same aggregate
@@ -193,12 +195,17 @@ class SecAggGrid:
         if self.report_fn is not None:
             self.report_fn(server_round, {"secagg_aggregated": len(stages.results), "secagg_dropped": dropped})
         if not ok or not stages.results:
-            return _reply(first, error=f"secure aggregation halted: {len(dropped)} of {len(node_ids)} nodes dropped, "
-                          "fewer than reconstruction_threshold left (server.secagg_params)")
+            return _reply(
+                first,
+                error=f"secure aggregation halted: {len(dropped)} of {len(node_ids)} nodes dropped, "
+                "fewer than reconstruction_threshold left (server.secagg_params)",
+            )
         if self.facts_fn is not None:  # metrics travel in the clear under SecAgg+; only the arrays are masked
             for proxy, res in stages.results:
                 self.facts_fn(proxy.node_id, {**res.metrics, "num-examples": res.num_examples})
-        log.info("round %d: secure aggregate of %d clients (%d dropped)", server_round, len(stages.results), len(dropped))
+        log.info(
+            "round %d: secure aggregate of %d clients (%d dropped)", server_round, len(stages.results), len(dropped)
+        )
         return _reply(first, aggregate_content(reference, [res for _, res in stages.results], key))
 
 

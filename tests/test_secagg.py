@@ -136,7 +136,9 @@ def test_the_strategy_receives_only_the_aggregate(runs: Runs) -> None:
     assert row["replies"] == 1 and row["dropped_replies"] == 0 and row["kept_previous_model"] == 0
 
 
-def test_a_client_dropping_at_the_masked_vectors_stage_is_survived(tmp_path: Path, cache_dir: Path, one_thread: None) -> None:
+def test_a_client_dropping_at_the_masked_vectors_stage_is_survived(
+    tmp_path: Path, cache_dir: Path, one_thread: None
+) -> None:
     seen: dict[int, tuple[dict[str, np.ndarray], int]] = {}
     metrics = run_in_process(f"{BASE} {SECAGG} cache_dir={cache_dir}", tmp_path, 3, recording_client(seen, drop=2))
     row = metrics["rounds"][1]
@@ -157,11 +159,26 @@ def test_too_many_dropouts_keep_the_previous_model(tmp_path: Path, cache_dir: Pa
 
 
 @pytest.mark.parametrize(
-    "strategy", ["fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg", "performance_weighted",
-                 "modality_aware", "scaffold", "feddyn", "dp_fixed", "dp_adaptive"]
+    "strategy",
+    [
+        "fedmedian",
+        "fedtrimmedavg",
+        "krum",
+        "multikrum",
+        "bulyan",
+        "qfedavg",
+        "performance_weighted",
+        "modality_aware",
+        "scaffold",
+        "feddyn",
+        "dp_fixed",
+        "dp_adaptive",
+    ],
 )
 def test_strategies_that_read_each_update_are_refused(strategy: str) -> None:
-    with pytest.raises(ConfigError, match=r"^server\.secagg=true cannot run server\.strategy \w+: .*server\.secagg=false"):
+    with pytest.raises(
+        ConfigError, match=r"^server\.secagg=true cannot run server\.strategy \w+: .*server\.secagg=false"
+    ):
         build_strategy(load_config(f"strategy={strategy} num_clients=3 server.secagg=true"))
 
 
