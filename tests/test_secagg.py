@@ -136,6 +136,7 @@ def test_the_strategy_receives_only_the_aggregate(runs: Runs) -> None:
     assert row["replies"] == 1 and row["dropped_replies"] == 0 and row["kept_previous_model"] == 0
 
 
+@pytest.mark.slow  # a run of its own (~5 s)
 def test_a_client_dropping_at_the_masked_vectors_stage_is_survived(
     tmp_path: Path, cache_dir: Path, one_thread: None
 ) -> None:
@@ -148,6 +149,7 @@ def test_a_client_dropping_at_the_masked_vectors_stage_is_survived(
     assert max(float(np.abs(final[k] - expected[k]).max()) for k in expected) < 1e-5
 
 
+@pytest.mark.slow  # a run of its own (~5 s)
 def test_too_many_dropouts_keep_the_previous_model(tmp_path: Path, cache_dir: Path, one_thread: None) -> None:
     seen: dict[int, tuple[dict[str, np.ndarray], int]] = {}
     # threshold 3 of 3 shares: no client may drop; the round ends with an error reply and the model stays

@@ -63,6 +63,10 @@ class ReplyChecks:
     updates clipped, over-claimed sizes capped. The strategy aggregates rebuilt replies holding
     exactly what was checked. Flower ends the whole run on inconsistent replies, so this runs
     before the strategy's own checks. Use `with_reply_checks`.
+
+    Under secure aggregation (server.secagg, fedmemes/secagg.py) no individual update reaches the
+    server: the one reply is the unmasked weighted average, so these checks and bounds judge the
+    aggregate (names, shapes, dtypes, finite values, a positive total), never a single client.
     """
 
     min_valid_replies: int = 1  # fewer sound replies than this: the round keeps the previous model
