@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -86,8 +87,8 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Runs:
     """One round on 3 clients with secagg off, then on (same seeds), recording what the strategy receives."""
-    torch_threads = __import__("torch").get_num_threads()
-    __import__("torch").set_num_threads(1)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread, for a module fixture
     plain, secure = tmp_path_factory.mktemp("plain"), tmp_path_factory.mktemp("secure")
     received: list[list[Message]] = []
     seen: dict[int, tuple[dict[str, np.ndarray], int]] = {}
@@ -105,7 +106,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Runs:
             patch.setattr(ReplyChecks, "aggregate_train", spy)
             metrics = run_in_process(f"{BASE} {SECAGG} cache_dir={cache_dir}", secure, 3, recording_client(seen))
     finally:
-        __import__("torch").set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads)
     return Runs(plain, secure, metrics, received, seen)
 
 
@@ -113,9 +114,7 @@ def test_secure_aggregate_equals_fedavg(runs: Runs) -> None:
     plain, secure = _model(runs.plain), _model(runs.secure)
     assert set(plain) == set(secure)
     diff = max(float(np.abs(plain[k].astype(np.float64) - secure[k]).max()) for k in plain)
-    moved = max(float(np.abs(plain[k] - _model(runs.plain, "best")[k]).max()) for k in plain)
-    assert diff < 1e-5, diff
-    assert moved > 1e-3 or diff < 1e-5  # the round changed the model (round 1 is best or not, either way compared)
+    assert diff < 1e-5, diff  # measured here: ~3e-7 (quantization), float64 into the mod (client_secagg.py)
     assert all(secure[k].dtype == plain[k].dtype for k in plain)  # the global model keeps its dtypes
 
 
