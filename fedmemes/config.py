@@ -245,13 +245,20 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.get("clients_per_eval_round"),
         int(cfg.random_seed),
     )
-    strategy = _build_one(fill_sizes(spec, plan.train.size(int(cfg.num_clients))), "server.strategy", hooks, outer=True)
+    size = plan.train.size(int(cfg.num_clients))
+    if size < 2 and secagg_settings(cfg) is not None:  # Flower's SecAgg+ halts every round with one client
+        raise ConfigError(
+            f"server.secagg=true needs at least 2 clients per round, this config trains {size}: "
+            "raise num_clients / clients_per_round, or set server.secagg=false"
+        )
+    strategy = _build_one(fill_sizes(spec, size), "server.strategy", hooks, outer=True)
     strategy.sampling, strategy.sample_report_fn = plan, hooks.get("sample_report_fn")
     strategy.update_bounds = UpdateBounds.parse(
         cfg.server.get("max_update_norm", DEFAULT_MAX_UPDATE_NORM),
         cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT),
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
+    strategy.secure_aggregate = secagg_settings(cfg) is not None
     return strategy
 
 

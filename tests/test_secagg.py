@@ -191,5 +191,7 @@ def test_strategies_on_the_sum_are_allowed(strategy: str) -> None:
 def test_bad_secagg_params_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match="server.secagg_params: .*num_shares"):
         build_strategy(load_config("server.secagg=true server.secagg_params.num_shares=2"))
+    with pytest.raises(ConfigError, match="server.secagg=true needs at least 2 clients per round"):
+        build_strategy(load_config("server.secagg=true num_clients=1"))
     with pytest.raises(ConfigError, match="server.secagg_params.quantization_range"):
         load_config("server.secagg_params.quantization_range=0.5")

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -73,6 +72,7 @@ class ReplyChecks:
     reply_report_fn: ReportFn | None = None  # told (round, counts) after every aggregation
     reply_facts_fn: FactsFn | None = None  # told (node id, metrics) of every sound reply: facts keyed by the sender
     update_bounds: UpdateBounds = UpdateBounds()
+    secure_aggregate: bool = False  # server.secagg: the one reply per round is the unmasked sum of all clients'
     _reply_reference: ArrayRecord | None = None
     _judge_reference: Reference | None = None
 
@@ -202,10 +202,10 @@ class ReplyChecks:
         # Replies come in arrival order; a float sum depends on its order, so aggregate them in partition order
         # (a client's claim; a false one only reorders the sum) for the same numbers from the same seed.
         sound.sort(key=lambda r: (float(r.metrics.get("partition_id", math.inf)), r.node))
-        if self.reply_facts_fn is not None:
+        # A secure aggregate (server.secagg) is no node's facts: fedmemes/secagg.py reports each node's itself.
+        if self.reply_facts_fn is not None and not self.secure_aggregate:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
-                if reply.node != SUPERLINK_NODE_ID:  # a secure aggregate (fedmemes/secagg.py) is no node's facts
-                    self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
+                self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
         clipped, capped = self.bound_replies(server_round, sound) if sound else (0, 0)
         arrays, metrics = None, None
         if len(sound) >= self._minimum():
