@@ -114,7 +114,7 @@ def test_secure_aggregate_equals_fedavg(runs: Runs) -> None:
     plain, secure = _model(runs.plain), _model(runs.secure)
     assert set(plain) == set(secure)
     diff = max(float(np.abs(plain[k].astype(np.float64) - secure[k]).max()) for k in plain)
-    assert diff < 1e-5, diff  # measured here: ~3e-7 (quantization), float64 into the mod (client_secagg.py)
+    assert diff < 1e-5, diff  # measured here: ~1e-6 (stochastic quantization), float64 into the mod (client_secagg.py)
     assert all(secure[k].dtype == plain[k].dtype for k in plain)  # the global model keeps its dtypes
 
 
