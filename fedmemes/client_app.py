@@ -15,6 +15,7 @@ from torch import nn
 from fedmemes import engine, site_policy
 from fedmemes.client_corrections import local_setup
 from fedmemes.client_dp import local_dp
+from fedmemes.client_secagg import secagg_mod
 from fedmemes.config import build_model, load_config, message_overrides
 from fedmemes.node_datasets import ClientData, client_data
 from fedmemes.site_policy import SitePolicy
@@ -67,8 +68,9 @@ def _model(cfg: DictConfig, msg: Message) -> nn.Module:
     return model
 
 
-# local_dp clips and noises the reply (client.dp); a secure-aggregation mod goes first: it masks the noised update
-@app.train(mods=[local_dp])
+# secagg_mod answers the SecAgg+ stages (server.secagg=true) and masks the reply; local_dp (client.dp or the
+# site's local_dp) clips and noises it first, so the masked update is already noised. Other messages pass.
+@app.train(mods=[secagg_mod, local_dp])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's memes for `num_epochs`."""
     node = _node_setup(context, msg)

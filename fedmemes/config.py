@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from fedmemes import server_dp
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
+from fedmemes.secagg import SecAggSettings, refusal
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.validation import with_reply_checks
@@ -227,12 +228,20 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
     passing the hooks each level accepts."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
+    if secagg_settings(cfg) is not None:  # refused before anything is built: the strategy would need each update
+        level: Any = spec
+        targets = []
+        while isinstance(level, dict) and "_target_" in level:
+            targets.append(get_class(level["_target_"]))
+            level = level.get("strategy")
+        if why := refusal(targets):
+            raise ConfigError(why)
     # the plan reads Flower 1.42's names (_build_one warns about the old ones)
     for (
         old,
         new,
     ) in SEED_STRATEGY_KEYS.items():
-        level: Any = spec
+        level = spec
         while isinstance(level, dict):
             if old in level:
                 level[new] = level[old]
@@ -244,10 +253,16 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.get("clients_per_eval_round"),
         int(cfg.random_seed),
     )
+    size = plan.train.size(int(cfg.num_clients))
+    if size < 2 and secagg_settings(cfg) is not None:  # Flower's SecAgg+ halts every round with one client
+        raise ConfigError(
+            f"server.secagg=true needs at least 2 clients per round, this config trains {size}: "
+            "raise num_clients / clients_per_round, or set server.secagg=false"
+        )
     # strategy=dp_fixed: Flower's accountant (None where it does not apply); only the fixed-clipping wrappers take it
     accountant = server_dp.accountant_for(cfg)
     hooks = {**hooks, "accountant": accountant} if accountant is not None else hooks
-    strategy = _build_one(fill_sizes(spec, plan.train.size(int(cfg.num_clients))), "server.strategy", hooks, outer=True)
+    strategy = _build_one(fill_sizes(spec, size), "server.strategy", hooks, outer=True)
     # Flower accounts a plain average of the clipped updates: every reply counts once, whatever it claims
     strategy.uniform_weights = accountant is not None
     strategy.sampling, strategy.sample_report_fn = plan, hooks.get("sample_report_fn")
@@ -256,7 +271,21 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT),
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
+    strategy.secure_aggregate = secagg_settings(cfg) is not None
     return strategy
+
+
+def secagg_settings(cfg: DictConfig) -> SecAggSettings | None:
+    """Return the SecAgg+ settings when `server.secagg` is on (`server.secagg_params`), else None."""
+    if not cfg.server.get("secagg", False):
+        return None
+    params = cast(dict[str, Any], OmegaConf.to_container(cfg.server.get("secagg_params") or {}, resolve=True))
+    try:
+        settings = SecAggSettings(**params)
+        settings.workflow(None)  # Flower's own checks of the numbers, at config time
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"server.secagg_params: {err}") from None
+    return settings
 
 
 def build_model(cfg: DictConfig) -> MemeClassifier:

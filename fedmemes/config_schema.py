@@ -46,6 +46,18 @@ class ClientSchema:
 
 
 @dataclass
+class SecAggParamsSchema:
+    """Types of `server.secagg_params` (Flower's SecAggPlusWorkflow arguments; Flower checks the values)."""
+
+    num_shares: Any = MISSING  # an int (a count) or a float (a share): Flower reads them differently, so no coercion
+    reconstruction_threshold: Any = MISSING  # the same
+    max_weight: float = MISSING
+    clipping_range: float = MISSING
+    quantization_range: int = MISSING
+    modulus_range: int = MISSING
+
+
+@dataclass
 class ServerSchema:
     """Types of the `server:` block (`fedmemes server` and the ServerApp)."""
 
@@ -71,6 +83,8 @@ class ServerSchema:
     max_update_norm: Any = MISSING  # K*median, a number or null: UpdateBounds.parse reads it
     max_client_weight: Any = MISSING  # K/n, a share or null: UpdateBounds.parse reads it
     dp: ServerDpSchema = field(default_factory=ServerDpSchema)
+    secagg: bool = MISSING
+    secagg_params: SecAggParamsSchema = field(default_factory=lambda: SecAggParamsSchema())
 
 
 @dataclass
@@ -241,6 +255,12 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("client.dp.delta", _probability, "a probability in (0, 1), e.g. 1e-5"),
         ("client.dp.clipping_norm", *_positive()),
         ("client.dp.sensitivity", *_positive(null=True)),
+        ("server.secagg_params.num_shares", *_positive()),
+        ("server.secagg_params.reconstruction_threshold", *_positive()),
+        ("server.secagg_params.max_weight", *_positive()),
+        ("server.secagg_params.clipping_range", *_positive()),
+        ("server.secagg_params.quantization_range", *_whole(2)),
+        ("server.secagg_params.modulus_range", *_whole(4, 2**32)),
         ("simulation.client_cpus", *_positive()),
         ("simulation.client_gpus", lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.5"),
         ("simulation.status_linger_s", lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),

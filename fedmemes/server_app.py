@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedmemes import checkpoint, engine, private_files, recipe_search, run_config, server_dp
 from fedmemes import run_dir as run_dirs
-from fedmemes.config import build_strategy, load_config, overrides_of
+from fedmemes.config import build_strategy, load_config, overrides_of, secagg_settings
 from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
+from fedmemes.secagg import SecAggGrid
 from fedmemes.server_run import EarlyStop, ServerRun
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) ->
     # round_offset: after a resume, clients seed by the true round, not the strategy's restarted count;
     # recipe: the chosen candidate's overrides, which every client composes on top of the run's own.
     train_config = {"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs), "round_offset": run.offset}
+    secure = secagg_settings(cfg)
+    if secure is not None:  # server.secagg: the strategy sees one reply per round, the unmasked sum (secagg.py)
+        grid = cast(Grid, SecAggGrid(grid, secure, report_fn=run.record, facts_fn=run.record_node))
     try:
         result = strategy.start(
             grid=grid,

@@ -22,6 +22,7 @@ from fedmemes.history import RunHistory
 from fedmemes.node_datasets import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
 from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
+from fedmemes.secagg import CLIENTS_KEY
 from fedmemes.tracking import build_trackers, round_metrics
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ class ServerRun:
 
     def aggregate_train_metrics(self, records: list[RecordDict], weighting_key: str) -> MetricRecord:
         """Average the clients' train metrics (their data facts arrive per node through record_node)."""
-        self.trained = len(records)
+        # a secure aggregate (server.secagg) is one reply holding secagg_clients clients' sum
+        self.trained = sum(int(cast(int, next(iter(r.metric_records.values())).get(CLIENTS_KEY, 1))) for r in records)
         self.partitions = sorted(
             int(cast(int, m["partition_id"]))
             for r in records
@@ -198,7 +200,7 @@ class ServerRun:
         )
         averaged = aggregate_metricrecords(records, weighting_key)
         # Clients send scalar metrics only (the reply checks require it), so every average is a float.
-        self.train_metrics = {k: cast(float, v) for k, v in averaged.items() if k not in CLIENT_FACTS}
+        self.train_metrics = {k: cast(float, v) for k, v in averaged.items() if k not in (*CLIENT_FACTS, CLIENTS_KEY)}
         return MetricRecord(self.train_metrics)  # type: ignore[arg-type]  # flwr types it as an invariant dict; float values fit
 
     def finish(self, final: ArrayRecord) -> None:

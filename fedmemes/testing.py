@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -72,7 +73,7 @@ class LocalGrid(Grid):
                     ttl=md.ttl,
                     message_type=md.message_type,
                 ),
-                msg.content,
+                copy.deepcopy(msg.content),  # each node gets its own copy, as over the wire (mods edit content)
             )
             node = md.dst_node_id
             node_config: dict[str, bool | float | int | str] = {"partition-id": node, "num-partitions": self.num_nodes}

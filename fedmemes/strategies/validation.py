@@ -63,6 +63,10 @@ class ReplyChecks:
     updates clipped, over-claimed sizes capped. The strategy aggregates rebuilt replies holding
     exactly what was checked. Flower ends the whole run on inconsistent replies, so this runs
     before the strategy's own checks. Use `with_reply_checks`.
+
+    Under secure aggregation (server.secagg, fedmemes/secagg.py) no individual update reaches the
+    server: the one reply is the unmasked weighted average, so these checks and bounds judge the
+    aggregate (names, shapes, dtypes, finite values, a positive total), never a single client.
     """
 
     min_valid_replies: int | None = None  # fewer sound replies: keep the previous model; None: 2 when 2+ were sampled
@@ -70,6 +74,7 @@ class ReplyChecks:
     reply_facts_fn: FactsFn | None = None  # told (node id, metrics) of every sound reply: facts keyed by the sender
     update_bounds: UpdateBounds = UpdateBounds()
     uniform_weights: bool = False  # every sound reply weighs 1 (the DP accountant's plain average of clipped updates)
+    secure_aggregate: bool = False  # server.secagg: the one reply per round is the unmasked sum of all clients'
     _reply_reference: ArrayRecord | None = None
     _judge_reference: Reference | None = None
     _sampled: int = 0  # train messages sent this round
@@ -227,7 +232,8 @@ class ReplyChecks:
         # Replies come in arrival order; a float sum depends on its order, so aggregate them in partition order
         # (a client's claim; a false one only reorders the sum) for the same numbers from the same seed.
         sound.sort(key=lambda r: (float(r.metrics.get("partition_id", math.inf)), r.node))
-        if self.reply_facts_fn is not None:
+        # A secure aggregate (server.secagg) is no node's facts: fedmemes/secagg.py reports each node's itself.
+        if self.reply_facts_fn is not None and not self.secure_aggregate:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
                 self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
         if self.uniform_weights:  # after the facts above took each node's own claim
