@@ -89,6 +89,8 @@ class ReplyChecks:
         return messages
 
     def _minimum(self) -> int:
+        if self.secure_aggregate:  # one reply, the sum: SecAgg+'s reconstruction threshold already counted clients
+            return 1
         if self.min_valid_replies is None:  # one client alone never makes the model while others were asked
             return min(2, max(1, self._sampled))
         return max(1, int(self.min_valid_replies))
