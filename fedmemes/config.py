@@ -254,11 +254,7 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         int(cfg.random_seed),
     )
     size = plan.train.size(int(cfg.num_clients))
-    if size < 2 and secagg_settings(cfg) is not None:  # Flower's SecAgg+ halts every round with one client
-        raise ConfigError(
-            f"server.secagg=true needs at least 2 clients per round, this config trains {size}: "
-            "raise num_clients / clients_per_round, or set server.secagg=false"
-        )
+    _check_secagg_size(secagg_settings(cfg), size)
     # strategy=dp_fixed: Flower's accountant (None where it does not apply); only the fixed-clipping wrappers take it
     accountant = server_dp.accountant_for(cfg)
     hooks = {**hooks, "accountant": accountant} if accountant is not None else hooks
@@ -273,6 +269,23 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
     strategy.secure_aggregate = secagg_settings(cfg) is not None
     return strategy
+
+
+def _check_secagg_size(secagg: SecAggSettings | None, size: int) -> None:
+    """Refuse a SecAgg+ round Flower cannot run (one client) or whose quantized sum would wrap around the modulus."""
+    if secagg is None:
+        return
+    if size < 2:  # Flower's SecAgg+ halts every round with one client
+        raise ConfigError(
+            f"server.secagg=true needs at least 2 clients per round, this config trains {size}: "
+            "raise num_clients / clients_per_round, or set server.secagg=false"
+        )
+    if size * secagg.quantization_range >= secagg.modulus_range:  # the masked sum is taken modulo modulus_range
+        raise ConfigError(
+            f"server.secagg_params: {size} clients x quantization_range={secagg.quantization_range} reaches "
+            f"modulus_range={secagg.modulus_range}, so the sum would wrap; lower quantization_range below "
+            f"{secagg.modulus_range // size}"
+        )
 
 
 def secagg_settings(cfg: DictConfig) -> SecAggSettings | None:

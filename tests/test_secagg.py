@@ -193,5 +193,7 @@ def test_bad_secagg_params_are_one_line_errors() -> None:
         build_strategy(load_config("server.secagg=true server.secagg_params.num_shares=2"))
     with pytest.raises(ConfigError, match="server.secagg=true needs at least 2 clients per round"):
         build_strategy(load_config("server.secagg=true num_clients=1"))
+    with pytest.raises(ConfigError, match="100 clients x quantization_range=67108864 .* would wrap"):
+        build_strategy(load_config("server.secagg=true num_clients=100"))  # 100 x 2**26 >= 2**32
     with pytest.raises(ConfigError, match="server.secagg_params.quantization_range"):
         load_config("server.secagg_params.quantization_range=0.5")
