@@ -228,7 +228,8 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
     passing the hooks each level accepts."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
-    if secagg_settings(cfg) is not None:  # refused before anything is built: the strategy would need each update
+    secagg = secagg_settings(cfg)
+    if secagg is not None:  # refused before anything is built: the strategy would need each update
         level: Any = spec
         targets = []
         while isinstance(level, dict) and "_target_" in level:
@@ -254,7 +255,8 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         int(cfg.random_seed),
     )
     size = plan.train.size(int(cfg.num_clients))
-    _check_secagg_size(secagg_settings(cfg), size)
+    if secagg is not None:
+        secagg.check_round_size(size)
     # strategy=dp_fixed: Flower's accountant (None where it does not apply); only the fixed-clipping wrappers take it
     accountant = server_dp.accountant_for(cfg)
     hooks = {**hooks, "accountant": accountant} if accountant is not None else hooks
@@ -267,25 +269,8 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT),
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
-    strategy.secure_aggregate = secagg_settings(cfg) is not None
+    strategy.secure_aggregate = secagg is not None
     return strategy
-
-
-def _check_secagg_size(secagg: SecAggSettings | None, size: int) -> None:
-    """Refuse a SecAgg+ round Flower cannot run (one client) or whose quantized sum would wrap around the modulus."""
-    if secagg is None:
-        return
-    if size < 2:  # Flower's SecAgg+ halts every round with one client
-        raise ConfigError(
-            f"server.secagg=true needs at least 2 clients per round, this config trains {size}: "
-            "raise num_clients / clients_per_round, or set server.secagg=false"
-        )
-    if size * secagg.quantization_range >= secagg.modulus_range:  # the masked sum is taken modulo modulus_range
-        raise ConfigError(
-            f"server.secagg_params: {size} clients x quantization_range={secagg.quantization_range} reaches "
-            f"modulus_range={secagg.modulus_range}, so the sum would wrap; lower quantization_range below "
-            f"{secagg.modulus_range // size}"
-        )
 
 
 def secagg_settings(cfg: DictConfig) -> SecAggSettings | None:

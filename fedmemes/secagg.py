@@ -28,6 +28,8 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPlusWorkflow, WorkflowState
 from flwr.serverapp import Grid
 
+from fedmemes.config_schema import ConfigError
+
 log = logging.getLogger(__name__)
 
 CLIENTS_KEY = "secagg_clients"  # metric of the synthesized reply: how many clients its sum holds
@@ -46,6 +48,20 @@ class SecAggSettings:
     clipping_range: float = 8.0  # each weighted parameter is clipped to [-clipping_range, clipping_range]
     quantization_range: int = 2**26  # integer levels each parameter is quantized to
     modulus_range: int = 2**32  # masks live in [0, modulus_range); a power of two
+
+    def check_round_size(self, size: int) -> None:
+        """Refuse a round Flower cannot run (one client) or whose quantized sum would wrap around the modulus."""
+        if size < 2:  # Flower's SecAgg+ halts every round with one client
+            raise ConfigError(
+                f"server.secagg=true needs at least 2 clients per round, this config trains {size}: "
+                "raise num_clients / clients_per_round, or set server.secagg=false"
+            )
+        if size * self.quantization_range >= self.modulus_range:  # the masked sum is taken modulo modulus_range
+            raise ConfigError(
+                f"server.secagg_params: {size} clients x quantization_range={self.quantization_range} reaches "
+                f"modulus_range={self.modulus_range}, so the sum would wrap; lower quantization_range below "
+                f"{self.modulus_range // size}"
+            )
 
     def workflow(self, timeout: float | None) -> SecAggPlusWorkflow:
         """Return Flower's workflow with these settings (it checks them: num_shares > 2, threshold < shares, ...)."""
