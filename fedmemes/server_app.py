@@ -12,11 +12,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine, private_files, recipe_search, run_config, server_dp
+from fedmemes import checkpoint, client_state, engine, private_files, recipe_search, run_config, server_dp
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of
 from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
 from fedmemes.server_run import EarlyStop, ServerRun
+from fedmemes.strategies.resumable import set_round_offset
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -47,10 +48,17 @@ def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) ->
     """Run the rounds left; return the final global model (the latest one when server.patience stopped early)."""
     cfg, strategy = run.cfg, run.strategy
     assert strategy is not None
-    strategy.round_offset = run.offset  # after a resume the sample seed follows the true round
+    # after a resume the sample seed, FedOpt's step and the DP noise follow the true round (strategies/resumable.py)
+    set_round_offset(strategy, run.offset)
     # round_offset: after a resume, clients seed by the true round, not the strategy's restarted count;
+    # run_key: the folder of the clients' own state files (client_state.py), the same after a resume;
     # recipe: the chosen candidate's overrides, which every client composes on top of the run's own.
-    train_config = {"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs), "round_offset": run.offset}
+    train_config: dict[str, int | float | str] = {
+        "lr": float(cfg.lr),
+        "num_epochs": int(cfg.num_epochs),
+        "round_offset": run.offset,
+        client_state.RUN_KEY: run.run_key,
+    }
     try:
         result = strategy.start(
             grid=grid,
