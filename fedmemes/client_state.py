@@ -101,5 +101,6 @@ def save_state(state: RecordDict, path: Path | None, server_round: int) -> None:
     if earlier is not None:
         meta["before"] = str(earlier[0])
         tensors.update({f"before/{record}/{n}": t for record, ts in earlier[1].items() for n, t in ts.items()})
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in (path.parent.parent, path.parent):  # client_state/ and the run's folder: owner-only, like the files
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     private_files.write_bytes(path, save(tensors, metadata=meta))
