@@ -158,7 +158,7 @@ def _scores(run_dir: Path) -> dict[int, tuple[float, float]]:
     return {r["round"]: (r["auroc"], r["loss"]) for r in rounds}
 
 
-@pytest.mark.slow  # three runs of 6 tiny rounds in subprocesses: about 40 s per strategy on 2 shared cores
+@pytest.mark.slow  # three runs of 6 tiny rounds in subprocesses (15-30 s each): 60-90 s per strategy on 2 shared cores
 @pytest.mark.parametrize(
     "strategy",
     ["strategy=fedavg", "strategy=fedadam", "strategy=scaffold", "strategy=feddyn", DP_ADAPTIVE_FEDADAM],
