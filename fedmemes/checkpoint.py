@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 
 from fedmemes import private_files, server_dp
 from fedmemes.models.old_targets import current_target
@@ -21,9 +22,12 @@ CHECKPOINT_FILE = "checkpoint.pt"
 _NUMPY_TAG = "__numpy__"  # {"__numpy__": tensor}: a NumPy array in a strategy's state
 
 # Server-side optimiser state of Flower's strategies: FedOpt family (FedAdam, FedYogi, FedAdagrad)
-# keeps moments m_t/v_t, FedAvgM a momentum vector. A strategy of our own may instead define
-# `state_dict()` / `load_state_dict(state)` returning plain containers, tensors and NumPy arrays.
-STRATEGY_ATTRS = ("m_t", "v_t", "momentum_vector")
+# keeps moments m_t/v_t (its step is the round: strategies/resumable.py), FedAvgM a momentum vector,
+# the DP wrappers their noise seed and, with adaptive clipping, the clipping norm they learnt. A
+# strategy of our own may instead define `state_dict()` / `load_state_dict(state)` returning plain
+# containers, tensors and NumPy arrays.
+STRATEGY_ATTRS = ("m_t", "v_t", "momentum_vector", "noise_seed")
+WRAPPED = "strategy"  # a wrapper's state holds the wrapped strategy's state under this key
 
 
 @dataclass
@@ -39,22 +43,30 @@ class Checkpoint:
 
 
 def strategy_state(strategy: Any) -> dict[str, Any]:
-    """Return the strategy's own state (empty for stateless ones like FedAvg)."""
+    """Return the strategy's own state and, under WRAPPED, that of the strategy it wraps (empty for FedAvg)."""
     if hasattr(strategy, "state_dict"):
-        return dict(strategy.state_dict())
-    state = {name: getattr(strategy, name) for name in STRATEGY_ATTRS if getattr(strategy, name, None) is not None}
+        state = dict(strategy.state_dict())
+    else:
+        state = {name: getattr(strategy, name) for name in STRATEGY_ATTRS if getattr(strategy, name, None) is not None}
+    if isinstance(strategy, DifferentialPrivacyAdaptiveBase):  # learnt each round, not a setting
+        state["clipping_norm"] = float(strategy.clipping_norm)
     if getattr(strategy, "accountant", None) is not None:  # Flower's RdpAccountant: its ledger of DP releases
         state["accountant"] = strategy.accountant.state_dict()
+    if getattr(strategy, "strategy", None) is not None:  # Flower's DP wrappers keep the wrapped one here
+        state[WRAPPED] = strategy_state(strategy.strategy)
     return state
 
 
 def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
-    """Put a saved state back into a freshly built strategy."""
+    """Put a saved state back into a freshly built strategy and the strategies it wraps."""
+    state = dict(state)
+    wrapped = state.pop(WRAPPED, None)
+    if wrapped is not None and getattr(strategy, "strategy", None) is not None:
+        restore_strategy(strategy.strategy, wrapped)
+    server_dp.restore_accountant(strategy, state.pop("accountant", None))
     if hasattr(strategy, "load_state_dict"):
         strategy.load_state_dict(state)
         return
-    state = dict(state)
-    server_dp.restore_accountant(strategy, state.pop("accountant", None))
     for name, value in state.items():
         setattr(strategy, name, value)
 

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from fedmemes import engine, site_policy
+from fedmemes import client_state, engine, site_policy
 from fedmemes.client_corrections import local_setup
 from fedmemes.client_dp import local_dp
 from fedmemes.client_secagg import secagg_mod
@@ -83,7 +83,10 @@ def train(msg: Message, context: Context) -> Message:
     device = engine.pick_device(limits.device or cfg.device)
     # limits.max_memes_per_round: a cap on local batches, whatever the server's epochs and steps
     caps = [cfg.local_steps, limits.max_memes_per_round and max(1, limits.max_memes_per_round // cfg.batch_size)]
-    # SCAFFOLD / FedDyn corrections and the local loss (loss=fedlc); their state lives in context.state
+    # SCAFFOLD / FedDyn corrections and the local loss (loss=fedlc); their state lives in context.state, and on disk
+    # (client_state.py) for the next process: a resumed run or a restarted SuperNode starts with an empty one
+    state_file = client_state.state_file(cfg.cache_dir, str(config.get(client_state.RUN_KEY, "")), pid)
+    client_state.restore(context.state, state_file, server_round)
     local = local_setup(
         msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss")
     )
@@ -123,12 +126,14 @@ def train(msg: Message, context: Context) -> Message:
             "n_both": int(has.all(dim=1).sum()),
         },
     )
+    extra = local.finish(model)  # updates context.state
+    client_state.save_state(context.state, state_file, server_round)
     reply = RecordDict(
         {
             "arrays": ArrayRecord(engine.trainable_state(model)),
             "metrics": MetricRecord(metrics),
             "site": ConfigRecord({"name": node.site, "policy_sha256": node.policy_hash}),  # logged per node
-            **local.finish(model),
+            **extra,
         }
     )
     return Message(content=reply, reply_to=msg)

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 from fedmemes import server_dp
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
 from fedmemes.secagg import SecAggSettings, refusal
+from fedmemes.strategies.resumable import levels, resumable
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds
 from fedmemes.strategies.validation import with_reply_checks
@@ -214,11 +215,11 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
     # a wrapper (central DP) around another strategy
     if isinstance(spec.get("strategy"), dict) and "_target_" in spec["strategy"]:
         extra["strategy"] = _build_one(spec.pop("strategy"), f"{where}.strategy", hooks)
-    if not outer:
-        return instantiate(spec, **extra)
-    # The outermost strategy gets the reply checks: same class, filtering replies before it aggregates.
     args = instantiate(spec, _partial_=True, **extra)
-    strategy: Any = with_sampling(with_reply_checks(target))(*args.args, **args.keywords)  # a class built at run time
+    if not outer:  # resumable: the mixin a resumed run needs to equal the stopped one (FedOpt's step, DP noise)
+        return resumable(target)(*args.args, **args.keywords)
+    # The outermost strategy gets the reply checks: same class, filtering replies before it aggregates.
+    strategy: Any = with_sampling(with_reply_checks(resumable(target)))(*args.args, **args.keywords)
     strategy.reply_report_fn = hooks.get("reply_report_fn")
     strategy.min_valid_replies = None if min_valid is None else int(min_valid)
     return strategy
@@ -270,6 +271,10 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
     strategy.secure_aggregate = secagg is not None
+    noise_seed = OmegaConf.select(cfg, "server.dp.noise_seed")
+    for level in levels(strategy):  # DP wrappers: pinned noise (null: a secret drawn at the first round)
+        if hasattr(level, "noise_seed"):
+            level.noise_seed = None if noise_seed is None else int(noise_seed)
     return strategy
 
 

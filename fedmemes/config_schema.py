@@ -26,6 +26,7 @@ class ServerDpSchema:
 
     max_epsilon: float | None = MISSING
     target_delta: float = MISSING
+    noise_seed: int | None = None  # None: a secret per run (fedmemes/strategies/resumable.py)
 
 
 @dataclass

@@ -12,12 +12,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, engine, private_files, recipe_search, run_config, server_dp
+from fedmemes import checkpoint, client_state, engine, private_files, recipe_search, run_config, server_dp
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of, secagg_settings
 from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
 from fedmemes.secagg import SecAggGrid
 from fedmemes.server_run import EarlyStop, ServerRun
+from fedmemes.strategies.resumable import set_round_offset
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -48,10 +49,17 @@ def _rounds(grid: Grid, run: ServerRun, initial: dict[str, Any], recipe: str) ->
     """Run the rounds left; return the final global model (the latest one when server.patience stopped early)."""
     cfg, strategy = run.cfg, run.strategy
     assert strategy is not None
-    strategy.round_offset = run.offset  # after a resume the sample seed follows the true round
+    # after a resume the sample seed, FedOpt's step and the DP noise follow the true round (strategies/resumable.py)
+    set_round_offset(strategy, run.offset)
     # round_offset: after a resume, clients seed by the true round, not the strategy's restarted count;
+    # run_key: the folder of the clients' own state files (client_state.py), the same after a resume;
     # recipe: the chosen candidate's overrides, which every client composes on top of the run's own.
-    train_config = {"lr": float(cfg.lr), "num_epochs": int(cfg.num_epochs), "round_offset": run.offset}
+    train_config: dict[str, int | float | str] = {
+        "lr": float(cfg.lr),
+        "num_epochs": int(cfg.num_epochs),
+        "round_offset": run.offset,
+        client_state.RUN_KEY: run.run_key,
+    }
     secure = secagg_settings(cfg)
     if secure is not None:  # server.secagg: the strategy sees one reply per round, the unmasked sum (secagg.py)
         grid = cast(Grid, SecAggGrid(grid, secure, report_fn=run.record, facts_fn=run.record_node))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -62,12 +63,15 @@ class ServerRun:
         self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
         self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
         self.latest = self.best_state  # the latest round's global model (set each round by evaluate)
+        # the run's id for client-side files (fedmemes/client_state.py): kept across resumes, unlike Flower's run_id
+        self.run_key = secrets.token_hex(8)
 
     def resume(self, ckpt: checkpoint.Checkpoint) -> dict[str, Any]:
         """Continue after the checkpointed round: history, best model and strategy state come back; return the
         weights."""
         self.history.restore(ckpt.history)
         self.best_state, self.offset = ckpt.best_state, ckpt.server_round
+        self.run_key = str(ckpt.setup.get("run_key") or self.run_key)  # older checkpoints: clients start afresh
         checkpoint.restore_strategy(self.strategy, ckpt.strategy)
         log.info("resuming after round %d of %d", self.offset, self.cfg.num_rounds)
         return ckpt.arrays
@@ -114,7 +118,7 @@ class ServerRun:
                     self.history.state(),
                     self.best_state,
                     checkpoint.strategy_state(self.strategy),
-                    checkpoint.setup_of(self.cfg),
+                    {**checkpoint.setup_of(self.cfg), "run_key": self.run_key},
                 ),
             )
         if scored and self.patience_spent(server_round):  # an unscored round (server.eval_every) decides nothing

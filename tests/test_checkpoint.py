@@ -1,5 +1,6 @@
 """Checkpoints: strategy state, history and the round offset of a resumed server, on hand-built values."""
 
+import secrets
 import time
 
 import numpy as np
@@ -58,6 +59,7 @@ def _server_run(tmp_path, monkeypatch) -> ServerRun:
     run.model.w = torch.nn.Parameter(torch.zeros(2))
     run.history, run.best_state = RunHistory(tmp_path), {"w": torch.zeros(2)}
     run.started, run.trained, run.replies, run.strategy, run.offset = time.monotonic(), 2, {}, FedAvg(), 0
+    run.run_key = secrets.token_hex(8)  # as ServerRun draws it: the clients' state folder
     return run
 
 
@@ -69,6 +71,7 @@ def test_resumed_server_scores_each_round_once(tmp_path, monkeypatch):
     second = _server_run(tmp_path, monkeypatch)
     weights = second.resume(checkpoint.load(tmp_path))
     assert second.offset == 2 and torch.allclose(weights["w"], torch.full((2,), 0.2))
+    assert second.run_key == first.run_key  # the clients find their state files again
     assert second.evaluate(0, ArrayRecord(weights)) is None  # Flower's round 0 of the resumed run = round 2
     second.evaluate(1, ArrayRecord({"w": torch.full((2,), 0.5)}))
     second.evaluate(2, ArrayRecord({"w": torch.full((2,), 0.4)}))

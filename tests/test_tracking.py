@@ -95,3 +95,38 @@ def test_a_missing_optional_package_names_the_extra(tmp_path, monkeypatch):
         ImportError, match=r"logger=mlflow needs an optional package .*pip install 'fedmemes\[tracking\]'"
     ):
         build_trackers(load_config("logger=mlflow"), tmp_path)
+
+
+def test_csv_logger_of_a_resumed_run_writes_no_row_twice(tmp_path):
+    first = build_trackers(load_config("logger=csv"), tmp_path)
+    for step in (0, 1, 2):  # stopped after scoring round 2, before its checkpoint: round 2 is run again
+        first.log_metrics(step, {"holdout/auroc": 0.5 + step / 10})
+    resumed = build_trackers(load_config("logger=csv"), tmp_path)
+    for step in (2, 3):
+        resumed.log_metrics(step, {"holdout/auroc": 0.5 + step / 10})
+    resumed.finish(3, {"auroc": 0.77})
+    rows = list(csv.DictReader((tmp_path / "tracking" / "metrics.csv").open()))
+    assert [(r["step"], r["name"]) for r in rows] == [
+        *((str(s), "holdout/auroc") for s in range(4)),
+        ("3", "test/auroc"),
+    ]
+
+
+@pytest.mark.slow  # importing mlflow and creating its SQLite store takes 10-60 s on the shared CI cores
+def test_mlflow_logger_of_a_resumed_run_continues_its_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = build_trackers(load_config("logger=mlflow"), tmp_path)
+    first.log_metrics(1, {"holdout/auroc": 0.6})  # killed here: no finish
+    resumed = build_trackers(load_config(f"logger=mlflow resume={tmp_path}"), tmp_path)  # a changed param is kept
+    resumed.log_metrics(2, {"holdout/auroc": 0.7})
+    resumed.finish(2, {"auroc": 0.77})
+    assert resumed.trackers, "the resumed MLflow tracker was switched off"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("fedmemes").experiment_id])
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "holdout/auroc")] == [
+        (1, 0.6),
+        (2, 0.7),
+    ]
+    assert run.info.status == "FINISHED" and run.data.params["resume"] == "None"

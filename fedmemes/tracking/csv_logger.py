@@ -24,13 +24,18 @@ class CsvLogger(Tracker):
         self.metrics = self.folder / "metrics.csv"
         if not self.metrics.exists():  # a resumed run appends to its earlier rows
             private_files.write_text(self.metrics, "step,name,value\n")  # 0600 like every run file; appends keep it
+        # (step, name) pairs already written: a resumed run scores again the round it was stopped in, skip its rows
+        with self.metrics.open(newline="") as f:
+            self.written = {(row[0], row[1]) for row in csv.reader(f) if len(row) == 3}
 
     def log_config(self, config: dict[str, Any]) -> None:
         private_files.write_text(self.folder / "config.json", json.dumps(config, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        rows = [(step, name, repr(value)) for name, value in metrics.items() if (str(step), name) not in self.written]
+        self.written.update((str(step), name) for _, name, _ in rows)
         with self.metrics.open("a", newline="") as f:
-            csv.writer(f).writerows((step, name, repr(value)) for name, value in metrics.items())
+            csv.writer(f).writerows(rows)
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         with private_files.private_open(self.folder / "artifacts.csv", "w", newline="") as f:

@@ -8,7 +8,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedmemes import private_files
 from fedmemes.tracking.base import Tracker, flatten
+
+log = logging.getLogger(__name__)
+RUN_ID_FILE = "mlflow_run_id"  # in the tracker's folder: the MLflow run a resume continues
 
 MAX_PARAM_CHARS = 500  # MLflow refuses longer param values on some backends: the full config goes in as an artifact too
 
@@ -45,17 +49,41 @@ class MlflowLogger(Tracker):
         experiment_id = (
             found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifacts)
         )
-        self.run_id = self.client.create_run(
-            experiment_id, run_name=self.run_dir.name, tags={"fedmemes.run_dir": str(self.run_dir)}
-        ).info.run_id
+        # a resumed run continues the MLflow run it started: its id is kept in the run folder
+        self.id_file = self.run_dir / folder / RUN_ID_FILE
+        earlier = self._earlier_run()
+        self.resumed = earlier is not None
+        if earlier is None:
+            earlier = self.client.create_run(
+                experiment_id, run_name=self.run_dir.name, tags={"fedmemes.run_dir": str(self.run_dir)}
+            ).info.run_id
+            self.id_file.parent.mkdir(parents=True, exist_ok=True)
+            private_files.write_text(self.id_file, earlier)
+        else:
+            self.client.update_run(earlier, status="RUNNING")
+        self.run_id: str = earlier
+
+    def _earlier_run(self) -> str | None:
+        """Return the MLflow run this run folder started, when the store still has it."""
+        if not self.id_file.is_file():
+            return None
+        run_id = self.id_file.read_text(encoding="utf-8").strip()
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001  MlflowException: another store (tracking_uri changed), or deleted
+            log.warning("MLflow run %s (%s) is not in %s: starting a new one", run_id, self.id_file, self.tracking_uri)
+            return None
+        return run_id
 
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(config).items()]
+        # MLflow refuses to change a logged param: a resumed run adds only the new ones (e.g. resume=RUN itself)
+        known = set(self.client.get_run(self.run_id).data.params) if self.resumed else set()
+        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(config).items() if k not in known]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])
-        self.client.log_dict(self.run_id, config, "config.json")
+        self.client.log_dict(self.run_id, config, "config_resumed.json" if self.resumed else "config.json")
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         import time
