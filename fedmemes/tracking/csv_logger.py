@@ -15,7 +15,7 @@ from fedmemes.tracking.base import Tracker
 
 
 class CsvLogger(Tracker):
-    """Append scalars to a long-format CSV (one row per value: easy to pivot, never needs a header change)."""
+    """Add scalars to a long-format CSV (one row per value: easy to pivot, never needs a header change)."""
 
     def __init__(self, run_dir: str | Path, folder: str = "tracking") -> None:
         super().__init__(run_dir)
@@ -29,8 +29,14 @@ class CsvLogger(Tracker):
         private_files.write_text(self.folder / "config.json", json.dumps(config, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        with self.metrics.open("a", newline="") as f:
-            csv.writer(f).writerows((step, name, repr(value)) for name, value in metrics.items())
+        # Rewritten whole through private_files (atomic, fsynced; the file is small): a crash never leaves half a
+        # row, and rows of steps from `step` on, left by a run stopped after them, are dropped, not repeated.
+        with self.metrics.open(newline="") as f:
+            kept = [r for r in csv.reader(f) if r and (r[0] == "step" or (r[0].isdigit() and int(r[0]) < step))]
+        with private_files.private_open(self.metrics, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerows(kept)
+            out.writerows((step, name, repr(value)) for name, value in metrics.items())
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         with private_files.private_open(self.folder / "artifacts.csv", "w", newline="") as f:
