@@ -8,6 +8,7 @@ run code when it is loaded. NumPy arrays in a strategy's state travel as tensors
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,9 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  UnpicklingError: an object the safe loader refuses (or a broken file)
-        first = (str(err).splitlines() or [""])[0][:200]  # an error may have no message at all
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(err).splitlines() or [""])[0])[:200]  # may be empty, or coloured
         raise ValueError(
-            f"refused by the safe loader ({type(err).__name__}: {first}; a checkpoint holds only tensors and plain "
-            "values)"
+            f"cannot be read safely ({type(err).__name__}: {first}; a checkpoint holds only tensors and plain values)"
         ) from None
 
 

@@ -29,18 +29,18 @@ class CheckpointDamaged(ValueError):
 
 
 def problem(path: Path) -> str | None:
-    """Return why `path` is no whole checkpoint (missing, empty, truncated, damaged), or None when it is whole."""
+    """Return why `path` is no whole checkpoint ("is missing", "is empty", ...), or None when it is whole."""
     if not path.is_file():
-        return "missing"
+        return "is missing"
     size = path.stat().st_size
     if size == 0:
-        return "empty (0 bytes)"
+        return "is empty (0 bytes)"
     try:  # torch.save writes a zip archive with a CRC per entry: a cut or changed byte shows here
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        return f"truncated or damaged ({size} bytes, not a whole archive: {err})"
-    return None if bad is None else f"damaged ({size} bytes; {bad} fails its checksum)"
+        return f"is truncated or damaged ({size} bytes, not a whole archive: {err})"
+    return None if bad is None else f"is damaged ({size} bytes; {bad} fails its checksum)"
 
 
 def write(run_dir: Path, data: bytes) -> Path:
@@ -70,18 +70,18 @@ def read(run_dir: Path, reader: Callable[[Path], Any]) -> Any:
             try:
                 data = reader(path)
             except ValueError as err:  # the safe loader refused it: an object, or bytes no torch file holds
-                why = str(err)
+                why = str(err)  # "cannot be read safely (...)"
             else:
                 if tried:
                     log.warning(
-                        "%s is %s: resuming from %s (round %s); the rounds after it are trained again",
+                        "%s %s: resuming from %s (round %s); the rounds after it are trained again",
                         run_dir / LATEST,
-                        tried[0].split(" is ", 1)[1],
+                        tried[0].split(" ", 1)[1],
                         path,
                         data.get("server_round") if isinstance(data, dict) else "?",
                     )
                 return data
-        tried.append(f"{name} is {why}")
+        tried.append(f"{name} {why}")
     if all(t.endswith(" is missing") for t in tried):
         raise FileNotFoundError(
             f"{run_dir / LATEST} not found: resume=RUN_DIR needs a run directory whose server finished at least one "

@@ -176,7 +176,9 @@ def test_a_full_disk_ends_in_one_line_and_leaves_the_last_round_resumable(
     if target == "metrics.json":  # written first: the round's checkpoint never started, metrics.json is round 3's
         assert (tmp_path / "metrics.json").read_bytes() == metrics
     # the last good checkpoint is the latest, whole (the previous name may already point at it: a hard link)
-    assert _round_of(tmp_path / "checkpoint.pt") == 3 and checkpoint_files.problem(tmp_path / "checkpoint.prev.pt") is None
+    assert (
+        _round_of(tmp_path / "checkpoint.pt") == 3 and checkpoint_files.problem(tmp_path / "checkpoint.prev.pt") is None
+    )
     second = _server_run(tmp_path, monkeypatch)  # resumable: round 4 is trained again
     second.resume(checkpoint.load(tmp_path))
     second.evaluate(1, ArrayRecord({"w": torch.full((2,), 0.9)}))
@@ -271,3 +273,23 @@ def test_a_full_disk_in_the_server_is_logged_as_one_line(
     assert line.startswith(f"disk full writing {finished_run / 'final.safetensors'} (")
     assert (finished_run / "final.safetensors").read_bytes() == final  # the earlier file, whole
     assert checkpoint.load(finished_run).server_round == 1  # still resumable
+
+
+def test_a_resumed_csv_tracker_replaces_the_rows_of_rounds_it_trains_again(tmp_path: Path) -> None:
+    from fedmemes.tracking.csv_logger import CsvLogger
+
+    first = CsvLogger(tmp_path)
+    for step in (0, 1, 2):  # the run stops after logging round 2, whose checkpoint was never written
+        first.log_metrics(step, {"holdout/auroc": 0.5 + step / 10})
+    second = CsvLogger(tmp_path)  # resumed after round 1: round 2 is trained and logged again
+    second.log_metrics(2, {"holdout/auroc": 0.9})
+    second.log_metrics(2, {"test/auroc": 0.8})  # the test scores at the last round's step keep its rows
+    rows = (tmp_path / "tracking" / "metrics.csv").read_text().splitlines()
+    assert rows == [
+        "step,name,value",
+        "0,holdout/auroc,0.5",
+        "1,holdout/auroc,0.6",
+        "2,holdout/auroc,0.9",
+        "2,test/auroc,0.8",
+    ]
+    assert not list((tmp_path / "tracking").glob(".*"))

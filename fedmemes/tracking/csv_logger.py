@@ -22,17 +22,18 @@ class CsvLogger(Tracker):
         self.folder = self.run_dir / folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.metrics = self.folder / "metrics.csv"
-        if not self.metrics.exists():  # a resumed run appends to its earlier rows
-            private_files.write_text(self.metrics, "step,name,value\n")  # 0600 like every run file; appends keep it
+        if not self.metrics.exists():  # a resumed run adds to its earlier rows
+            private_files.write_text(self.metrics, "step,name,value\n")  # 0600 like every run file
 
     def log_config(self, config: dict[str, Any]) -> None:
         private_files.write_text(self.folder / "config.json", json.dumps(config, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         # Rewritten whole through private_files (atomic, fsynced; the file is small): a crash never leaves half a
-        # row, and rows of steps from `step` on, left by a run stopped after them, are dropped, not repeated.
+        # row, and the rows a run stopped after this step left (later steps, or these names at it) are replaced, not
+        # repeated, when a resume logs the step again.
         with self.metrics.open(newline="") as f:
-            kept = [r for r in csv.reader(f) if r and (r[0] == "step" or (r[0].isdigit() and int(r[0]) < step))]
+            kept = [r for r in csv.reader(f) if r and (r[0] == "step" or _before(r, step, metrics))]
         with private_files.private_open(self.metrics, "w", newline="") as f:
             out = csv.writer(f)
             out.writerows(kept)
@@ -51,3 +52,10 @@ class CsvLogger(Tracker):
                         digest,
                     )
                 )
+
+
+def _before(row: list[str], step: int, metrics: Mapping[str, float]) -> bool:
+    """Whether a row stays when `metrics` are logged at `step`: an earlier step, or another name at this one."""
+    if not row[0].isdigit():
+        return False
+    return int(row[0]) < step or (int(row[0]) == step and len(row) > 1 and row[1] not in metrics)
