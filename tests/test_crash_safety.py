@@ -189,9 +189,9 @@ def test_a_full_disk_exits_5_with_the_line_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, full_disk: Callable[[str], list[str]]
 ) -> None:
     full_disk("clients.json")
-    with caplog.at_level(logging.ERROR, "fedmemes"), pytest.raises(SystemExit) as exit_:
-        with disk_errors_end_run(tmp_path):  # around `fedmemes simulate`'s own writes
-            private_files.write_text(tmp_path / "clients.json", "{}")
+    # disk_errors_end_run: around `fedmemes simulate`'s own writes
+    with caplog.at_level(logging.ERROR, "fedmemes"), pytest.raises(SystemExit) as exit_, disk_errors_end_run(tmp_path):
+        private_files.write_text(tmp_path / "clients.json", "{}")
     assert exit_.value.code == EXIT_DISK == 5
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith(f"disk full writing {tmp_path / 'clients.json'}")
