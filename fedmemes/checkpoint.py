@@ -7,6 +7,8 @@ run code when it is loaded. NumPy arrays in a strategy's state travel as tensors
 
 from __future__ import annotations
 
+import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,10 @@ import numpy as np
 import torch
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 
-from fedmemes import private_files, server_dp
+from fedmemes import checkpoint_files, server_dp
 from fedmemes.models.old_targets import current_target
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = checkpoint_files.LATEST
 _NUMPY_TAG = "__numpy__"  # {"__numpy__": tensor}: a NumPy array in a strategy's state
 
 # Server-side optimiser state of Flower's strategies: FedOpt family (FedAdam, FedYogi, FedAdagrad)
@@ -102,44 +104,41 @@ def _restored(value: Any) -> Any:
 
 
 def save(run_dir: Path, ckpt: Checkpoint) -> Path:
-    """Write `<run_dir>/checkpoint.pt` atomically (a crash mid-write leaves the previous one intact)."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    with private_files.private_open(path, "wb") as f:  # 0600 from the first byte, like every run file
-        torch.save(
-            _plain(
-                {
-                    "server_round": ckpt.server_round,
-                    "arrays": ckpt.arrays,
-                    "history": ckpt.history,
-                    "best_state": ckpt.best_state,
-                    "strategy": ckpt.strategy,
-                    "setup": ckpt.setup,
-                },
-                "checkpoint",
-            ),
-            f,
-        )
-    return path
+    """Write `<run_dir>/checkpoint.pt` atomically, keeping the one before as checkpoint.prev.pt (checkpoint_files)."""
+    payload = {
+        "server_round": ckpt.server_round,
+        "arrays": ckpt.arrays,
+        "history": ckpt.history,
+        "best_state": ckpt.best_state,
+        "strategy": ckpt.strategy,
+        "setup": ckpt.setup,
+    }
+    buffer = io.BytesIO()  # in memory first: a full disk then fails in our write, named, never inside torch
+    torch.save(_plain(payload, "checkpoint"), buffer)
+    return checkpoint_files.write(Path(run_dir), buffer.getvalue())
+
+
+def _read(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  UnpicklingError: an object the safe loader refuses (or a broken file)
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(err).splitlines() or [""])[0])[:200]  # may be empty, or coloured
+        raise ValueError(
+            f"cannot be read safely ({type(err).__name__}: {first}; a checkpoint holds only tensors and plain values)"
+        ) from None
 
 
 def load(run_dir: Path) -> Checkpoint:
-    """Read the checkpoint of `run_dir` without unpickling any object; fail with the fix when there is none."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: resume=RUN_DIR needs a run directory whose server finished at least one round"
-        )
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  UnpicklingError: an object the safe loader refuses (or a broken file)
-        raise ValueError(
-            f"{path} cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "a checkpoint holds only tensors and plain values. Files written before fedmemes loaded "
-            "checkpoints safely cannot be resumed: start the run again with overwrite=true"
-        ) from None
-    data = _restored(data)
+    """Read the run's latest whole checkpoint (else the previous one, with a warning) without unpickling any object;
+    FileNotFoundError or checkpoint_files.CheckpointDamaged say the way on."""
+    data = _restored(checkpoint_files.read(Path(run_dir), _read))
     data.setdefault("setup", {})
     return Checkpoint(**data)
+
+
+def exists(run_dir: Path) -> bool:
+    """Whether the run has a checkpoint to resume from (the latest or the previous one)."""
+    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT_FILE, checkpoint_files.PREVIOUS))
 
 
 def setup_of(cfg: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 from fedmemes import server_dp
 from fedmemes.config import OVERRIDES_ENV, compose_checked
 from fedmemes.config_schema import ConfigError
-from fedmemes.run_steps import check_data, finish_command, job_overrides, quiet_libraries
+from fedmemes.run_steps import check_data, disk_errors_end_run, finish_command, job_overrides, quiet_libraries
 
 # Named, not __name__: under `python -m fedmemes.cli` that is "__main__", outside the `fedmemes` logger
 # whose INFO level (conf/hydra/job_logging/fedmemes.yaml) lets the run summary through.
@@ -58,10 +59,9 @@ def simulate(cfg: DictConfig) -> None:
 
     prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
-    log.info("%s", check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
+    with disk_errors_end_run(run_dir):  # a full disk: one line and exit 5, never a traceback
+        log.info("%s", check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
     os.environ[OVERRIDES_ENV] = job_overrides(run_dir)
-    from flwr.simulation import run_simulation
-
     from fedmemes.cluster import attach, ray_address
     from fedmemes.deploy.simulation_status import SimulationStatus
 
@@ -70,16 +70,8 @@ def simulate(cfg: DictConfig) -> None:
         attach(address, bool(cfg.verbose))
     live = SimulationStatus(cfg, run_dir, list(HydraConfig.get().overrides.task))  # dashboard: server.status_port=PORT
 
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=cfg.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
-            "init_args": {"logging_level": "INFO" if cfg.verbose else "ERROR", "log_to_driver": bool(cfg.verbose)},
-        },
-        verbose_logging=bool(cfg.verbose),
-    )
+    with disk_errors_end_run(run_dir, say=False):  # the ServerApp logged the one line
+        _simulate(cfg, server_app, client_app)
     finished = (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text()).get(
         "test"
     ) is not None
@@ -88,6 +80,29 @@ def simulate(cfg: DictConfig) -> None:
         raise SystemExit(f"the run did not finish; see {run_dir}/fedmemes.log (add -v for Flower's logs)")
     live.linger()
     finish_command(run_dir)  # exits non-zero when metrics.json says the run ended short
+
+
+def _simulate(cfg: DictConfig, server_app: Any, client_app: Any) -> None:
+    """Run Flower's simulation; a refusal the ServerApp makes itself (after a recipe is applied) ends in one line."""
+    from flwr.simulation import run_simulation
+
+    from fedmemes.checkpoint_files import CheckpointDamaged
+    from fedmemes.resume_config import ResumeRefused
+    from fedmemes.run_config import RunConfigError
+
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=cfg.num_clients,
+            backend_config={
+                "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
+                "init_args": {"logging_level": "INFO" if cfg.verbose else "ERROR", "log_to_driver": bool(cfg.verbose)},
+            },
+            verbose_logging=bool(cfg.verbose),
+        )
+    except (ResumeRefused, CheckpointDamaged, RunConfigError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -125,6 +125,7 @@ class ConfigSchema:
     run_dir: str | None = MISSING
     verbose: bool = MISSING
     resume: str | None = MISSING
+    resume_allow_changes: list[str] = MISSING
     overwrite: bool = MISSING
     server: ServerSchema = field(default_factory=ServerSchema)
     client: ClientSchema = field(default_factory=ClientSchema)

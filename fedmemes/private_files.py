@@ -35,10 +35,26 @@ def private_open(path: Path | str, mode: str = "w", **kwargs: Any) -> Iterator[I
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:  # a failed write or fsync names no file: name ours
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def remove_stale(folder: Path | str, also: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temporaries a killed writer left in `folder` (`.NAME.*.tmp`, and the names in `also`); return them.
+
+    Call it only where no writer runs yet (a run's start): a live writer's temporary looks the same."""
+    folder = Path(folder)
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()] + [p for p in map(folder.joinpath, also) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_folder(folder: Path) -> None:

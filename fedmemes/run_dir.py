@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fedmemes import checkpoint, run_config
+from fedmemes import checkpoint, checkpoint_files, recipe_search, resume_config, run_config
 from fedmemes.history import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = (METRICS_FILE, checkpoint.CHECKPOINT_FILE)  # what a fresh run would overwrite
+RESULT_FILES = (METRICS_FILE, checkpoint.CHECKPOINT_FILE, checkpoint_files.PREVIOUS)  # what a fresh run would overwrite
 MODEL_FILES = ("best.safetensors", "final.safetensors")  # removed with them on overwrite=true
 
 
@@ -40,10 +40,13 @@ def check_fresh(run_dir: Path, resume: Any = None, overwrite: bool = False) -> N
 
 
 def check_resume(run_dir: Path, cfg: Any) -> None:
-    """Fail before any client trains if resume=RUN_DIR has no checkpoint or one made with another model or strategy."""
+    """Fail before any client trains if resume=RUN_DIR has no readable checkpoint, one made with another model or
+    strategy, or a config that changes what the run computes."""
     if (Path(run_dir) / run_config.CONFIG_FILE).is_file():  # a run folder is data: refuse one that names code
         run_config.read(run_dir)
-    ckpt = checkpoint.load(run_dir)  # FileNotFoundError / ValueError name the fix
+        if not (Path(run_dir) / recipe_search.RECIPES_FILE).is_file():  # else the ServerApp checks, with the recipe
+            resume_config.check(run_dir, cfg)
+    ckpt = checkpoint.load(run_dir)  # FileNotFoundError / CheckpointDamaged name the way on
     # tensor shapes are checked by the ServerApp, which builds the model
     checkpoint.check_fits(ckpt, cfg, None, run_dir)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +90,50 @@ def check_data(cfg: DictConfig, run_dir: Path, max_rows: int | None = None) -> s
 # Exit codes of a run that wrote its files but did not finish soundly (metrics.json "ended"); 1, 2: Python, argparse.
 EXIT_PRIVACY_BUDGET = 3  # server.dp.max_epsilon reached: the rounds before it stand
 EXIT_NOTHING_AGGREGATED = 4  # no client reply was aggregated in any round: the model is the untrained one
+EXIT_DISK = 5  # a write failed (disk full, I/O error): the files before it stand, resume=RUN_DIR continues the run
+DISK_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
+
+
+def disk_error(err: BaseException, run_dir: Path) -> str | None:
+    """Return one line naming the file a full disk or an I/O error stopped, the free space and the way on; None for any
+    other error (its cause chain is searched: Flower or torch may wrap it)."""
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno in DISK_ERRORS):
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(seen, OSError) or seen.errno is None:
+        return None
+    path = Path(seen.filename or run_dir)
+    mount = path if path.is_dir() else path.parent
+    while not mount.exists() or not os.path.ismount(mount):  # the filesystem it is on: the one to free
+        if mount == mount.parent:
+            break
+        mount = mount.parent
+    try:
+        free = f"{shutil.disk_usage(mount).free / 2**20:.0f} MiB free on {mount}"
+    except OSError:
+        free = f"free space on {mount} unknown"
+    fix = "free space" if seen.errno != errno.EIO else "check the disk (dmesg)"
+    what = DISK_ERRORS[seen.errno]
+    return (
+        f"{what} writing {path} ({free}): {fix} and resume with "
+        f"`fedmemes simulate resume={run_dir}` (or `fedmemes server resume={run_dir}`, same overrides); "
+        "the files written before it are intact"
+    )
+
+
+@contextmanager
+def disk_errors_end_run(run_dir: Path, say: bool = True) -> Iterator[None]:
+    """End the command with EXIT_DISK on a full disk or an I/O error, after one line (unless the ServerApp, which
+    logs it, already said it)."""
+    try:
+        yield
+    except Exception as err:
+        line = disk_error(err, run_dir)
+        if line is None:
+            raise
+        if say:
+            logging.getLogger(__name__).error("%s", line)
+        raise SystemExit(EXIT_DISK) from None
 
 
 def finish_command(run_dir: Path) -> None:

@@ -12,10 +12,20 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes import checkpoint, client_state, engine, private_files, recipe_search, run_config, server_dp
+from fedmemes import (
+    checkpoint,
+    checkpoint_files,
+    client_state,
+    engine,
+    private_files,
+    recipe_search,
+    resume_config,
+    run_config,
+    server_dp,
+)
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of, secagg_settings
-from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
+from fedmemes.run_steps import EXIT_PRIVACY_BUDGET, disk_error
 from fedmemes.secagg import SecAggGrid
 from fedmemes.server_run import EarlyStop, ServerRun
 from fedmemes.strategies.resumable import set_round_offset
@@ -119,11 +129,21 @@ def _choose_recipe(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -
 
 def _rounds_so_far(cfg: DictConfig, run_dir: Path, recipes: dict[str, Any] | None) -> Path | None:
     """Return the folder whose checkpoint holds the run's rounds so far: its own (resume), else the chosen trial's."""
-    if cfg.resume and (run_dir / checkpoint.CHECKPOINT_FILE).is_file():
+    if cfg.resume and checkpoint.exists(run_dir):  # checkpoint.load falls back to the previous one
         return run_dir
     if recipes:  # the winner's trial was this run's first rounds (same seeds, same model): go on from there
         return run_dir / "recipes" / str(recipes["chosen"])
     return run_dir if cfg.resume else None  # no checkpoint to resume: checkpoint.load names the fix
+
+
+def _config_file(cfg: DictConfig, run_dir: Path) -> None:
+    """Write config.yaml once, at the run's start; a resume is checked against it and never rewrites it."""
+    path = run_dir / run_config.CONFIG_FILE
+    if cfg.resume and path.is_file():
+        resume_config.check(run_dir, cfg)  # predict and report read the original: a resume must not change it
+        return
+    # the chosen recipe's, resolved: predict rebuilds this model (run_config checks it first)
+    private_files.write_text(path, OmegaConf.to_yaml(cfg))
 
 
 @app.main()
@@ -132,18 +152,28 @@ def main(grid: Grid, context: Context) -> None:
     overrides = overrides_of(context.run_config)
     cfg = load_config(overrides)
     run_dir = run_dir_of(cfg)
+    try:
+        _main(grid, cfg, overrides, run_dir)
+    except Exception as err:
+        if line := disk_error(err, run_dir):  # one line in fedmemes.log (and Flower's log when deployed)
+            log.error("%s", line)
+        raise
+
+
+def _main(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -> None:
     # never overwrite an earlier run's results
     run_dirs.check_fresh(run_dir, cfg.resume, bool(cfg.get("overwrite", False)))
     if cfg.resume and (run_dir / run_config.CONFIG_FILE).is_file():
         run_config.read(run_dir)  # a run folder is data: refuse one whose config.yaml names code, before any build
     run_dir.mkdir(parents=True, exist_ok=True)
+    if stale := private_files.remove_stale(run_dir, (checkpoint_files.LEGACY_TEMP,)):  # a killed run's temporaries
+        log.info("removed %d temporary files a stopped run left in %s", len(stale), run_dir)
     recipes = _choose_recipe(grid, cfg, overrides, run_dir)
     recipe = recipes["overrides"] if recipes else ""
     if recipe:
         overrides = f"{overrides} {recipe}"
         cfg = load_config(overrides)
-    # the chosen recipe's, resolved: predict rebuilds this model (run_config checks it first)
-    private_files.write_text(run_dir / run_config.CONFIG_FILE, OmegaConf.to_yaml(cfg))
+    _config_file(cfg, run_dir)
     log.info("Using device: %s | run dir %s", engine.pick_device(cfg.device).type, run_dir)
     run = _build(cfg, overrides, run_dir)
     run.history.recipes = recipes

@@ -38,7 +38,8 @@ def _check_command(argv: list[str]) -> None:
 
 def _resuming_server(line: str, run_dir: str) -> list[list[str]]:
     """Check a server's shell line resumes from RUN_DIR's checkpoint; return its fedmemes argv for both branches."""
-    assert f"d={run_dir};" in line and "if [ -f $d/checkpoint.pt ]; then set -- resume=$d;" in line
+    assert f"d={run_dir};" in line
+    assert "if [ -f $d/checkpoint.pt ] || [ -f $d/checkpoint.prev.pt ]; then set -- resume=$d;" in line
     assert "elif [ -f $d/metrics.json ]; then set -- overwrite=true;" in line  # results without a finished round
     words = shlex.split(line.split("exec ", 1)[1])
     assert words[0] == "fedmemes" and words[-1] == "$@"

@@ -75,10 +75,13 @@ def test_server_survives_a_hostile_node_and_guards_its_run_dir(tmp_path, server_
 
     with pytest.raises(RunDirError, match="overwrite=true"):  # a fresh run never overwrites that run
         _main(f"{base} num_rounds=1")
-    # resume with another model: refused before training
+    # resume with another model: refused before training, naming the changed keys (config.yaml is the original)
     with pytest.raises(ValueError, match="late_fusion|LateFusion") as err:
         _main(f"{base} num_rounds=2 resume={run} model=late_fusion")
-    assert "tensors" in str(err.value)
+    assert "model._target_: " in str(err.value) and "resume_allow_changes=[" in str(err.value)
+    # even when the changes are allowed, a checkpoint that does not fit the model is refused, naming the tensors
+    with pytest.raises(ValueError, match="tensors"):
+        _main(f"{base} num_rounds=2 resume={run} model=late_fusion resume_allow_changes=[model]")
     grid = _main(f"{base} num_rounds=2 resume={run}")
     assert grid.calls == 1  # only round 2 was trained (resumed after round 1)
     rounds = json.loads((run / "metrics.json").read_text())["rounds"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,39 @@ def load_run(path: Path, name: str | None = None) -> Run:
     run = Run(path, name or path.name, metrics, config, flat_config=flatten(config))
     predictions = path / PREDICTIONS_FILE
     if predictions.is_file():
-        rows = list(csv.DictReader(predictions.open()))
-        run.prob = np.array([float(r["p_hateful"]) for r in rows])
-        run.label = np.array([int(r["label"]) for r in rows])
+        run.prob, run.label = read_test_predictions(predictions, (metrics.get("test") or {}).get("n"))
     return run
+
+
+def read_test_predictions(path: Path, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (p_hateful, label) of every test meme; raise ValueError naming the file and row when it is damaged.
+
+    The file is written atomically, so a short or broken one is damage, never a run still writing: no curve is
+    drawn from part of the rows."""
+    fix = f"rebuild it from the run's best model: fedmemes predict {path.parent} --run-split test --out {path}"
+    prob, label = [], []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        if next(reader, None) != ["p_hateful", "label"]:
+            raise ValueError(f"{path}: row 1 is not the header p_hateful,label; the file is damaged: {fix}")
+        for row in reader:
+            try:
+                p, y = (float(row[0]), int(row[1])) if len(row) == 2 else (math.nan, -1)
+            except ValueError:
+                p, y = math.nan, -1
+            if not (0.0 <= p <= 1.0 and y in (0, 1)):
+                raise ValueError(
+                    f"{path}: row {reader.line_num} is {','.join(row)!r}, not p_hateful,label (cut short?); the "
+                    f"file is damaged: {fix}"
+                )
+            prob.append(p)
+            label.append(y)
+    if expected is not None and len(prob) != int(expected):
+        raise ValueError(
+            f"{path}: {len(prob)} rows after the header, metrics.json's test scores count {expected} memes "
+            f"(cut after row {reader.line_num}?); the file is damaged: {fix}"
+        )
+    return np.array(prob), np.array(label)
 
 
 def run_names(paths: list[Path]) -> list[str]:

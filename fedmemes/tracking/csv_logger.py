@@ -15,27 +15,29 @@ from fedmemes.tracking.base import Tracker
 
 
 class CsvLogger(Tracker):
-    """Append scalars to a long-format CSV (one row per value: easy to pivot, never needs a header change)."""
+    """Add scalars to a long-format CSV (one row per value: easy to pivot, never needs a header change)."""
 
     def __init__(self, run_dir: str | Path, folder: str = "tracking") -> None:
         super().__init__(run_dir)
         self.folder = self.run_dir / folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.metrics = self.folder / "metrics.csv"
-        if not self.metrics.exists():  # a resumed run appends to its earlier rows
-            private_files.write_text(self.metrics, "step,name,value\n")  # 0600 like every run file; appends keep it
-        # (step, name) pairs already written: a resumed run scores again the round it was stopped in, skip its rows
-        with self.metrics.open(newline="") as f:
-            self.written = {(row[0], row[1]) for row in csv.reader(f) if len(row) == 3}
+        if not self.metrics.exists():  # a resumed run adds to its earlier rows
+            private_files.write_text(self.metrics, "step,name,value\n")  # 0600 like every run file
 
     def log_config(self, config: dict[str, Any]) -> None:
         private_files.write_text(self.folder / "config.json", json.dumps(config, indent=2, default=str))
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        rows = [(step, name, repr(value)) for name, value in metrics.items() if (str(step), name) not in self.written]
-        self.written.update((str(step), name) for _, name, _ in rows)
-        with self.metrics.open("a", newline="") as f:
-            csv.writer(f).writerows(rows)
+        # Rewritten whole through private_files (atomic, fsynced; the file is small): a crash never leaves half a
+        # row, and the rows a run stopped after this step left (later steps, or these names at it) are replaced, not
+        # repeated, when a resume logs the step again.
+        with self.metrics.open(newline="") as f:
+            kept = [r for r in csv.reader(f) if r and (r[0] == "step" or _before(r, step, metrics))]
+        with private_files.private_open(self.metrics, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerows(kept)
+            out.writerows((step, name, repr(value)) for name, value in metrics.items())
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         with private_files.private_open(self.folder / "artifacts.csv", "w", newline="") as f:
@@ -50,3 +52,10 @@ class CsvLogger(Tracker):
                         digest,
                     )
                 )
+
+
+def _before(row: list[str], step: int, metrics: Mapping[str, float]) -> bool:
+    """Whether a row stays when `metrics` are logged at `step`: an earlier step, or another name at this one."""
+    if not row[0].isdigit():
+        return False
+    return int(row[0]) < step or (int(row[0]) == step and len(row) > 1 and row[1] not in metrics)
