@@ -44,6 +44,7 @@ def _server_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> ServerRun:
     run.model.w = torch.nn.Parameter(torch.zeros(2))
     run.history, run.best_state = RunHistory(folder), {"w": torch.zeros(2)}
     run.started, run.trained, run.replies, run.strategy, run.offset = time.monotonic(), 2, {}, FedAvg(), 0
+    run.run_key = "0" * 16  # the clients' state folder (ServerRun draws it)
     return run
 
 
