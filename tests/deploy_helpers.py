@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -83,3 +84,37 @@ def kill(proc: subprocess.Popen, sig: signal.Signals | None = None) -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             continue
+
+
+def seconds_until_closed(port: int, trickle: bytes, every_s: float, give_up_s: float) -> float | None:
+    """Send `trickle` to 127.0.0.1:`port` one byte per `every_s` (a slowloris client); return the seconds until the
+    server closed the connection, None if it never did."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(every_s)
+        t0 = time.monotonic()
+        for byte in trickle:
+            if time.monotonic() - t0 > give_up_s:
+                return None
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(1024) == b"":
+                    return time.monotonic() - t0
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed too
+                return time.monotonic() - t0
+    return None
+
+
+def local_server_args(run_dir: Path, link: int, control: int, flwr_home: Path, *overrides: str) -> list[str]:
+    """`fedmemes server` arguments for a run on 127.0.0.1 without the status API: the overrides, then where it lives."""
+    return [
+        "server",
+        *overrides,
+        f"run_dir={run_dir}",
+        f"hydra.run.dir={run_dir}",
+        f"server.address=127.0.0.1:{link}",
+        f"server.control_port={control}",
+        f"server.flwr_home={flwr_home}",
+        "server.status_port=null",
+    ]

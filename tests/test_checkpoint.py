@@ -1,18 +1,13 @@
 """Checkpoints: strategy state, history and the round offset of a resumed server, on hand-built values."""
 
-import secrets
-import time
-
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
-from omegaconf import OmegaConf
+from run_helpers import bare_server_run
 
-from fedmemes import checkpoint, engine
-from fedmemes.history import RunHistory
+from fedmemes import checkpoint
 from fedmemes.server_run import ServerRun
-from fedmemes.tracking import build_trackers
 
 
 def test_fedadam_moments_survive_a_restart(tmp_path):
@@ -45,22 +40,7 @@ def test_load_without_checkpoint_names_the_fix(tmp_path):
 
 
 def _server_run(tmp_path, monkeypatch) -> ServerRun:
-    """A ServerRun without data: the hold-out score is the mean weight, so each round's AUROC is known."""
-    monkeypatch.setattr(
-        engine,
-        "evaluate",
-        lambda model, *_: {"auroc": float(model.w.detach().mean()), "accuracy": 0.5, "loss": 1.0, "n": 4},
-    )
-    run = ServerRun.__new__(ServerRun)
-    run.cfg = OmegaConf.create({"num_rounds": 4, "batch_size": 2, "server": {}})
-    run.device, run.val = torch.device("cpu"), type("Val", (), {"dataset": lambda self: None})()
-    run.amp, run.partitions, run.train_metrics, run.trackers = None, [], {}, build_trackers(run.cfg, tmp_path)
-    run.model = torch.nn.Module()
-    run.model.w = torch.nn.Parameter(torch.zeros(2))
-    run.history, run.best_state = RunHistory(tmp_path), {"w": torch.zeros(2)}
-    run.started, run.trained, run.replies, run.strategy, run.offset = time.monotonic(), 2, {}, FedAvg(), 0
-    run.run_key = secrets.token_hex(8)  # as ServerRun draws it: the clients' state folder
-    return run
+    return bare_server_run(tmp_path, monkeypatch, num_rounds=4)
 
 
 def test_resumed_server_scores_each_round_once(tmp_path, monkeypatch):

@@ -9,43 +9,25 @@ import os
 import shutil
 import struct
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, RecordDict
-from flwr.serverapp.strategy import FedAvg
 from omegaconf import OmegaConf
+from run_helpers import bare_server_run
 
-from fedmemes import checkpoint, checkpoint_files, engine, private_files, run_dir, server_app
-from fedmemes.history import RunHistory
+from fedmemes import checkpoint, checkpoint_files, private_files, run_dir, server_app
 from fedmemes.report import command as report_command
 from fedmemes.report.runs import PREDICTIONS_FILE, load_run
 from fedmemes.resume_config import ResumeRefused
 from fedmemes.run_steps import EXIT_DISK, disk_error, disk_errors_end_run
 from fedmemes.server_run import ServerRun
-from fedmemes.tracking import build_trackers
 
 
 def _server_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> ServerRun:
-    """A ServerRun without data (as in test_checkpoint): the hold-out AUROC is the model's mean weight."""
-    monkeypatch.setattr(
-        engine,
-        "evaluate",
-        lambda model, *_: {"auroc": float(model.w.detach().mean()), "accuracy": 0.5, "loss": 1.0, "n": 4},
-    )
-    run = ServerRun.__new__(ServerRun)
-    run.cfg = OmegaConf.create({"num_rounds": 5, "batch_size": 2, "server": {}})
-    run.device, run.val = torch.device("cpu"), type("Val", (), {"dataset": lambda self: None})()
-    run.amp, run.partitions, run.train_metrics, run.trackers = None, [], {}, build_trackers(run.cfg, folder)
-    run.model = torch.nn.Module()
-    run.model.w = torch.nn.Parameter(torch.zeros(2))
-    run.history, run.best_state = RunHistory(folder), {"w": torch.zeros(2)}
-    run.started, run.trained, run.replies, run.strategy, run.offset = time.monotonic(), 2, {}, FedAvg(), 0
-    run.run_key = "0" * 16  # the clients' state folder (ServerRun draws it)
-    return run
+    return bare_server_run(folder, monkeypatch, num_rounds=5)
 
 
 def _three_rounds(folder: Path, monkeypatch: pytest.MonkeyPatch) -> ServerRun:

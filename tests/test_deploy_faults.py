@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_helpers import FEDMEMES, kill, ports, protobuf_post, spawn, until
+from deploy_helpers import FEDMEMES, kill, local_server_args, ports, protobuf_post, spawn, until
 
 from fedmemes.deploy.certs import TlsFiles, make_node_key
 from fedmemes.deploy.processes import wait_for_port
@@ -51,21 +51,18 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
     # A round starts once 3 nodes are online: round 1 has all three, and round 3 waits for the restarted one
     # (a SuperNode takes up to a minute to start on 2 busy cores), so 3 rounds show the rejoin, no spare round.
     server = spawn(
-        [
-            "server",
+        local_server_args(
+            run_dir,
+            link,
+            control,
+            tmp_path / "flwr",
             "debug=tiny",
             "num_rounds=3",
             "num_clients=3",
             "clients_per_round=null",
             "server.strategy.min_train_nodes=2",
             "server.strategy.min_available_nodes=3",
-            f"run_dir={run_dir}",
-            f"hydra.run.dir={run_dir}",
-            f"server.address=127.0.0.1:{link}",
-            f"server.control_port={control}",
-            f"server.flwr_home={tmp_path / 'flwr'}",
-            "server.status_port=null",
-        ],
+        ),
         tmp_path / "server.log",
         env,
     )

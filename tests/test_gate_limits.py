@@ -5,35 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from deploy_helpers import seconds_until_closed
 
 from fedmemes.deploy.processes import free_port, spawn, stop, wait_for_port
 from fedmemes.deploy.slow_clients import SlowClientLimits
 
 pytestmark = pytest.mark.slow  # a real SuperLink behind the gate
-
-
-def _seconds_until_closed(port: int, trickle: bytes, every_s: float, give_up_s: float) -> float | None:
-    """Send `trickle` one byte per `every_s`; return the seconds until the gate closed, None if it never did."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(every_s)
-        t0 = time.monotonic()
-        for byte in trickle:
-            if time.monotonic() - t0 > give_up_s:
-                return None
-            try:
-                sock.sendall(bytes([byte]))
-                if sock.recv(1024) == b"":
-                    return time.monotonic() - t0
-            except TimeoutError:
-                continue
-            except OSError:  # reset: closed too
-                return time.monotonic() - t0
-    return None
 
 
 def test_the_gate_cuts_off_a_slowloris_client_and_keeps_answering(tmp_path: Path) -> None:
@@ -46,7 +27,7 @@ def test_the_gate_cuts_off_a_slowloris_client_and_keeps_answering(tmp_path: Path
         wait_for_port("127.0.0.1", public, 90, proc)
         deadline = SlowClientLimits().header_timeout_s  # what the gate runs with (README, Security model)
         request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
-        closed = _seconds_until_closed(public, request, every_s=0.5, give_up_s=deadline + 10)  # 2 bytes a second
+        closed = seconds_until_closed(public, request, every_s=0.5, give_up_s=deadline + 10)  # 2 bytes a second
         assert closed is not None and deadline - 0.5 <= closed <= deadline + 3, (closed, deadline)
         assert httpx.get(f"http://127.0.0.1:{public}/health", timeout=5).status_code == 200  # still serving
         with socket.create_connection(("127.0.0.1", public)) as big:  # unfinished headers past h11's limit

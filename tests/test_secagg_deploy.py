@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_helpers import kill, ports, spawn
+from deploy_helpers import kill, local_server_args, ports, spawn
 
 from fedmemes.deploy.processes import wait_for_port
 
@@ -52,17 +52,7 @@ def test_deployment_with_secure_aggregation(tmp_path):
     link, control = ports(2)
     env, run_dir = dict(os.environ), tmp_path / "run"
     server = spawn(
-        [
-            "server",
-            *SECAGG,
-            "num_rounds=1",
-            f"run_dir={run_dir}",
-            f"hydra.run.dir={run_dir}",
-            f"server.address=127.0.0.1:{link}",
-            f"server.control_port={control}",
-            f"server.flwr_home={tmp_path / 'flwr'}",
-            "server.status_port=null",
-        ],
+        local_server_args(run_dir, link, control, tmp_path / "flwr", *SECAGG, "num_rounds=1"),
         tmp_path / "server.log",
         env,
     )

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import uvicorn
+from deploy_helpers import seconds_until_closed
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -233,29 +234,10 @@ def test_json_nested_100000_deep_is_a_422_and_a_one_line_issue(run, tmp_path):
     assert issue.line == 2 and issue.kind == "bad_json" and "\n" not in str(issue) and str(path) in str(issue)
 
 
-def _cut_off_after(port: int, trickle: bytes, every_s: float, give_up_s: float) -> float | None:
-    """Send `trickle` one byte per `every_s`; return the seconds until the server closed, None if it never did."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(every_s)
-        t0 = time.monotonic()
-        for byte in trickle:
-            if time.monotonic() - t0 > give_up_s:
-                return None
-            try:
-                sock.sendall(bytes([byte]))
-                if sock.recv(1024) == b"":
-                    return time.monotonic() - t0
-            except TimeoutError:
-                continue
-            except OSError:  # reset: closed too
-                return time.monotonic() - t0
-    return None
-
-
 def test_a_slowloris_client_is_cut_off_at_the_header_deadline(run):
     with serving(create_app(run), SlowClientLimits(header_timeout_s=1.0)) as port:
         request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 100 + b"\r\n\r\n"
-        closed = _cut_off_after(port, request, every_s=0.25, give_up_s=6)  # 4 bytes a second: never finishes
+        closed = seconds_until_closed(port, request, every_s=0.25, give_up_s=6)  # 4 bytes a second: never finishes
         assert closed is not None and 0.9 <= closed <= 2.5
         with socket.create_connection(("127.0.0.1", port)) as idle:  # a connection that sends nothing
             idle.settimeout(5)

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from deploy_helpers import FEDMEMES, kill, ports, spawn
+from deploy_helpers import FEDMEMES, kill, local_server_args, ports, spawn
 
 from fedmemes.deploy.processes import wait_for_port
 from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
@@ -30,18 +30,7 @@ def test_a_server_naming_callables_runs_nothing_on_the_clients(tmp_path):
         f"+loss.self={marker}",
     ]
     server = spawn(
-        [
-            "server",
-            "debug=tiny",
-            "num_rounds=2",
-            *hostile,
-            f"run_dir={run_dir}",
-            f"hydra.run.dir={run_dir}",
-            f"server.address=127.0.0.1:{link}",
-            f"server.control_port={control}",
-            f"server.flwr_home={tmp_path / 'flwr'}",
-            "server.status_port=null",
-        ],
+        local_server_args(run_dir, link, control, tmp_path / "flwr", "debug=tiny", "num_rounds=2", *hostile),
         tmp_path / "server.log",
         env,
     )
