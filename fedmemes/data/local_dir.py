@@ -290,11 +290,15 @@ class LocalDirSource:
             results = dict(zip(ordered, checked, strict=True))
         return {p: e for p, e in results.items() if e is not None}
 
-    def load(self) -> dict[str, list[Meme]]:
-        """Read, validate and return the memes of every split present, by split name."""
+    def _read_splits(self) -> tuple[dict[str, Path], dict[str, list[tuple[int, Meme]]], list[DataIssue]]:
+        """Return each split's file, its checked (line, Meme) rows and the row issues (other layouts override this)."""
         files = self._split_files()
         issues: list[DataIssue] = []
-        rows = {s: self._read_jsonl(p, issues) for s, p in files.items()}
+        return files, {s: self._read_jsonl(p, issues) for s, p in files.items()}, issues
+
+    def load(self) -> dict[str, list[Meme]]:
+        """Read, validate and return the memes of every split present, by split name."""
+        files, rows, issues = self._read_splits()
 
         bad_images = self.image_problems({m.img for r in rows.values() for _, m in r if m.has_image})
         for split, split_rows in rows.items():
@@ -329,7 +333,8 @@ class LocalDirSource:
                     )
             rows["train"] = kept
 
-        issues.sort(key=lambda i: (list(files.values()).index(Path(i.file)), i.line))
+        order = {str(p): n for n, p in enumerate(dict.fromkeys(files.values()))}  # splits may share one table
+        issues.sort(key=lambda i: (order.get(i.file, len(order)), i.line))
         self.issues = issues
         if issues and self.on_error == "raise":
             raise DataError(issues)
