@@ -29,6 +29,7 @@ commands:
              e.g. fedmemes simulate num_rounds=5 num_clients=4 partition.alpha=0.3
   data       make the synthetic memes: fedmemes data generate [overrides]
              see each client's share: fedmemes data inspect [overrides] (table + clients.png)
+             write any source in the original layout: fedmemes data convert dataset=table dataset.root=F out=DIR
   server     start a SuperLink, submit the run, follow it: fedmemes server [overrides]
              resume a stopped run: fedmemes server resume=RUN_DIR [same overrides]
   client     start a SuperNode: fedmemes client --superlink HOST:PORT --partition-id I --num-partitions N
@@ -122,6 +123,25 @@ def data_inspect(cfg: DictConfig) -> None:
     print(check_data(cfg, Path(HydraConfig.get().runtime.output_dir).resolve()))
 
 
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def data_convert(cfg: DictConfig) -> None:
+    """Write the configured source's memes in the original layout (img/ + <split>.jsonl) into the empty folder `out`."""
+    from fedmemes.data.convert import write_original_layout
+    from fedmemes.node_datasets import load_source
+
+    if not cfg.get("out"):
+        raise SystemExit("error: name the new folder: fedmemes data convert dataset=... out=OUT")
+    out = Path(str(cfg.out)).expanduser().absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before reading a large source, not after
+        raise SystemExit(f"error: {out} is not empty; give the converted copy a new folder")
+    splits, issues = load_source(cfg)
+    for split, n in write_original_layout(splits, out).items():
+        print(f"{split:<10} {n:>6} memes -> {out / split}.jsonl")
+    if issues:
+        print(f"{len(issues)} row(s) left out or kept partly (dataset.on_error={cfg.dataset.on_error}); first: {issues[0]}")
+    print(f"read it with: dataset=hateful_memes dataset.root={out}")
+
+
 # `fedmemes <words> [overrides]` -> Hydra job. Add a command here and in USAGE.
 def server() -> None:
     """Start a SuperLink (or use server.superlink), submit the run and follow it to its end."""
@@ -201,6 +221,7 @@ COMMANDS = {
     "simulate": simulate,
     "data generate": data_generate,
     "data inspect": data_inspect,
+    "data convert": data_convert,
     "server": server,
     "client": _argparse_command("fedmemes.deploy.supernode"),
     "manager": _argparse_command("fedmemes.deploy.manager"),
@@ -210,7 +231,7 @@ COMMANDS = {
     "runs": _argparse_command("fedmemes.runs"),
     "report": _argparse_command("fedmemes.report.command"),
 }
-HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "server")  # they take overrides: checked first
+HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "data convert", "server")  # they take overrides: checked first
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, job in COMMANDS.items():
         words = name.split()
         if args[: len(words)] == words:
+            if name == "data convert":  # `out` is no config key: Hydra adds it with a leading +
+                args = [f"+{a}" if a.startswith("out=") else a for a in args]
             if name in HYDRA_COMMANDS:
                 check_overrides(args[len(words) :])
             sys.argv = [f"fedmemes {name}", *args[len(words) :]]

@@ -63,7 +63,7 @@ class TableSource(LocalDirSource):
     def __init__(
         self,
         root: str | Path | None = None,
-        files: Mapping[str, str] | None = None,
+        files: Mapping[str, str | None] | None = None,
         columns: Mapping[str, str | None] | None = None,
         label_map: Mapping[Any, int] | None = None,
         cache_dir: str | Path = "~/.cache/fedmemes",
@@ -72,7 +72,7 @@ class TableSource(LocalDirSource):
     ) -> None:
         super().__init__(root if root is not None else ".", on_error=on_error, **kwargs)
         self.table_root = self.root if root is not None else None
-        self.files = dict(files or {})
+        self.files = {k: v for k, v in (files or {}).items() if v}
         self.columns = {k: v for k, v in (columns or {}).items() if v}
         unknown = sorted(set(self.columns) - set(ROLES))
         if unknown:
