@@ -138,7 +138,8 @@ def data_convert(cfg: DictConfig) -> None:
     for split, n in write_original_layout(splits, out).items():
         print(f"{split:<10} {n:>6} memes -> {out / split}.jsonl")
     if issues:
-        print(f"{len(issues)} row(s) left out or kept partly (dataset.on_error={cfg.dataset.on_error}); first: {issues[0]}")
+        policy = cfg.dataset.get("on_error")
+        print(f"{len(issues)} row(s) left out or kept partly (dataset.on_error={policy}); first: {issues[0]}")
     print(f"read it with: dataset=hateful_memes dataset.root={out}")
 
 
@@ -231,7 +232,8 @@ COMMANDS = {
     "runs": _argparse_command("fedmemes.runs"),
     "report": _argparse_command("fedmemes.report.command"),
 }
-HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "data convert", "server")  # they take overrides: checked first
+# they take overrides: checked first
+HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "data convert", "server")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,7 +68,8 @@ def make_jsonl(root: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
             for r in rows:
                 if r["split"] == split:
                     label = r.get("raw_label", bool(r["label"]))
-                    f.write(json.dumps({"idx": r["id"], "text": r["text"], "image": f"img/{r['id']}.png", "hateful": label}) + "\n")
+                    row = {"idx": r["id"], "text": r["text"], "image": f"img/{r['id']}.png", "hateful": label}
+                    f.write(json.dumps(row) + "\n")
         files[{"val": "dev"}.get(split, split)] = f"{split}_part.jsonl"
     return files
 

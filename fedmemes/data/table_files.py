@@ -104,11 +104,11 @@ def find_tables(root: Path | None, files: Mapping[str, str | Path] | None = None
             per_split.append(table)
     if per_split:
         return per_split
-    tables = [p for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in BUILDERS]
-    if len(tables) == 1:
-        return [_file_table(tables[0], None)]
-    if tables:
-        names = ", ".join(p.name for p in tables)
+    found = [p for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in BUILDERS]
+    if len(found) == 1:
+        return [_file_table(found[0], None)]
+    if found:
+        names = ", ".join(p.name for p in found)
         raise ValueError(f"{root}: several tables ({names}); name them: dataset.files.train=... dataset.files.test=...")
     return [Table(root, root, None, "imagefolder")]  # images in label-named sub-folders
 
