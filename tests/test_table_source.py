@@ -146,6 +146,14 @@ def test_each_format_loads_the_right_memes_labels_and_splits(fmt, tmp_path):
         assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["memes.parquet"]
 
 
+def test_guessed_columns_are_logged_once_per_table(tmp_path, caplog):
+    path = make_csv(tmp_path, memes(5))
+    with caplog.at_level("INFO", logger="fedmemes.data.table"):
+        TableSource(path, cache_dir=tmp_path / "c").load()
+    (said,) = [r.getMessage() for r in caplog.records if "reading columns" in r.getMessage()]
+    assert f"{path}: reading columns id=id, text=caption, image=img, label=label, split=split" in said
+
+
 def test_tsv_without_split_column_is_all_train_and_carved_by_the_config(tmp_path):
     root = make_csv(tmp_path / "d", memes(), sep="\t", name="m.tsv")
     # 'split' is guessed unless unmapped; drop it from the file to show the carving path
@@ -276,3 +284,47 @@ def test_every_format_trains_one_round_and_predicts(tmp_path, one_thread, capsys
         auroc = roc_auc_score([r["label"] for r in rows], [r["p_hateful"] for r in rows])
         assert abs(auroc - metrics["test"]["auroc"]) < 1e-3, fmt  # predict scores what the server scored
     assert "AUROC" in capsys.readouterr().out
+
+
+def test_save_to_disk_folder_with_image_features_and_class_labels(tmp_path):
+    import datasets
+
+    rows = memes()
+    parts = {}
+    for ours, theirs in (("train", "train"), ("val", "validation"), ("test", "test")):
+        part = [r for r in rows if r["split"] == ours]
+        parts[theirs] = datasets.Dataset.from_dict(
+            {
+                "image": [{"bytes": r["png"], "path": None} for r in part],
+                "text": [r["text"] for r in part],
+                "id": [r["id"] for r in part],
+                "label": [r["label"] for r in part],
+            },
+            features=datasets.Features(
+                image=datasets.Image(),
+                text=datasets.Value("string"),
+                id=datasets.Value("string"),
+                label=datasets.ClassLabel(names=["not_hateful", "hateful"]),  # names, not indices, are mapped
+            ),
+        )
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "saved"))
+    splits = TableSource(tmp_path / "saved", cache_dir=tmp_path / "c").load()
+    assert seen(splits) == {s: sorted(v) for s, v in expected(rows).items()}
+
+
+def test_imagefolder_without_metadata_takes_labels_from_folder_names(tmp_path):
+    rows = memes(8)
+    for r in rows:
+        write_images(tmp_path / "memes" / ["not_hateful", "hateful"][r["label"]], [r])
+    source = TableSource(tmp_path / "memes", cache_dir=tmp_path / "c", on_error="keep_image")  # no captions yet
+    splits = source.load()
+    assert sorted((m.img.read_bytes(), m.label) for m in splits["train"]) == sorted((r["png"], r["label"]) for r in rows)
+    assert not any(m.has_text for m in splits["train"]) and {i.kind for i in source.issues} == {"missing_key"}
+
+
+def test_a_folder_with_one_file_per_split(tmp_path):
+    rows = memes()
+    for split in ("train", "val", "test"):
+        make_csv(tmp_path, [r for r in rows if r["split"] == split], name=f"{split}.csv")
+    splits = TableSource(tmp_path, cache_dir=tmp_path / "c").load()
+    assert seen(splits) == {s: sorted(v) for s, v in expected(rows).items()}

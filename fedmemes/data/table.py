@@ -132,7 +132,7 @@ class TableSource(LocalDirSource):
         return self.image_cache, name
 
     def _map_row(
-        self, raw: dict[str, Any], cols: dict[str, str | None], table: Table, n: int
+        self, raw: dict[str, Any], cols: dict[str, str | None], table: Table, n: int, names: list[str] | None = None
     ) -> tuple[list[tuple[str, str]], Meme | None]:
         """Map one table row to the original layout's row, then validate it with check_row."""
         used = {c for c in cols.values() if c}
@@ -142,6 +142,8 @@ class TableSource(LocalDirSource):
             row["text"] = raw[cols["text"]]
         root, row["img"] = self._image(raw[cast_str(cols["image"])], table.base)
         value = raw[cast_str(cols["label"])]
+        if isinstance(value, int) and not isinstance(value, bool) and names:  # a ClassLabel: its name is the label
+            value = names[value] if 0 <= value < len(names) else value
         label = self.label_map.get(label_key(value)) if value is not None else None
         if label is None:
             row["label"] = 0  # the row is dropped for its label; still report its other problems
@@ -165,6 +167,8 @@ class TableSource(LocalDirSource):
             offset = 1 if table.kind == "csv" else 0
             for table_split, ds in read_table(table):
                 cols = self._pick_columns(list(ds.column_names), table)
+                # imagefolder's labels from sub-folder names (and save_to_disk's ClassLabels) arrive as indices
+                names = getattr(ds.features[cast_str(cols["label"])], "names", None)
                 for i, raw in enumerate(ds, start=1):
                     n, where = i + offset, str(table.file)
                     split = table_split or "train"
@@ -174,7 +178,7 @@ class TableSource(LocalDirSource):
                             detail = f"split {raw[cols['split']]!r} is not train, dev/val/validation or test"
                             issues.append(DataIssue(where, n, "bad_split", detail))
                             continue
-                    problems, meme = self._map_row(raw, cols, table, n)
+                    problems, meme = self._map_row(raw, cols, table, n, names)
                     issues.extend(DataIssue(where, n, k, d) for k, d in problems)
                     if meme is None:
                         continue
