@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -241,23 +240,30 @@ def test_convert_round_trips_through_the_original_layout(fmt, tmp_path):
         write_original_layout(splits, tmp_path / "out")
 
 
-def test_inspect_and_the_convert_command_work_on_a_table(tmp_path):
+def test_inspect_and_the_convert_command_work_on_a_table(tmp_path, monkeypatch, capsys):
+    from fedmemes import cli
     from fedmemes.run_steps import check_data
 
     path = make_parquet(tmp_path / "d", memes(40))
-    cfg = load_config(f"dataset=table dataset.root={path} cache_dir={tmp_path / 'c'} num_clients=2 partition=iid")
-    table = check_data(cfg, tmp_path / "inspect")
+    overrides = ["dataset=table", f"dataset.root={path}", f"cache_dir={tmp_path / 'c'}"]
+    cfg = load_config(" ".join(overrides) + " num_clients=2 partition=iid")
+    table = check_data(cfg, tmp_path / "inspect")  # what `fedmemes data inspect` prints
     clients = json.loads((tmp_path / "inspect" / "clients.json").read_text())["clients"]
     assert sum(c["n_train"] + c["n_val"] for c in clients) == 24 and "client" in table
-    out = subprocess.run(
-        [sys.executable, "-m", "fedmemes.cli", "data", "convert", "dataset=table", f"dataset.root={path}",
-         f"cache_dir={tmp_path / 'c'}", f"out={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'job'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"test_seen       8 memes -> {tmp_path / 'out' / 'test_seen'}.jsonl" in out.stdout
+
+    # `fedmemes data convert ... out=DIR` reaches the Hydra job with out as a new key (+out)
+    argv: list[list[str]] = []
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main sets it for Hydra; restored after the test
+    monkeypatch.setitem(cli.COMMANDS, "data convert", lambda: argv.append(sys.argv))
+    cli.main(["data", "convert", *overrides, f"out={tmp_path / 'out'}"])
+    assert argv == [["fedmemes data convert", *overrides, f"+out={tmp_path / 'out'}"]]
+    # the job itself, in process (a `fedmemes` child process costs 10-30 s on a busy machine)
+    cli.data_convert.__wrapped__(load_config(" ".join([*overrides, f"+out={tmp_path / 'out'}"])))
+    assert f"test_seen       8 memes -> {tmp_path / 'out' / 'test_seen'}.jsonl" in capsys.readouterr().out
     lines = (tmp_path / "out" / "train.jsonl").read_text().splitlines()
     assert len(lines) == 24 and json.loads(lines[0])["img"].startswith("img/")
+    with pytest.raises(SystemExit, match="is not empty"):
+        cli.data_convert.__wrapped__(load_config(" ".join([*overrides, f"+out={tmp_path / 'out'}"])))
 
 
 @pytest.mark.slow
@@ -318,7 +324,8 @@ def test_imagefolder_without_metadata_takes_labels_from_folder_names(tmp_path):
         write_images(tmp_path / "memes" / ["not_hateful", "hateful"][r["label"]], [r])
     source = TableSource(tmp_path / "memes", cache_dir=tmp_path / "c", on_error="keep_image")  # no captions yet
     splits = source.load()
-    assert sorted((m.img.read_bytes(), m.label) for m in splits["train"]) == sorted((r["png"], r["label"]) for r in rows)
+    got = sorted((m.img.read_bytes(), m.label) for m in splits["train"])
+    assert got == sorted((r["png"], r["label"]) for r in rows)
     assert not any(m.has_text for m in splits["train"]) and {i.kind for i in source.issues} == {"missing_key"}
 
 
