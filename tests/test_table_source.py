@@ -335,3 +335,17 @@ def test_a_folder_with_one_file_per_split(tmp_path):
         make_csv(tmp_path, [r for r in rows if r["split"] == split], name=f"{split}.csv")
     splits = TableSource(tmp_path, cache_dir=tmp_path / "c").load()
     assert seen(splits) == {s: sorted(v) for s, v in expected(rows).items()}
+
+
+def test_broken_jsonl_line_and_train_rows_in_the_holdout_are_named(tmp_path):
+    files = make_jsonl(tmp_path, memes())
+    with (tmp_path / files["train"]).open("a") as f:
+        f.write('{"idx": "00003", "text": "seen in dev", "image": "img/00003.png", "hateful": false}\n')
+    source = TableSource(tmp_path, files=files, cache_dir=tmp_path / "c", on_error="skip")
+    assert len(source.load()["train"]) == 12
+    assert [(i.line, i.kind) for i in source.issues] == [(13, "holdout_overlap")]
+    assert "also in dev_seen (val_part.jsonl)" in source.issues[0].detail
+    with (tmp_path / files["train"]).open("a") as f:
+        f.write('{"idx": "x", "text": "no closing brace"\n')
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'train_part.jsonl'}:14: cannot read it as json"):
+        TableSource(tmp_path, files=files, cache_dir=tmp_path / "c").load()

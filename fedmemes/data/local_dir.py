@@ -327,8 +327,8 @@ class LocalDirSource:
                             str(files["train"]),
                             n,
                             "holdout_overlap",
-                            f"id {meme.id} is also in {other}.jsonl; a training row seen at evaluation "
-                            "inflates scores, so delete it from train.jsonl",
+                            f"id {meme.id} is also in {other} ({files[other].name}); a training row seen at "
+                            f"evaluation inflates scores, so delete it from {files['train'].name}",
                         )
                     )
             rows["train"] = kept

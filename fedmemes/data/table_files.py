@@ -9,6 +9,7 @@ folder or one table file per split (`train/`, `dev.csv`, ...), a `save_to_disk` 
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -131,6 +132,19 @@ def _load(kind: str, table: Table, cache: str) -> Any:
     )
 
 
+def _bad_json_line(path: Path) -> str | None:
+    """Return 'file:line' of the first line of a JSONL file that is not a JSON object (Arrow's own count is off)."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                ok = not raw.strip() or isinstance(json.loads(raw), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                return f"{path}:{n}"
+    return None
+
+
 def read_table(table: Table) -> Iterator[tuple[str | None, datasets.Dataset]]:
     """Yield (split, rows) for `table`; Image columns come undecoded ({"bytes", "path"}), never as pictures."""
     datasets.disable_progress_bars()  # a bar per file reads as noise beside fedmemes's own output
@@ -140,8 +154,9 @@ def read_table(table: Table) -> Iterator[tuple[str | None, datasets.Dataset]]:
             loaded = _load(table.kind, table, cache)
         except (ValueError, OSError, TypeError, KeyError, datasets.exceptions.DatasetGenerationError) as e:
             cause = e.__cause__ or e
+            where = _bad_json_line(table.file) if table.kind == "json" else None
             raise ValueError(
-                f"{table.file}: cannot read it as {table.kind} ({type(cause).__name__}: {str(cause)[:200]}); "
+                f"{where or table.file}: cannot read it as {table.kind} ({type(cause).__name__}: {str(cause)[:200]}); "
                 "fix the file or export it again"
             ) from e
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
