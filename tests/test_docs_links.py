@@ -95,3 +95,21 @@ def test_the_readme_is_short_and_links_the_docs() -> None:
     targets = {t for _, t in links(ROOT / "README.md")}
     for page in ("docs/own-memes.md", "docs/deployment.md", "docs/security/index.md", "docs/configuration.md"):
         assert page in targets, f"README.md does not link {page}"
+
+
+def home_page(readme: str) -> str:
+    """Return the site's home page made from the README: links relative to docs/, the page list left to the nav."""
+    text = readme.replace("](docs/", "](")
+    text = re.sub(r"## Documentation\n.*?(?=## Working on the code)", "", text, flags=re.S)
+    title = "# fedmemes: federated hateful-meme classification (text + image) on Flower"
+    return text.replace(title, "# fedmemes\n\nFederated hateful-meme classification (text + image) on Flower.", 1)
+
+
+def test_the_site_home_page_is_the_readme() -> None:
+    """docs/index.md says what README.md says; after editing the README: `python tests/test_docs_links.py`."""
+    expected = home_page((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert (ROOT / "docs" / "index.md").read_text(encoding="utf-8") == expected, "run python tests/test_docs_links.py"
+
+
+if __name__ == "__main__":  # rewrite docs/index.md from README.md
+    (ROOT / "docs" / "index.md").write_text(home_page((ROOT / "README.md").read_text(encoding="utf-8")))
