@@ -164,7 +164,14 @@ def _argparse_command(module: str) -> Callable[[], None]:
 def _resume_dir(args: list[str]) -> list[str]:
     # resume=RUN_DIR continues in that directory: Hydra must not make a new one.
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if not resume or resume == "null" or any(a.startswith("hydra.run.dir=") for a in args):
+    if not resume or resume == "null":
+        return []
+    from fedmemes.run_config import run_folder_problem
+
+    if problem := run_folder_problem(resume, need=None):  # named before Hydra would create the folder
+        print(f"error: {problem} (resume={resume})", file=sys.stderr)
+        raise SystemExit(2)
+    if any(a.startswith("hydra.run.dir=") for a in args):
         return []
     return [f"hydra.run.dir={Path(resume).expanduser().resolve()}"]
 
@@ -213,9 +220,25 @@ def check_overrides(args: list[str]) -> None:
             str(Path(config_dir).expanduser()) if config_dir else None,
         )
         server_dp.check(cfg)  # a budget no accountant can keep; here, not in every client's compose: it imports classes
+        if not (flags.get("--cfg") or flags.get("-c")):  # printing the config may show what is left to fill in
+            _check_required(cfg, overrides)
     except ConfigError as e:  # Ray, a SuperLink and the run directory are not started yet
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_required(cfg: DictConfig, overrides: list[str]) -> None:
+    """Name a required key left at `???` (dataset.root after dataset=hateful_memes), and the choice that needs it."""
+    from omegaconf import OmegaConf
+
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        parent, _, leaf = key.rpartition(".")
+        if OmegaConf.is_interpolation(OmegaConf.select(cfg, parent) if parent else cfg, leaf):
+            continue  # e.g. dataset.source.root: ${dataset.root}; the key it points at is named instead
+        chosen = next((o for o in overrides if key.startswith(o.split("=", 1)[0].replace("/", ".") + ".")), None)
+        needs = f"{chosen} needs one" if chosen else "this config needs one"
+        example = "/abs/folder" if leaf in ("root", "name_or_path") else "VALUE"
+        raise ConfigError(f"{key} has no value and {needs}: add {key}={example} to the command")
 
 
 COMMANDS = {

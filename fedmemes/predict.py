@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -177,10 +178,39 @@ def format_scores(split: str, s: dict[str, float]) -> str:
     )
 
 
+def _input_problem(args: argparse.Namespace) -> str | None:
+    """Say what is wrong with what `fedmemes predict` was given to score, or None when it is one usable thing."""
+    given = [
+        what
+        for what, on in (
+            (f"INPUT {args.input}", args.input is not None),
+            ("--text/--image", args.text is not None or args.image is not None),
+            (f"--run-split {args.run_split}", args.run_split is not None),
+        )
+        if on
+    ]
+    if not given:
+        return (
+            "nothing to score: give INPUT (a jsonl or a folder of them), --text TEXT --image PATH, "
+            "or --run-split test|dev"
+        )
+    if len(given) > 1:
+        return f"give one thing to score, not {' and '.join(given)}"
+    if args.text is not None and args.image is None:
+        return "--text needs --image PATH too: one meme is a caption and its picture"
+    if args.image is not None and args.text is None:
+        return "--image needs --text TEXT too: one meme is a caption and its picture"
+    if args.text is not None and not args.text.strip():
+        return "--text is empty: give the meme's caption"
+    if args.image is not None and not Path(args.image).expanduser().is_file():
+        return f"--image {args.image}: no such file"
+    if args.input is not None and not Path(args.input).expanduser().exists():
+        return f"INPUT {args.input}: no such file or folder (a jsonl in the original layout, or a folder of them)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """`fedmemes predict RUN_DIR INPUT [--out FILE] [--model best|final] [--threshold T]`."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="fedmemes predict", description="Score memes with a finished run's model.")
     p.add_argument("run_dir", help="a run directory (config.yaml + best/final.safetensors)")
     p.add_argument(
@@ -206,9 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
-    chosen = [args.input is not None, args.text is not None or args.image is not None, args.run_split is not None]
-    if sum(chosen) != 1 or (chosen[1] and not (args.text and args.image)):
-        p.error("give exactly one of: INPUT, --text TEXT --image PATH, or --run-split test|dev")
+    if problem := run_config.run_folder_problem(args.run_dir) or _input_problem(args):
+        p.error(problem)  # the run folder first: a mistyped path is the likeliest mistake
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl", ".json", ".ndjson"):
         p.error(f"--out {args.out}: the extension picks the format; use .jsonl or .csv")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

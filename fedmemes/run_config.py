@@ -111,3 +111,18 @@ def load(run_dir: Path | str) -> DictConfig:
     cfg = OmegaConf.create(read(run_dir))
     assert isinstance(cfg, DictConfig)  # read() returned a mapping
     return cfg
+
+
+def run_folder_problem(run_dir: str | Path, need: str | None = CONFIG_FILE) -> str | None:
+    """Say what is wrong with `run_dir` as a run folder (missing, a file, no `need` file in it), or None if nothing.
+
+    Commands check this first, so a mistyped path is named before any complaint about the other arguments.
+    """
+    path = Path(run_dir).expanduser().absolute()
+    if not path.exists():
+        return f"no run folder at {path}: `fedmemes runs` lists the runs under outputs/ (each outputs/<date>/<time>)"
+    if not path.is_dir():
+        return f"{path} is a file, not a run folder: pass the folder that holds {need or CONFIG_FILE}"
+    if need and not (path / need).is_file():
+        return f"{path} is not a run folder (no {need} in it): `fedmemes runs {path}` lists the runs under it"
+    return None

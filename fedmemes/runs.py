@@ -155,9 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     root = Path(args.dir).expanduser().resolve()
     if not root.is_dir():
-        raise SystemExit(
-            f"error: {root} is not a folder; runs live under outputs/ (or pass the folder that holds them)"
-        )
+        what = f"{root} is a file, not a folder" if root.exists() else f"no folder at {root}"
+        raise SystemExit(f"error: {what}: runs live under outputs/ (or pass the folder that holds them)")
     runs = sorted((run_info(d) for d in find_runs(root)), key=lambda r: (r.date, r.path))
     if args.json:
         print("\n".join(json.dumps(asdict(r)) for r in runs))

@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from fedmemes import image_urls
+from fedmemes import image_urls, run_config
 from fedmemes.data.meme import Meme
 from fedmemes.deploy.auth import TOKEN_HEADER, read_token, require_token
 from fedmemes.deploy.slow_clients import SlowClientLimits
@@ -248,7 +248,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from fedmemes.deploy.auth import TOKEN_ENV
 
-    token = read_token(args.token_file) if args.token_file or os.environ.get(TOKEN_ENV) else None
+    if problem := run_config.run_folder_problem(args.run_dir):
+        p.error(problem)  # before the other flags: a mistyped path is the likeliest mistake
+    try:
+        token = read_token(args.token_file) if args.token_file or os.environ.get(TOKEN_ENV) else None
+    except ValueError as err:
+        p.error(str(err))
+    if args.image_root and not Path(args.image_root).expanduser().is_dir():
+        p.error(f"--image-root {args.image_root}: no such folder (batch lines' image paths are relative to it)")
     if not _loopback(args.host) and token is None and not args.insecure:
         raise SystemExit(
             f"error: --host {args.host} lets other machines score memes; set a token "

@@ -156,13 +156,15 @@ def test_single_meme_and_folder_inputs_score_like_the_batch(run_dir, tiny_data, 
 
 
 def test_errors_name_the_fix(run_dir, tiny_data, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="config.yaml not found"):
+    with pytest.raises(SystemExit):  # argparse: a folder that is not a run folder, named before anything loads
         main([str(tmp_path), "--run-split", "test"])
+    assert f"{tmp_path} is not a run folder (no config.yaml in it)" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: the --out extension picks the format
         main([str(run_dir), "--run-split", "test", "--out", str(tmp_path / "x.txt")])
     assert "extension picks the format" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: INPUT and --text together
         main([str(run_dir), "in.jsonl", "--text", "hi"])
+    assert "give one thing to score, not INPUT in.jsonl and --text/--image" in capsys.readouterr().err
     final = load_run(run_dir, "final")
     assert final.which == "final" and read_jsonl(tiny_data.folder / "dev_seen.jsonl").issues == []
 

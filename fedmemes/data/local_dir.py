@@ -181,6 +181,11 @@ class LocalDirSource:
 
     def _split_files(self) -> dict[str, Path]:
         """Return the jsonl file of every split to read; raise if train (or a requested one) is absent."""
+        if not self.root.is_dir():  # the folder itself first: a mistyped dataset.root is the likeliest mistake
+            raise FileNotFoundError(
+                f"no folder at {self.root} (dataset.root): point it at a folder in the Hateful Memes layout "
+                "(img/ + train.jsonl)"
+            )
         wanted = self.splits or SPLITS
         files = {s: self.root / f"{s}.jsonl" for s in wanted}
         missing = [p.name for s, p in files.items() if not p.is_file() and (s == "train" or self.splits is not None)]

@@ -19,7 +19,9 @@ MAX_BODY = 64 * 1024  # bytes: a heartbeat is about 1 KiB; nothing bigger is rea
 
 def read_token(token_file: str | Path | None = None) -> str:
     """Return the token from `token_file`, else from $FEDMEMES_TOKEN; fail with the fix when neither has one."""
-    token = Path(token_file).read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "").strip()
+    if token_file and not Path(token_file).expanduser().is_file():
+        raise ValueError(f"token file {token_file}: no such file; it holds one line, the shared token")
+    token = Path(token_file).expanduser().read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "").strip()
     if not token:
         where = f"file {token_file} is empty" if token_file else f"${TOKEN_ENV} is not set"
         raise ValueError(

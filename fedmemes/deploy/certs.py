@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.node_key and (args.host or args.nodes):
         parser.error("--node-key makes a client's key pair only; run --host/--nodes on the server separately")
+    if args.dir.exists() and not args.dir.is_dir():
+        parser.error(f"{args.dir} is a file, not a folder: DIR is the folder the keys and certificates go into")
+    if args.nodes < 0:
+        parser.error(f"--nodes {args.nodes}: give how many node key pairs to make, 0 or more")
+    if args.days < 1:
+        parser.error(f"--days {args.days}: the certificates must stay valid at least 1 day")
     try:
         if args.node_key:
             keys = [make_node_key(args.dir, name, args.force) for name in args.node_key]

@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         token = read_token(args.token_file)
         supernode.node_config(args.partition_id, args.num_partitions, args.data_dir)  # fail now, not on /start
+        supernode.check_address(args.superlink)
+        supernode.check_paths(args)
         if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
             raise ValueError("give both --ssl-certfile and --ssl-keyfile, or neither")
         refuse_plain_text(

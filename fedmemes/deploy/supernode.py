@@ -14,13 +14,19 @@ def node_config(
     partition_id: int | None, num_partitions: int | None, data_dir: Path | None, policy: Path | None = None
 ) -> str:
     """Return the `--node-config` string the ClientApp reads: partition-id, num-partitions (+ data-dir, policy)."""
-    if partition_id is None or num_partitions is None:
-        # With --data-dir too: the number names the client in metrics.json and seeds its training.
+    # With --data-dir too: the number names the client in metrics.json and seeds its training.
+    if partition_id is None and num_partitions is None:
         raise ValueError(
             "give --partition-id I --num-partitions N (with --data-dir DIR when the client has its own folder)"
         )
+    if num_partitions is None:
+        raise ValueError(f"--partition-id {partition_id} needs --num-partitions N too: how many clients there are")
+    if partition_id is None:
+        raise ValueError(f"--num-partitions {num_partitions} needs --partition-id I too: which one this client is")
+    if num_partitions < 1:
+        raise ValueError(f"--num-partitions {num_partitions} must be at least 1")
     if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"--partition-id {partition_id} must be in [0, {num_partitions})")
+        raise ValueError(f"--partition-id {partition_id} must be in [0, {num_partitions}): ids count from 0")
     config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if data_dir is not None:  # read by the ClientApp when the server runs partition=per_client_dirs
         config += f' data-dir="{Path(data_dir).expanduser().resolve()}"'
@@ -90,8 +96,28 @@ def check_policy(p: argparse.ArgumentParser, path: Path | None, show: bool) -> N
         raise SystemExit(0)
 
 
+def check_address(superlink: str) -> None:
+    """Refuse a --superlink without a port (Flower would dial a default the server does not use)."""
+    host, colon, port = superlink.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--superlink {superlink}: give HOST:PORT, e.g. server.example.org:9092 (server.address)")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse a --data-dir, --root-certificates or --auth-key that is not on this machine, naming the flag."""
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise ValueError(f"--data-dir {args.data_dir}: no such folder (this client's own img/ + train.jsonl)")
+    for flag, path, fix in (
+        ("--root-certificates", args.root_certificates, "copy the server's ca.crt to this machine"),
+        ("--auth-key", args.auth_key, "make it here with `fedmemes certs DIR --node-key NAME`"),
+    ):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ValueError(f"{flag} {path}: no such file; {fix}")
+
+
 def command_from_args(args: argparse.Namespace) -> list[str]:
     """Build the SuperNode command from parsed `fedmemes client` arguments."""
+    check_address(args.superlink)
     config = node_config(args.partition_id, args.num_partitions, args.data_dir, args.policy)
     return supernode_command(args.superlink, config, args.root_certificates, args.auth_key)
 
@@ -107,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     check_policy(p, args.policy, args.check)
     try:
         cmd = command_from_args(args)
+        check_paths(args)  # on this machine only: the deploy files' paths exist inside their containers
     except ValueError as err:
         p.error(str(err))
     print(f"Using device: {engine.pick_device('auto').type}", flush=True)  # what the seed's clients printed

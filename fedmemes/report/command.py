@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedmemes.report.render import write_report
+from fedmemes.run_config import run_folder_problem
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each holds metrics.json)")
     parser.add_argument("--out", default=None, help="folder for the report (default: the first RUN_DIR)")
     args = parser.parse_args(argv)
+    for run_dir in args.run_dirs:  # each missing folder named first, before any file in the others is read
+        if problem := run_folder_problem(run_dir, need=None):
+            parser.error(problem)
     try:
         html_path, md_path = write_report(args.run_dirs, args.out)
     except (FileNotFoundError, ValueError) as err:
