@@ -25,7 +25,7 @@ from fedmemes import (
 )
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of, secagg_settings
-from fedmemes.run_steps import EXIT_PRIVACY_BUDGET, disk_error
+from fedmemes.run_steps import EXIT_PRIVACY_BUDGET, as_disk_error
 from fedmemes.secagg import SecAggGrid
 from fedmemes.server_run import EarlyStop, ServerRun
 from fedmemes.strategies.resumable import set_round_offset
@@ -155,8 +155,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         _main(grid, cfg, overrides, run_dir)
     except Exception as err:
-        if line := disk_error(err, run_dir):  # one line in fedmemes.log (and Flower's log when deployed)
-            log.error("%s", line)
+        if (disk := as_disk_error(err, run_dir)) is not None:
+            log.error("%s", disk.strerror)  # one line in fedmemes.log (and Flower's log when deployed)
+            # deployed, Flower hands `fedmemes server` only str(error), in the run's status: make that the line
+            raise disk from err
         raise
 
 
