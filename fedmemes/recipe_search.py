@@ -19,6 +19,7 @@ from typing import Any
 from fedmemes import private_files
 
 RECIPES_FILE = "recipes.json"
+TRIALS_DIR = "recipes"  # RUN/recipes/<name>/: each trial's own run folder
 
 
 def _score(curve: list[float | None]) -> float:

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -94,14 +95,19 @@ EXIT_DISK = 5  # a write failed (disk full, I/O error): the files before it stan
 DISK_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
 
 
+class DiskError(OSError):
+    """A write the disk refused, raised by the ServerApp with `disk_error`'s line as its message: Flower passes only
+    `str(exception)` on to `fedmemes server`, in another process (the run's status details)."""
+
+
 def disk_error(err: BaseException, run_dir: Path) -> str | None:
     """Return one line naming the file a full disk or an I/O error stopped, the free space and the way on; None for any
     other error (its cause chain is searched: Flower or torch may wrap it)."""
-    seen: BaseException | None = err
-    while seen is not None and not (isinstance(seen, OSError) and seen.errno in DISK_ERRORS):
-        seen = seen.__cause__ or seen.__context__
-    if not isinstance(seen, OSError) or seen.errno is None:
+    seen = _disk_cause(err)
+    if seen is None or seen.errno is None:
         return None
+    if isinstance(seen, DiskError):  # the line was made where the write failed
+        return str(seen.strerror)
     path = Path(seen.filename or run_dir)
     mount = path if path.is_dir() else path.parent
     while not mount.exists() or not os.path.ismount(mount):  # the filesystem it is on: the one to free
@@ -119,6 +125,29 @@ def disk_error(err: BaseException, run_dir: Path) -> str | None:
         f"`fedmemes simulate resume={run_dir}` (or `fedmemes server resume={run_dir}`, same overrides); "
         "the files written before it are intact"
     )
+
+
+def as_disk_error(err: BaseException, run_dir: Path) -> DiskError | None:
+    """Return `err` as a DiskError carrying `disk_error`'s line when a full disk or an I/O error caused it."""
+    line, seen = disk_error(err, run_dir), _disk_cause(err)
+    return None if line is None or seen is None else DiskError(seen.errno, line)
+
+
+def _disk_cause(err: BaseException) -> OSError | None:
+    # the first full-disk or I/O OSError in the cause chain: Flower or torch may wrap it
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno in DISK_ERRORS):
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, OSError) else None
+
+
+def disk_error_in(details: str) -> str | None:
+    """Return the one line of a DiskError found in Flower's status details of a failed run; None for any other."""
+    # Flower's words: "ServerApp failed with exception: " + str(exception); str(DiskError) is "[Errno N] LINE"
+    found = re.search(r"\[Errno (\d+)\] (.+)", details, re.DOTALL)
+    if found is None or (what := DISK_ERRORS.get(int(found[1]))) is None or not found[2].startswith(f"{what} writing "):
+        return None
+    return found[2].strip()
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from fedmemes import (
 )
 from fedmemes import run_dir as run_dirs
 from fedmemes.config import build_strategy, load_config, overrides_of, secagg_settings
-from fedmemes.run_steps import EXIT_PRIVACY_BUDGET, disk_error
+from fedmemes.run_steps import EXIT_PRIVACY_BUDGET, as_disk_error
 from fedmemes.secagg import SecAggGrid
 from fedmemes.server_run import EarlyStop, ServerRun
 from fedmemes.strategies.resumable import set_round_offset
@@ -118,7 +118,7 @@ def _choose_recipe(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -
     def trial(name: str, recipe: str) -> list[float | None]:
         log.info("recipe trial %r (%s): %d rounds on the hold-out", name, recipe, rounds)
         trial_overrides = f"{overrides} {recipe} num_rounds={rounds} server.eval_every=1 server.patience=null"
-        run = _build(load_config(trial_overrides), trial_overrides, run_dir / "recipes" / name)
+        run = _build(load_config(trial_overrides), trial_overrides, run_dir / recipe_search.TRIALS_DIR / name)
         _rounds(grid, run, engine.trainable_state(run.model), recipe)
         return [r.get("auroc") for r in run.history.rounds if r["round"] > 0]
 
@@ -127,12 +127,20 @@ def _choose_recipe(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -
     return record
 
 
+def _remove_stale(run_dir: Path) -> None:
+    """Remove the temporaries a killed run left in its folder and in its recipe trials' (recipes/<name>/)."""
+    trials = sorted(p for p in (run_dir / recipe_search.TRIALS_DIR).glob("*") if p.is_dir())
+    stale = [p for f in (run_dir, *trials) for p in private_files.remove_stale(f, (checkpoint_files.LEGACY_TEMP,))]
+    if stale:
+        log.info("removed %d temporary files a stopped run left in %s", len(stale), run_dir)
+
+
 def _rounds_so_far(cfg: DictConfig, run_dir: Path, recipes: dict[str, Any] | None) -> Path | None:
     """Return the folder whose checkpoint holds the run's rounds so far: its own (resume), else the chosen trial's."""
     if cfg.resume and checkpoint.exists(run_dir):  # checkpoint.load falls back to the previous one
         return run_dir
     if recipes:  # the winner's trial was this run's first rounds (same seeds, same model): go on from there
-        return run_dir / "recipes" / str(recipes["chosen"])
+        return run_dir / recipe_search.TRIALS_DIR / str(recipes["chosen"])
     return run_dir if cfg.resume else None  # no checkpoint to resume: checkpoint.load names the fix
 
 
@@ -155,8 +163,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         _main(grid, cfg, overrides, run_dir)
     except Exception as err:
-        if line := disk_error(err, run_dir):  # one line in fedmemes.log (and Flower's log when deployed)
-            log.error("%s", line)
+        if (disk := as_disk_error(err, run_dir)) is not None:
+            log.error("%s", disk.strerror)  # one line in fedmemes.log (and Flower's log when deployed)
+            # deployed, Flower hands `fedmemes server` only str(error), in the run's status: make that the line
+            raise disk from err
         raise
 
 
@@ -166,8 +176,7 @@ def _main(grid: Grid, cfg: DictConfig, overrides: str, run_dir: Path) -> None:
     if cfg.resume and (run_dir / run_config.CONFIG_FILE).is_file():
         run_config.read(run_dir)  # a run folder is data: refuse one whose config.yaml names code, before any build
     run_dir.mkdir(parents=True, exist_ok=True)
-    if stale := private_files.remove_stale(run_dir, (checkpoint_files.LEGACY_TEMP,)):  # a killed run's temporaries
-        log.info("removed %d temporary files a stopped run left in %s", len(stale), run_dir)
+    _remove_stale(run_dir)
     recipes = _choose_recipe(grid, cfg, overrides, run_dir)
     recipe = recipes["overrides"] if recipes else ""
     if recipe:

@@ -24,7 +24,7 @@ from fedmemes.node_datasets import data_issues, server_data
 from fedmemes.report import save_test_predictions, write_report_safely
 from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
 from fedmemes.secagg import CLIENTS_KEY
-from fedmemes.tracking import build_trackers, round_metrics
+from fedmemes.tracking import build_trackers, numbers, round_metrics
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class ServerRun:
         self.best_state, self.offset = ckpt.best_state, ckpt.server_round
         self.run_key = str(ckpt.setup.get("run_key") or self.run_key)  # older checkpoints: clients start afresh
         checkpoint.restore_strategy(self.strategy, ckpt.strategy)
+        # killed between that round's checkpoint and its log: the trackers get the round they missed
+        self.trackers.resume_after(self.offset, ckpt.setup.get("tracked") or {})
         log.info("resuming after round %d of %d", self.offset, self.cfg.num_rounds)
         return ckpt.arrays
 
@@ -106,10 +108,10 @@ class ServerRun:
         if self.history.add_round(server_round, scores):
             self.best_state = engine.trainable_state(self.model)
         self.history.write()
-        self.trackers.log_metrics(server_round, round_metrics(scores, self.train_metrics))
+        tracked = numbers(round_metrics(scores, self.train_metrics))
         # the latest round's global model: the checkpoint's, and final.safetensors after an early stop
         self.latest = {k: v.detach().cpu() for k, v in arrays.to_torch_state_dict().items()}
-        if server_round > 0:
+        if server_round > 0:  # tracked: what the trackers log next, again after a resume if a kill came in between
             checkpoint.save(
                 self.history.run_dir,
                 checkpoint.Checkpoint(
@@ -118,9 +120,12 @@ class ServerRun:
                     self.history.state(),
                     self.best_state,
                     checkpoint.strategy_state(self.strategy),
-                    {**checkpoint.setup_of(self.cfg), "run_key": self.run_key},
+                    {**checkpoint.setup_of(self.cfg), "run_key": self.run_key, "tracked": tracked},
                 ),
             )
+        # logged after the checkpoint: a resume (after the checkpointed round) never trains a logged round again, so
+        # no tracker gets a second point for it (MLflow cannot delete one)
+        self.trackers.log_metrics(server_round, tracked)
         if scored and self.patience_spent(server_round):  # an unscored round (server.eval_every) decides nothing
             log.info(
                 "round %d/%d | hold-out AUROC %.3f | no better hold-out AUROC than round %s for %d rounds "

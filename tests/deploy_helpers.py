@@ -118,3 +118,23 @@ def local_server_args(run_dir: Path, link: int, control: int, flwr_home: Path, *
         f"server.flwr_home={flwr_home}",
         "server.status_port=null",
     ]
+
+
+def failed_superlink(details: str) -> type:
+    """Return a stand-in for fedmemes.deploy.superlink.SuperLink whose run fails with Flower's status `details`."""
+
+    class FailedSuperLink:
+        def __init__(self, address: str, flwr_home: Path, *_: object) -> None:
+            self.address, self.dial, self.log_file, self.details = address, address, flwr_home / "superlink.log", ""
+
+        def start(self, node_auth: bool = False) -> None:
+            return None  # processes.stop(None) stops nothing
+
+        def submit(self, overrides: str) -> str:
+            return "1"
+
+        def wait(self, run_id: str, on_tick: object = None) -> str:
+            self.details = details
+            return "finished:failed"
+
+    return FailedSuperLink

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from deploy_helpers import failed_superlink, local_server_args
 from flwr.app import ArrayRecord, Context, RecordDict
 from omegaconf import OmegaConf
 from run_helpers import bare_server_run
 
-from fedmemes import checkpoint, checkpoint_files, private_files, run_dir, server_app
+from fedmemes import checkpoint, checkpoint_files, cli, private_files, run_dir, server_app
+from fedmemes.deploy import server as deploy_server
 from fedmemes.report import command as report_command
 from fedmemes.report.runs import PREDICTIONS_FILE, load_run
 from fedmemes.resume_config import ResumeRefused
-from fedmemes.run_steps import EXIT_DISK, disk_error, disk_errors_end_run
+from fedmemes.run_steps import EXIT_DISK, disk_error, disk_error_in, disk_errors_end_run
 from fedmemes.server_run import ServerRun
 
 
@@ -241,21 +243,33 @@ def test_a_resume_that_changes_the_experiment_is_refused_naming_the_keys(
     assert (finished_run / "final.safetensors").is_file() and (finished_run / PREDICTIONS_FILE).is_file()
 
 
-def test_a_full_disk_in_the_server_is_logged_as_one_line(
+def test_a_full_disk_in_the_server_is_one_line_and_exit_5(
     finished_run: Path,
     tiny_data: object,
     one_thread: None,
     caplog: pytest.LogCaptureFixture,
     full_disk: Callable[[str], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     final = (finished_run / "final.safetensors").read_bytes()
     full_disk("final.safetensors")
-    with caplog.at_level(logging.ERROR, "fedmemes"), pytest.raises(OSError):
+    with caplog.at_level(logging.ERROR, "fedmemes"), pytest.raises(OSError) as raised:
         _resume(finished_run, tiny_data.overrides)  # type: ignore[attr-defined]
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert line.startswith(f"disk full writing {finished_run / 'final.safetensors'} (")
     assert (finished_run / "final.safetensors").read_bytes() == final  # the earlier file, whole
     assert checkpoint.load(finished_run).server_round == 1  # still resumable
+    # Deployed, `fedmemes server` learns only Flower's status details (flwr/superlink/runtime/run_serverapp.py)
+    # and ends as `fedmemes simulate` does: exit 5 and the same line, once, in its fedmemes.log
+    server_dir = tmp_path / "server-run"
+    details = f"ServerApp failed with exception: {raised.value}"
+    monkeypatch.setattr(deploy_server, "SuperLink", failed_superlink(details))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(local_server_args(server_dir, 1, 2, tmp_path / "flwr", *tiny_data.overrides.split()))  # type: ignore[attr-defined]
+    assert exit_.value.code == EXIT_DISK == 5
+    assert (server_dir / "fedmemes.log").read_text().count(line) == 1
+    assert disk_error_in("ServerApp failed with exception: [Errno 28] No space left on device: 'x'") is None
 
 
 def test_a_resumed_csv_tracker_replaces_the_rows_of_rounds_it_trains_again(tmp_path: Path) -> None:

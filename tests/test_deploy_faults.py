@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from deploy_helpers import FEDMEMES, kill, local_server_args, ports, protobuf_post, spawn, until
+from safetensors import safe_open
 
+from fedmemes import checkpoint
 from fedmemes.deploy.certs import TlsFiles, make_node_key
 from fedmemes.deploy.processes import wait_for_port
 from fedmemes.deploy.superlink import CONNECTION, SuperLink
@@ -44,7 +47,21 @@ def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -
     )
 
 
+def _state_slots(path: Path) -> dict[str, tuple[int, dict[str, torch.Tensor]]]:
+    """Read a client state file (fedmemes/client_state.py): {slot: (round it was made in, tensors)}."""
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return {
+        slot: (int(meta[slot]), {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith(f"{slot}/")})
+        for slot in ("latest", "before")
+        if slot in meta
+    }
+
+
 def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
+    """SCAFFOLD: the killed SuperNode's control variate c_i survives on its disk and the restarted one goes on from
+    it. The run cannot equal an uninterrupted one: round 2 aggregates two replies instead of three, and a node killed
+    after saving round 2's c_i but before its reply arrived keeps a c_i whose change the server never added to c."""
     link, control = ports(2)
     env, run_dir = dict(os.environ), tmp_path / "run"  # FEDMEMES_CACHE: the session cache (conftest)
     # 3 clients, no fixed sample (clients_per_round=null): fraction_train=1.0 trains every connected node, at least 2.
@@ -57,6 +74,7 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
             control,
             tmp_path / "flwr",
             "debug=tiny",
+            "strategy=scaffold",
             "num_rounds=3",
             "num_clients=3",
             "clients_per_round=null",
@@ -71,12 +89,17 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
         # Clients started once the SuperLink listens connect at once (no retry back-off): all three are in round 1.
         wait_for_port("127.0.0.1", link, 120, server)
         procs += [_client(i, 3, link, tmp_path, env) for i in range(3)]
-        until(lambda: len(_rounds(run_dir)) >= 2, 480, "round 1 in metrics.json", procs)
+        # round 1 scored and checkpointed (metrics.json is written first): the checkpoint names the clients' run key
+        until(lambda: len(_rounds(run_dir)) >= 2 and checkpoint.exists(run_dir), 480, "round 1 checkpoint", procs)
         assert _rounds(run_dir)[1]["clients"] == 3, "all three clients should train round 1"
         # Round 2 is under way: the dead node's reply never comes; the SuperLink marks it offline after 2 missed
         # heartbeats (Flower 1.42: 30 s each, not configurable), well inside server.round_timeout.
         kill(procs[3], signal.SIGKILL)
         killed_at = time.monotonic()
+        run_key = checkpoint.load(run_dir).setup["run_key"]
+        state = Path(env["FEDMEMES_CACHE"]) / "client_state" / run_key / "2.safetensors"
+        made, c_i = _state_slots(state)["latest"]  # round 1's c_i, or round 2's if it got that far
+        assert made in (1, 2) and any(t.abs().sum() > 0 for t in c_i.values()), "SCAFFOLD's c_i is on the node's disk"
         procs.append(_client(2, 3, link, tmp_path, env))  # restarted: it should join a later round as a new node
         assert server.wait(900) == 0, (tmp_path / "server.log").read_text()[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -84,6 +107,14 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
         assert metrics["rounds"][2]["clients"] == 2, "round 2 completes with the two live clients"
         assert metrics["rounds"][3]["clients"] == 3, "the restarted client trains in the last round"
         assert len(metrics["clients"]) == 3
+        # The restarted node (an empty Context.state) trained round 3 from the c_i on its disk: the file goes on from
+        # where it was, round `made`'s c_i now the slot before round 3's
+        slots = _state_slots(state)
+        assert slots["latest"][0] == 3 and slots["before"][0] == made
+        assert (
+            all(torch.equal(slots["before"][1][k], t) for k, t in c_i.items())
+            and slots["before"][1].keys() == c_i.keys()
+        )
         print(f"run {time.monotonic() - started:.0f}s, {time.monotonic() - killed_at:.0f}s after the kill")
     finally:
         for p in procs:

@@ -100,7 +100,14 @@ def test_a_resumed_run_that_had_stopped_early_only_finishes(searched, cache_dir)
         calls.append(msg.metadata.message_type)
         raise AssertionError("a finished search or an early-stopped run trained again")
 
+    # a killed start left temporaries in the run folder and in a trial's (recipes/<name>/): the resume removes them
+    stale = [run_dir / ".metrics.json.k1.tmp", run_dir / "recipes" / "still" / ".checkpoint.pt.k2.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    trial_files = sorted(p.name for p in (run_dir / "recipes" / "still").iterdir() if p not in stale)
     again = run_in_process(f"{SEARCH} cache_dir={cache_dir} resume={run_dir}", run_dir, 2, client)
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in (run_dir / "recipes" / "still").iterdir()) == trial_files  # only those
     assert calls == [] and again["recipes"] == metrics["recipes"]
     assert again["rounds"] == metrics_before["rounds"] and again["test"]["auroc"] == pytest.approx(
         metrics["test"]["auroc"]

@@ -4,7 +4,11 @@ import csv
 import sys
 
 import pytest
+import torch
+from flwr.app import ArrayRecord
+from run_helpers import bare_server_run
 
+from fedmemes import checkpoint
 from fedmemes.config import load_config
 from fedmemes.tracking import Tracker, Trackers, build_trackers, round_metrics
 
@@ -110,6 +114,56 @@ def test_csv_logger_of_a_resumed_run_writes_no_row_twice(tmp_path):
         *((str(s), "holdout/auroc") for s in range(4)),
         ("3", "test/auroc"),
     ]
+
+
+class Killed(BaseException):
+    """SIGKILL at one point of a round: nothing after it runs."""
+
+
+@pytest.mark.slow  # importing mlflow and creating its SQLite store takes 10-60 s on the shared CI cores
+def test_a_run_killed_around_its_checkpoints_logs_each_round_once(tmp_path, monkeypatch):
+    """The ServerRun's own order (checkpoint, then log): killed while saving round 2's checkpoint, then killed after
+    round 3's checkpoint but before its log, and resumed each time: MLflow and the CSV hold each round once."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real_save = checkpoint.save
+
+    def start(until: int, kill: str) -> None:
+        run = bare_server_run(tmp_path, monkeypatch, num_rounds=4)
+        run.trackers = build_trackers(load_config("logger=[csv,mlflow]"), tmp_path)
+        if checkpoint.exists(tmp_path):
+            run.resume(checkpoint.load(tmp_path))
+        killed = {"save": lambda: monkeypatch.setattr(checkpoint, "save", _kill), "log": lambda: _kill_log(run)}
+        for r in range(until - run.offset + 1):  # the strategy counts from 0 again after a resume
+            if r + run.offset == until and kill:
+                killed[kill]()
+            run.evaluate(r, ArrayRecord({"w": torch.full((2,), 0.1 * (r + run.offset))}))
+        run.trackers.finish(until, {"auroc": 0.77})
+
+    with pytest.raises(Killed):
+        start(2, "save")  # rounds 0, 1 logged; round 2 scored, its checkpoint never written
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    with pytest.raises(Killed):
+        start(3, "log")  # round 2 again; round 3 checkpointed, never logged
+    start(4, "")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("fedmemes").experiment_id])
+    expected = [(step, pytest.approx(0.1 * step)) for step in range(5)]  # the score is the round's weight
+    history = client.get_metric_history(mlflow_run.info.run_id, "holdout/auroc")
+    assert sorted((m.step, m.value) for m in history) == expected  # round 2 not twice, round 3 not missing
+    rows = list(csv.DictReader((tmp_path / "tracking" / "metrics.csv").open()))
+    assert [(int(r["step"]), float(r["value"])) for r in rows if r["name"] == "holdout/auroc"] == expected
+
+
+def _kill(*_: object) -> None:
+    raise Killed
+
+
+def _kill_log(run: object) -> None:
+    trackers = run.trackers  # type: ignore[attr-defined]
+    real = trackers.log_metrics
+    trackers.log_metrics = lambda step, metrics: real(step, metrics) if step == 0 else _kill()
 
 
 @pytest.mark.slow  # importing mlflow and creating its SQLite store takes 10-60 s on the shared CI cores

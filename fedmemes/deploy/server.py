@@ -20,7 +20,7 @@ from fedmemes.deploy.exposure import refuse_plain_text
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
 from fedmemes.run_dir import prepare
-from fedmemes.run_steps import check_data, finish_command, job_overrides, quiet_libraries
+from fedmemes.run_steps import EXIT_DISK, check_data, disk_error_in, finish_command, job_overrides, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -133,5 +133,8 @@ def server(cfg: DictConfig) -> None:
         if api is not None:
             api.should_exit = True
     if final != "finished:completed":
+        if line := disk_error_in(link.details):  # the ServerApp's write failed: the same line and exit as simulate
+            log.error("%s", line)
+            raise SystemExit(EXIT_DISK)
         raise SystemExit(f"the run ended as {final}; Flower's log: {link.log_file}")
     finish_command(run_dir)  # exits non-zero when metrics.json says the run ended short

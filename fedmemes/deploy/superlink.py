@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class SuperLink:
     flwr_home: Path
     tls: TlsFiles | None = None
     control_port: int | None = None
+    details: str = field(default="", init=False)  # Flower's words on the last status wait() saw: why a run failed
 
     def env(self) -> dict[str, str]:
         """Return the environment every Flower program of this server runs with."""
@@ -190,6 +191,7 @@ class SuperLink:
                 if on_tick is not None:
                     on_tick(status)
                 if status.startswith("finished"):
+                    self.details = state.details if state else ""
                     return status
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"run {run_id} still '{status}' after {timeout_s:.0f}s")

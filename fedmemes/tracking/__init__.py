@@ -5,8 +5,9 @@ from fedmemes.tracking.base import (
     Trackers,
     build_trackers,
     flatten,
+    numbers,
     round_metrics,
     run_artifacts,
 )
 
-__all__ = ["Tracker", "Trackers", "build_trackers", "flatten", "round_metrics", "run_artifacts"]
+__all__ = ["Tracker", "Trackers", "build_trackers", "flatten", "numbers", "round_metrics", "run_artifacts"]

@@ -43,6 +43,10 @@ class Tracker:
     def close(self) -> None:
         """Flush and release what the tracker holds."""
 
+    def resume_after(self, step: int, metrics: Mapping[str, float]) -> None:
+        """A resumed run goes on after round `step`, whose scalars are `metrics`: log them where a kill between that
+        round's checkpoint and its log lost them, never twice. Default: nothing (a tracker that cannot tell)."""
+
 
 class Trackers(Tracker):
     """Fan every call out to the configured trackers; log and disable a tracker that raises."""
@@ -69,8 +73,11 @@ class Trackers(Tracker):
         self._each("log_config", config)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._each("log_metrics", step, clean)
+        self._each("log_metrics", step, numbers(metrics))
+
+    def resume_after(self, step: int, metrics: Mapping[str, float]) -> None:
+        if step > 0:
+            self._each("resume_after", step, numbers(metrics))
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         self._each("log_artifacts", [p for p in paths if Path(p).is_file()])
@@ -104,6 +111,11 @@ def run_artifacts(run_dir: Path) -> list[Path]:
     return [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()] + sorted(
         (run_dir / "report").glob("*.png")
     )
+
+
+def numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Keep the scalars trackers take: numbers, not flags, lists or text."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def round_metrics(holdout: Mapping[str, Any], clients: Mapping[str, Any]) -> dict[str, Any]:

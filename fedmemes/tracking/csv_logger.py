@@ -39,6 +39,9 @@ class CsvLogger(Tracker):
             out.writerows(kept)
             out.writerows((step, name, repr(value)) for name, value in metrics.items())
 
+    def resume_after(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.log_metrics(step, metrics)  # replaces the step's rows and drops later ones: never a repeat
+
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         with private_files.private_open(self.folder / "artifacts.csv", "w", newline="") as f:
             out = csv.writer(f)

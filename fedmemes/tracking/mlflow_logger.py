@@ -94,6 +94,15 @@ class MlflowLogger(Tracker):
         # MLflow metric names allow '/', so 'holdout/auroc' groups the same way as in TensorBoard.
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
+    def resume_after(self, step: int, metrics: Mapping[str, float]) -> None:
+        # only the names the killed run did not log at `step`: MLflow keeps every point, a second one stays
+        missing = {k: v for k, v in metrics.items() if step not in self._steps(k)}
+        if missing:
+            self.log_metrics(step, missing)
+
+    def _steps(self, name: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, name)}
+
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         for path in paths:
             self.client.log_artifact(self.run_id, str(path))
