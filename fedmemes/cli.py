@@ -29,6 +29,7 @@ commands:
              e.g. fedmemes simulate num_rounds=5 num_clients=4 partition.alpha=0.3
   data       make the synthetic memes: fedmemes data generate [overrides]
              see each client's share: fedmemes data inspect [overrides] (table + clients.png)
+             captions from the pictures: fedmemes data ocr SRC [--lang eng] [--out FILE.jsonl]
   server     start a SuperLink, submit the run, follow it: fedmemes server [overrides]
              resume a stopped run: fedmemes server resume=RUN_DIR [same overrides]
   client     start a SuperNode: fedmemes client --superlink HOST:PORT --partition-id I --num-partitions N
@@ -201,6 +202,7 @@ COMMANDS = {
     "simulate": simulate,
     "data generate": data_generate,
     "data inspect": data_inspect,
+    "data ocr": _argparse_command("fedmemes.data.ocr_command"),
     "server": server,
     "client": _argparse_command("fedmemes.deploy.supernode"),
     "manager": _argparse_command("fedmemes.deploy.manager"),
