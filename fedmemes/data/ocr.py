@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
+from scipy import ndimage
 
 from fedmemes.data.meme import Meme
 from fedmemes.private_files import write_text
@@ -30,9 +31,13 @@ log = logging.getLogger(__name__)
 OCR_MODES = ("missing", "always", "never")
 INSTALL = "apt-get install tesseract-ocr"
 # Bumped when preprocessing or word filtering changes: older cache entries are then not reused.
-VERSION = "v1"
+VERSION = "v2"
 _BRIGHT = 190  # luminance of a meme's white letters (0-255); their dark outline stays below it
 _LIGHT_GROUND = 0.4  # share of bright pixels above which the picture is a light page (a screenshot)
+_DARK = 128  # luminance below which a pixel around a bright shape counts as its outline
+_DARK_SHARE = 0.3  # share of a shape's ring that must be dark for the shape to be read as letters
+_RING = 9  # px (after scaling): the ring's width, past the anti-aliased edge into the outline
+_SPECK = 15  # px: brighter specks than this are texture, not letters
 _MIN_CONF = 30  # Tesseract's word confidence (0-100) below which a "word" is texture read as letters
 _TARGET_SIDE = 1400  # px: Tesseract reads best with letters some 30+ px high
 
@@ -45,20 +50,30 @@ class OcrUnavailable(FileNotFoundError):
 
 def preprocess(image: Image.Image) -> Image.Image:
     """Return the page to read, scaled so its letters are tall enough: a light page (a screenshot) as grayscale,
-    any other picture as its bright strokes in black on white (meme captions are white letters with a dark outline).
+    any other picture as its outlined bright shapes (meme captions: white letters, dark outline) black on white.
 
-    Reading both pages and keeping the more confident text cost twice the time for 1% less error on HarMeme.
+    Bright shapes count as letters when enough of the ring around them is dark: a white letter's outline
+    is, a bright patch of sky or shirt mostly is not. On 40 HarMeme memes this read 0.47 CER against 0.50
+    for every bright pixel, 0.63 for the plain grayscale picture; reading two pages and keeping the
+    more confident text cost twice the time for 1% less error.
     """
     gray = ImageOps.grayscale(image.convert("RGB"))
     scale = min(3.0, _TARGET_SIDE / max(gray.size))
     if abs(scale - 1) > 0.1:
         gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.LANCZOS)
     lum = np.asarray(gray)
-    if (lum >= _BRIGHT).mean() > _LIGHT_GROUND:
+    bright = lum >= _BRIGHT
+    if bright.mean() > _LIGHT_GROUND:
         return gray  # dark text on a light ground: Tesseract's own binarisation reads it
-    # Bright pixels as ink, the rest paper; a small median drops speckle from highlights.
-    ink = np.where(lum >= _BRIGHT, 0, 255).astype(np.uint8)
-    return Image.fromarray(ink).filter(ImageFilter.MedianFilter(3))
+    labels, n = ndimage.label(bright)
+    grown = ndimage.grey_dilation(labels, size=_RING)  # each shape's label spread a few pixels around it
+    ring = (grown > 0) & ~bright
+    around = np.bincount(grown[ring], minlength=n + 1)
+    dark = np.bincount(grown[ring & (lum < _DARK)], minlength=n + 1)
+    keep = (dark >= _DARK_SHARE * np.maximum(around, 1)) & (np.bincount(labels.ravel(), minlength=n + 1) >= _SPECK)
+    keep[0] = False  # label 0: the background
+    ink = np.where(keep[labels], 0, 255).astype(np.uint8)
+    return Image.fromarray(ink).filter(ImageFilter.MedianFilter(3))  # smooths the letters' jagged edges
 
 
 def tesseract(image: Image.Image, lang: str) -> str:
@@ -99,9 +114,9 @@ def _languages(cmd: str) -> frozenset[str]:
 class OcrReader:
     """Read the caption in an image, once per image content: results live in `<cache_dir>/ocr/` (0600, atomic)."""
 
-    def __init__(self, cache_dir: str | Path, lang: str = "eng", engine: Engine = tesseract) -> None:
+    def __init__(self, cache_dir: str | Path, lang: str = "eng", engine: Engine | None = None) -> None:
         self.lang = lang
-        self.engine = engine
+        self.engine = engine or tesseract
         self.folder = Path(cache_dir) / "ocr" / f"tesseract-{lang}-{VERSION}"
         # Tesseract's OpenMP threads slow it down on a shared box; one image per thread is faster.
         os.environ.setdefault("OMP_THREAD_LIMIT", "1")
