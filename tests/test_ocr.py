@@ -1,4 +1,4 @@
-"""OCR captions: a generated meme read back by Tesseract, the content-hash cache, dataset.ocr modes, the missing binary."""
+"""OCR captions: a generated meme read back by Tesseract, the content-hash cache, dataset.ocr, a missing binary."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ needs_tesseract = pytest.mark.skipif(
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """An impact-like bold face: DejaVu Sans Bold where the machine has it, else PIL's own (scalable since Pillow 10.1)."""
-    for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf"):
+    """An impact-like bold face: DejaVu Sans Bold where the machine has it, else PIL's own (scalable)."""
+    for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"):
         try:
             return ImageFont.truetype(name, size)
         except OSError:

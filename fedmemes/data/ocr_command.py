@@ -65,9 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OcrUnavailable, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    lines = "".join(
-        json.dumps({**r, "text": " ".join(t.split()), "text_source": "ocr"}) + "\n" for r, t in zip(rows, texts, strict=True)
-    )
+    found = [{**r, "text": " ".join(t.split()), "text_source": "ocr"} for r, t in zip(rows, texts, strict=True)]
+    lines = "".join(json.dumps(r) + "\n" for r in found)
     if args.out is None:
         sys.stdout.write(lines)
         return
