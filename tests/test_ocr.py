@@ -161,3 +161,17 @@ def test_command_reads_a_jsonl_and_writes_rows(tmp_path: Path, monkeypatch: pyte
     src.write_text('{"id": 2, "text": "no image"}\n')
     with pytest.raises(SystemExit):
         ocr_main([str(src), "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_predictions_say_which_captions_ocr_read(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fedmemes.predict import predict
+    from fedmemes.predict_inputs import Inputs
+
+    memes = [Meme("1", tmp_path / "a.png", "typed", 1), Meme("2", tmp_path / "b.png", "read", 0, text_source="ocr")]
+    run = SimpleNamespace(threshold=0.5, score=lambda memes, progress: np.array([0.9, 0.2][: len(memes)]))
+    rows, _ = predict(run, Inputs(memes, [True, True], [], ["test", "test"]))  # type: ignore[arg-type]
+    assert [(r["id"], r["pred"], r["text_source"]) for r in rows] == [("1", 1, "given"), ("2", 0, "ocr")]
+    rows, _ = predict(run, Inputs(memes[:1], [True], [], ["test"]))  # type: ignore[arg-type]
+    assert "text_source" not in rows[0]  # no OCR caption: the columns stay as they were
