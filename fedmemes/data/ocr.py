@@ -60,7 +60,9 @@ def preprocess(image: Image.Image) -> Image.Image:
     gray = ImageOps.grayscale(image.convert("RGB"))
     scale = min(3.0, _TARGET_SIDE / max(gray.size))
     if abs(scale - 1) > 0.1:
-        gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.LANCZOS)
+        gray = gray.resize(
+            (max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.LANCZOS
+        )
     lum = np.asarray(gray)
     bright = lum >= _BRIGHT
     if bright.mean() > _LIGHT_GROUND:
