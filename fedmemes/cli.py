@@ -30,6 +30,7 @@ commands:
   data       make the synthetic memes: fedmemes data generate [overrides]
              see each client's share: fedmemes data inspect [overrides] (table + clients.png)
              write any source in the original layout: fedmemes data convert dataset=table dataset.root=F out=DIR
+             captions from the pictures: fedmemes data ocr SRC [--lang eng] [--out FILE.jsonl]
   server     start a SuperLink, submit the run, follow it: fedmemes server [overrides]
              resume a stopped run: fedmemes server resume=RUN_DIR [same overrides]
   client     start a SuperNode: fedmemes client --superlink HOST:PORT --partition-id I --num-partitions N
@@ -246,6 +247,7 @@ COMMANDS = {
     "data generate": data_generate,
     "data inspect": data_inspect,
     "data convert": data_convert,
+    "data ocr": _argparse_command("fedmemes.data.ocr_command"),
     "server": server,
     "client": _argparse_command("fedmemes.deploy.supernode"),
     "manager": _argparse_command("fedmemes.deploy.manager"),

@@ -266,6 +266,12 @@ def _rules(cfg: DictConfig) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("simulation.client_cpus", *_positive()),
         ("simulation.client_gpus", lambda v: _number(v) and v >= 0, "a number >= 0, e.g. 0.5"),
         ("simulation.status_linger_s", lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),
+        ("dataset.ocr", lambda v: v in ("missing", "always", "never"), "one of missing, always, never"),
+        (
+            "dataset.ocr_lang",
+            lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z_]+(\+[A-Za-z_]+)*", v) is not None,
+            "Tesseract language codes joined by +, e.g. eng or eng+hin",
+        ),
         ("partition.missing_text_rate", _share, "a rate in [0, 1)"),
         ("partition.missing_image_rate", _share, "a rate in [0, 1)"),
         ("partition.text_only_clients", _share_or_count, "a share in [0, 1) or a whole count of clients >= 0"),

@@ -16,6 +16,7 @@ from fedmemes.config import load_config
 from fedmemes.data.features import MemeTensors, build_tensors
 from fedmemes.data.local_dir import LocalDirSource
 from fedmemes.data.meme import DataIssue, Meme, count_kinds
+from fedmemes.data.ocr import OcrReader, fill_captions
 from fedmemes.data.partitioners import partitioner_spec
 from fedmemes.data.report import client_facts
 from fedmemes.data.skew import Skew, SkewFacts, apply_skew
@@ -29,18 +30,38 @@ from fedmemes.data.split import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Ocr:
+    """What dataset.ocr asks of every source's memes (a hashable lru_cache key)."""
+
+    mode: str
+    lang: str
+    cache_dir: str
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> _Ocr:
+        return cls(str(cfg.dataset.get("ocr", "never")), str(cfg.dataset.get("ocr_lang", "eng")), str(cfg.cache_dir))
+
+    def apply(self, memes: list[Meme]) -> list[Meme]:
+        """Fill the captions dataset.ocr asks for (here, so every source, present or future, gets it)."""
+        if self.mode == "never":
+            return memes
+        return fill_captions(memes, self.mode, OcrReader(self.cache_dir, self.lang))
+
+
 @functools.lru_cache(maxsize=2)
-def _load(source_yaml: str) -> tuple[dict[str, list[Meme]], tuple[DataIssue, ...]]:
+def _load(source_yaml: str, ocr: _Ocr) -> tuple[dict[str, list[Meme]], tuple[DataIssue, ...]]:
     # Keyed by the resolved source config: the CLI, the server and a client in one process
     # validate the (possibly large) folder once.
     source = instantiate(OmegaConf.create(source_yaml))
-    splits = source.load()
+    splits = {name: ocr.apply(memes) for name, memes in source.load().items()}
     return splits, tuple(getattr(source, "issues", ()))
 
 
 def load_source(cfg: DictConfig) -> tuple[dict[str, list[Meme]], tuple[DataIssue, ...]]:
-    """Load (and validate) every split of the configured source; also return the issues it skipped."""
-    return _load(OmegaConf.to_yaml(cfg.dataset.source, resolve=True))
+    """Load (and validate) every split of the configured source, captions filled per dataset.ocr; also return the
+    issues it skipped."""
+    return _load(OmegaConf.to_yaml(cfg.dataset.source, resolve=True), _Ocr.of(cfg))
 
 
 def load_splits(cfg: DictConfig) -> dict[str, list[Meme]]:
@@ -138,8 +159,8 @@ def _partitioned(cfg: DictConfig, partition_id: int, num_partitions: int) -> tup
 
 
 @functools.lru_cache(maxsize=8)
-def _own_folder(folder: str, on_error: str) -> list[Meme]:
-    return LocalDirSource(folder, on_error=on_error, splits=("train",)).load()["train"]
+def _own_folder(folder: str, on_error: str, ocr: _Ocr) -> list[Meme]:
+    return ocr.apply(LocalDirSource(folder, on_error=on_error, splits=("train",)).load()["train"])
 
 
 def client_split(cfg: DictConfig, partition_id: int, num_partitions: int, data_dir: str | None = None) -> ClientSplit:
@@ -148,7 +169,7 @@ def client_split(cfg: DictConfig, partition_id: int, num_partitions: int, data_d
     if getattr(get_class(partition["_target_"]), "owns_data", False):  # per_client_dirs: the node's own folder
         partitioner = instantiate(partitioner_spec(partition), num_partitions=num_partitions)
         folder = partitioner.data_dir(partition_id, data_dir)
-        pool = _own_folder(str(folder), str(cfg.dataset.get("on_error", "raise")))
+        pool = _own_folder(str(folder), str(cfg.dataset.get("on_error", "raise")), _Ocr.of(cfg))
         mine = client_partition(pool, partitioner, partition_id, cfg.random_seed)
     else:
         if data_dir:

@@ -135,8 +135,11 @@ def predict(
     prob = run.score(inputs.memes, progress=progress)
     rows: list[dict[str, Any]] = []
     several = len(set(inputs.split)) > 1
+    ocr = any(m.text_source != "given" for m in inputs.memes)  # dataset.ocr read some captions: say which
     for meme, p, labelled, split in zip(inputs.memes, prob, inputs.labelled, inputs.split, strict=True):
         row: dict[str, Any] = {"id": meme.id, "p_hateful": round(float(p), 6), "pred": int(p > t)}
+        if ocr:
+            row["text_source"] = meme.text_source
         if any(inputs.labelled):
             row["label"] = meme.label if labelled else None
         if several:

@@ -26,6 +26,8 @@ class Meme:
     has_image: bool = True
     # Extra scalar keys of the source row, e.g. (("client", "siteA"),) for partition=natural.
     meta: tuple[tuple[str, str], ...] = ()
+    # Where the caption came from: "given" (the source's own) or "ocr" (read from the image, dataset.ocr).
+    text_source: str = "given"
 
 
 @dataclass(frozen=True)
