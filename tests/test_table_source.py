@@ -240,6 +240,16 @@ def test_convert_round_trips_through_the_original_layout(fmt, tmp_path):
         write_original_layout(splits, tmp_path / "out")
 
 
+def test_convert_keeps_an_ocr_caption_marked(tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(png(0))
+    ocr = Meme(id="a", img=img, text="read from the picture", label=1, text_source="ocr")
+    given = Meme(id="b", img=img, text="typed", label=0)
+    write_original_layout({"train": [ocr, given]}, tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert [r.get("text_source") for r in rows] == ["ocr", None]
+
+
 def test_inspect_and_the_convert_command_work_on_a_table(tmp_path, monkeypatch, capsys):
     from fedmemes import cli
     from fedmemes.run_steps import check_data

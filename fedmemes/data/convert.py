@@ -12,7 +12,7 @@ from fedmemes.private_files import private_open
 
 
 def write_original_layout(splits: dict[str, list[Meme]], out: Path) -> dict[str, int]:
-    """Write img/ and one <split>.jsonl per split (id, img, label, text + extra keys) into the empty folder `out`.
+    """Write img/ and one <split>.jsonl per split (id, img, label, text, text_source if not given + extra keys) into the empty folder `out`.
 
     Only whole memes are written (a meme kept with a part marked missing has no image or caption to
     write); returns the rows written per split.
@@ -33,6 +33,8 @@ def write_original_layout(splits: dict[str, list[Meme]], out: Path) -> dict[str,
                     with private_open(out / name, "wb") as img:
                         img.write(data)
                 row = {"id": meme.id, "img": name, "label": meme.label, "text": meme.text, **dict(meme.meta)}
+                if meme.text_source != "given":  # an OCR caption stays marked in the copy
+                    row["text_source"] = meme.text_source
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         written[split] = len(whole)
     return written
