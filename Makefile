@@ -21,8 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmemes simulate $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)   # everything, slow multi-round runs included
+# pytest-xdist workers: the deploy tests mostly wait on Flower's 30 s heartbeats and on subprocesses, so 3 workers
+# overlap those waits on 2 cores; tests/xdist_plan.py keeps shared fixtures together. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
+
+test: $(STAMP)   # everything, slow multi-round runs included
+	$(BIN)/python -m pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The lint and type gate (CI runs it before the tests): ruff's rules, ruff's format, mypy --strict on fedmemes/.
 lint: $(STAMP)
