@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the project's dependencies change.
+# Reinstall only when the project's dependencies change. One resolver pass, torch pinned to its CPU wheel (a bare
+# torch pulls a multi-GB CUDA build). --no-compile: pip would byte-compile every installed file (torch, ray, mlflow:
+# tens of thousands); Python compiles only what it imports, once.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0"   # CPU wheel first, so nothing pulls a CUDA build
-	$(BIN)/pip install --quiet -e ".[test,tracking]"
+	$(BIN)/pip install --quiet --no-compile "torch==2.13.0" -e ".[test,tracking]"
 	touch $(STAMP)
 
 install: $(STAMP)
