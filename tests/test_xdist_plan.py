@@ -42,7 +42,8 @@ def test_tests_sharing_a_costly_fixture_share_a_group_and_the_rest_go_alone() ->
     bundle = FakeItem("tests/test_b.py::test_x[1]", {"bundle": "module"})
     threads = FakeItem("tests/test_c.py::test_y", {"one_thread": "module", "tmp_path": "function"})
     alone = FakeItem("tests/test_c.py::test_z", {"tiny_data": "session"})
-    assert group_of(run) == "simulated_run"
+    ray = FakeItem("tests/test_dashboard.py::test_live", {"tmp_path": "function"}, [SLOW])
+    assert group_of(run) == group_of(ray) == "ray"  # one Ray starting at a time
     assert group_of(bundle) == "tests/test_b.py"
     assert group_of(threads) is None and group_of(alone) is None
 

@@ -1,8 +1,9 @@
 """How `make test` spreads the tests over pytest-xdist workers (`-n N --dist loadgroup --no-loadscope-reorder`).
 
-A test that uses a module- or class-scoped fixture runs in its file's group, so that fixture is built once; the tests
-that read the one shared `fedmemes simulate` run (conftest's `simulated_run`) run in one group, so it is run once;
-every other test goes alone to whichever worker is free. Units holding a slow test are handed out first: the long
+A test that uses a module- or class-scoped fixture runs in its file's group, so that fixture is built once. The tests
+that start a Ray simulation (conftest's shared `simulated_run` among them) run in one group, one at a time: Ray gives
+its node 30 s to start (hard-coded in ray/_private/node.py), and two starting side by side on 2 busy cores miss that.
+Every other test goes alone to whichever worker is free. Units holding a slow test are handed out first: the long
 deploy and multi-round runs start at once, and the many short tests fill the workers' tails. Without xdist the marks
 are inert and only the order changes."""
 
@@ -11,14 +12,23 @@ from __future__ import annotations
 import pytest
 
 SHARED_RUN = "simulated_run"  # conftest's session fixture: one `fedmemes simulate` subprocess, ~25 s
+RAY = "ray"
+# The tests that start Ray themselves (a `fedmemes simulate` subprocess or a Ray cluster), by node-id prefix.
+STARTS_RAY = (
+    "tests/test_dashboard.py::",
+    "tests/test_dp.py::test_simulate_",
+    "tests/test_ray_cluster.py::",
+    "tests/test_secagg_deploy.py::test_simulate_",
+    "tests/test_site_policy_deploy.py::test_the_issues_simulation",
+)
 FREE = frozenset({"one_thread"})  # module fixtures that cost nothing to build again on another worker
 
 
 def group_of(item: pytest.Item) -> str | None:
     """Return the xdist group `item` must share, or None when it can run on any worker alone."""
     names = getattr(item, "fixturenames", ())
-    if SHARED_RUN in names:
-        return SHARED_RUN
+    if SHARED_RUN in names or (item.get_closest_marker("slow") and item.nodeid.startswith(STARTS_RAY)):
+        return RAY
     info = getattr(item, "_fixtureinfo", None)
     defs = info.name2fixturedefs.values() if info is not None else ()
     if any(d[-1].scope in ("module", "class", "package") and d[-1].argname not in FREE for d in defs if d):
