@@ -43,7 +43,9 @@ def test_tests_sharing_a_costly_fixture_share_a_group_and_the_rest_go_alone() ->
     threads = FakeItem("tests/test_c.py::test_y", {"one_thread": "module", "tmp_path": "function"})
     alone = FakeItem("tests/test_c.py::test_z", {"tiny_data": "session"})
     ray = FakeItem("tests/test_dashboard.py::test_live", {"tmp_path": "function"}, [SLOW])
+    deploy = FakeItem("tests/test_deploy_faults.py::test_killed", {"tmp_path": "function"}, [SLOW])
     assert group_of(run) == group_of(ray) == "ray"  # one Ray starting at a time
+    assert group_of(deploy) == "deploy"  # one federation of processes at a time
     assert group_of(bundle) == "tests/test_b.py"
     assert group_of(threads) is None and group_of(alone) is None
 

@@ -3,6 +3,8 @@
 A test that uses a module- or class-scoped fixture runs in its file's group, so that fixture is built once. The tests
 that start a Ray simulation (conftest's shared `simulated_run` among them) run in one group, one at a time: Ray gives
 its node 30 s to start (hard-coded in ray/_private/node.py), and two starting side by side on 2 busy cores miss that.
+The slow deploy tests (a SuperLink, SuperNodes, a ClientApp process per round each) also run one at a time, as they
+did before xdist, so their deadlines hold; they mostly wait on Flower's heartbeats while the other workers compute.
 Every other test goes alone to whichever worker is free. Units holding a slow test are handed out first: the long
 deploy and multi-round runs start at once, and the many short tests fill the workers' tails. Without xdist the marks
 are inert and only the order changes."""
@@ -21,6 +23,8 @@ STARTS_RAY = (
     "tests/test_secagg_deploy.py::test_simulate_",
     "tests/test_site_policy_deploy.py::test_the_issues_simulation",
 )
+DEPLOY = "deploy"
+STARTS_DEPLOYMENT = ("tests/test_deploy", "tests/test_secagg_deploy.py::", "tests/test_site_policy_deploy.py::")
 FREE = frozenset({"one_thread"})  # module fixtures that cost nothing to build again on another worker
 
 
@@ -29,6 +33,8 @@ def group_of(item: pytest.Item) -> str | None:
     names = getattr(item, "fixturenames", ())
     if SHARED_RUN in names or (item.get_closest_marker("slow") and item.nodeid.startswith(STARTS_RAY)):
         return RAY
+    if item.get_closest_marker("slow") and item.nodeid.startswith(STARTS_DEPLOYMENT):
+        return DEPLOY
     info = getattr(item, "_fixtureinfo", None)
     defs = info.name2fixturedefs.values() if info is not None else ()
     if any(d[-1].scope in ("module", "class", "package") and d[-1].argname not in FREE for d in defs if d):
