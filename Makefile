@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the project's dependencies change.
+# Reinstall only when the project's dependencies change. One resolver pass, torch pinned to its CPU wheel (a bare
+# torch pulls a multi-GB CUDA build). --no-compile: pip would byte-compile every installed file (torch, ray, mlflow:
+# tens of thousands); Python compiles only what it imports, once.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0"   # CPU wheel first, so nothing pulls a CUDA build
-	$(BIN)/pip install --quiet -e ".[test,tracking,docs]"
+	$(BIN)/pip install --quiet --no-compile "torch==2.13.0" -e ".[test,tracking,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,8 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmemes simulate $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)   # everything, slow multi-round runs included
+# pytest-xdist workers: the deploy tests mostly wait on Flower's 30 s heartbeats and on subprocesses, so 3 workers
+# overlap those waits on 2 cores; tests/xdist_plan.py keeps shared fixtures together. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
+
+test: $(STAMP)   # everything, slow multi-round runs included
+	$(BIN)/python -m pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The lint and type gate (CI runs it before the tests): ruff's rules, ruff's format, mypy --strict on fedmemes/.
 lint: $(STAMP)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from xdist_plan import pytest_collection_modifyitems  # noqa: F401  (a hook: pytest finds it here)
 
 from fedmemes.config import load_config
 from fedmemes.data.meme import Meme
