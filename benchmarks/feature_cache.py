@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import MemeTensors, build_tensors
-from fedmemes.node_datasets import holdout
+from fedmemes.federation import engine
+from fedmemes.federation.node_datasets import holdout
 
 
 def features(cfg, memes, cache: Path, reencode: bool) -> MemeTensors:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
-from fedmemes.node_datasets import holdout, server_data
+from fedmemes.federation import engine
+from fedmemes.federation.node_datasets import holdout, server_data
 
 VARIANTS = ("early_fusion", "cross_attention", "feature_interaction", "late_fusion", "text_only", "image_only")
 

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
 from fedmemes.data.features import build_tensors
 from fedmemes.data.images import load_image_array
-from fedmemes.node_datasets import holdout
-from fedmemes.testing import run_in_process
+from fedmemes.federation import engine
+from fedmemes.federation.node_datasets import holdout
+from fedmemes.federation.testing import run_in_process
 
 
 def _rate(n: int, fn: Callable[[], object], device: torch.device, repeats: int) -> float:

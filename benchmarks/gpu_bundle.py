@@ -32,16 +32,16 @@ CARRY_LIMIT = 64 * 2**20  # what one device call carries: the working tree and t
 # What gpu.py and an in-process round (real ServerApp and ClientApps) import, the lazy imports of a run included.
 ENTRY_MODULES = (
     "fedmemes.config",
-    "fedmemes.engine",
+    "fedmemes.federation.engine",
     "fedmemes.data.features",
     "fedmemes.data.images",
     "fedmemes.data.synthetic",
-    "fedmemes.node_datasets",
+    "fedmemes.federation.node_datasets",
     "fedmemes.models",
     "fedmemes.strategies",
-    "fedmemes.testing",
-    "fedmemes.client_app",
-    "fedmemes.server_app",
+    "fedmemes.federation.testing",
+    "fedmemes.federation.client_app",
+    "fedmemes.federation.server_app",
     "transformers.models.bert.modeling_bert",
 )
 # Replaced on the machine: fedmemes runs from the carried tree, MiniLM from the bundle's folder.

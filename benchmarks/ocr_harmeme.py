@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fedmemes.data.ocr import OcrReader, char_error_rate
-from fedmemes.testing import run_in_process
+from fedmemes.federation.testing import run_in_process
 
 RECIPE = (
     "model=early_fusion model/image_encoder=small_cnn image_size=64 model/text_encoder=frozen_ngrams "

@@ -5,7 +5,7 @@
         [--clients 4] [--alpha 0.5] [--resplit K [--first-split 1] [--with-original]] [--caption-noise RATE] \
         [--overrides "lr=3e-4 optimizer=adamw"] [--server-lr 1.0] [--work DIR] [--json out.json]
 
-Every run is the real ServerApp driving in-process ClientApps (`fedmemes.testing.run_in_process`:
+Every run is the real ServerApp driving in-process ClientApps (`fedmemes.federation.testing.run_in_process`:
 no Ray, the clients one after another on one torch thread, so a whole table fits on 2 cores), and
 each reads the run's metrics.json: whatever the server does (best round by hold-out AUROC, the
 decision threshold picked on the hold-out, early stopping, recipe selection) is what the table
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fedmemes.data.resplit import noisy_captions, resplit
-from fedmemes.testing import run_in_process
+from fedmemes.federation.testing import run_in_process
 
 VARIANTS = ("early_fusion", "cross_attention", "feature_interaction", "late_fusion", "text_only", "image_only")
 ENCODERS = {

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord
 
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
+from fedmemes.federation import engine
 from fedmemes.models.components.text_encoder import load_frozen
 
 

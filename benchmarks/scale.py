@@ -85,8 +85,8 @@ def bare(clients: int, per_round: int, rounds: int, overrides: str, out: str, ad
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from fedmemes import engine
     from fedmemes.config import build_model, load_config
+    from fedmemes.federation import engine
 
     cfg = load_config(overrides)
     arrays = ArrayRecord(engine.trainable_state(build_model(cfg)))  # the same payload our clients receive and send
@@ -132,9 +132,9 @@ def clients_work(overrides: str, clients: int, partitions: list[int]) -> list[fl
     """Seconds each client of `partitions` takes to train, as the ClientApp does (its data from the on-disk caches)."""
     from hydra.utils import instantiate
 
-    from fedmemes import engine
     from fedmemes.config import build_model, load_config
-    from fedmemes.node_datasets import client_data
+    from fedmemes.federation import engine
+    from fedmemes.federation.node_datasets import client_data
 
     cfg = load_config(overrides)
     device = engine.pick_device(cfg.device)
@@ -185,8 +185,8 @@ def main() -> None:
 
     from flwr.app import ArrayRecord
 
-    from fedmemes import engine
     from fedmemes.config import build_model, load_config
+    from fedmemes.federation import engine
 
     run_dir = Path(tempfile.mkdtemp(prefix="scale-"))
     env = dict(os.environ)

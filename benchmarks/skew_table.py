@@ -14,7 +14,7 @@ memes"; `--overrides dataset.source.version=1` for the pure caption XOR picture 
 any folder in the original layout works with `--overrides "dataset=hateful_memes dataset.root=DIR"`.
 
 Runs use the real ServerApp and ClientApp with an in-process Grid
-(fedmemes.testing.LocalGrid), clients one after another on one torch thread.
+(fedmemes.federation.testing.LocalGrid), clients one after another on one torch thread.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-import fedmemes.client_app
-from fedmemes import node_datasets
-from fedmemes.testing import run_in_process
+import fedmemes.federation.client_app
+from fedmemes.federation import node_datasets
+from fedmemes.federation.testing import run_in_process
 
 # All 6 clients live in this one process (a Ray actor holds only its own few): keep every client's
 # tensors cached, or the 4-slot cache rebuilds each client's data every round.
-fedmemes.client_app.client_data = functools.lru_cache(maxsize=32)(node_datasets.client_data.__wrapped__)
+fedmemes.federation.client_app.client_data = functools.lru_cache(maxsize=32)(node_datasets.client_data.__wrapped__)
 
 # name -> overrides. Local training: the default is one Adam epoch per round; the FedSGD regime is
 # one SGD step per round. Strategies whose point is local steps (SCAFFOLD, FedDyn) take a few.

@@ -17,7 +17,7 @@ faults: 4 IID clients, 6 rounds of one local Adam epoch; one client sends NaN we
 same strategy.
 
 Runs use the real ServerApp and ClientApp with Flower's transport replaced by an in-process Grid
-(fedmemes.testing.LocalGrid), clients one after another on one torch thread; the
+(fedmemes.federation.testing.LocalGrid), clients one after another on one torch thread; the
 faulty clients are wrappers around the ClientApp defined here, not product code.
 """
 
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message
 
-from fedmemes.client_app import app as client_app
-from fedmemes.testing import run_in_process
+from fedmemes.federation.client_app import app as client_app
+from fedmemes.federation.testing import run_in_process
 
 Client = Callable[[Message, Context], Message]
 

@@ -13,10 +13,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from fedmemes import server_dp
+from fedmemes.bookkeeping.run_steps import (
+    check_data,
+    disk_errors_end_run,
+    finish_command,
+    job_overrides,
+    quiet_libraries,
+)
 from fedmemes.config import OVERRIDES_ENV, compose_checked
 from fedmemes.config_schema import ConfigError
-from fedmemes.run_steps import check_data, disk_errors_end_run, finish_command, job_overrides, quiet_libraries
+from fedmemes.privacy import server_dp
 
 # Named, not __name__: under `python -m fedmemes.cli` that is "__main__", outside the `fedmemes` logger
 # whose INFO level (conf/hydra/job_logging/fedmemes.yaml) lets the run summary through.
@@ -52,20 +58,20 @@ def simulate(cfg: DictConfig) -> None:
     """Run the whole federation on this machine with Flower's simulation engine."""
     from hydra.core.hydra_config import HydraConfig
 
-    from fedmemes.client_app import app as client_app
-    from fedmemes.server_app import app as server_app
+    from fedmemes.federation.client_app import app as client_app
+    from fedmemes.federation.server_app import app as server_app
 
     quiet_libraries(cfg.verbose)
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    from fedmemes.run_dir import prepare
+    from fedmemes.bookkeeping.run_dir import prepare
 
     prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
     with disk_errors_end_run(run_dir):  # a full disk: one line and exit 5, never a traceback
         log.info("%s", check_data(cfg, run_dir, max_rows=40))  # clients.json holds every row
     os.environ[OVERRIDES_ENV] = job_overrides(run_dir)
-    from fedmemes.cluster import attach, ray_address
     from fedmemes.deploy.simulation_status import SimulationStatus
+    from fedmemes.federation.cluster import attach, ray_address
 
     # an existing cluster: Flower then skips its own ray.init
     if address := ray_address(cfg.simulation.get("ray_address")):
@@ -88,9 +94,9 @@ def _simulate(cfg: DictConfig, server_app: Any, client_app: Any) -> None:
     """Run Flower's simulation; a refusal the ServerApp makes itself (after a recipe is applied) ends in one line."""
     from flwr.simulation import run_simulation
 
-    from fedmemes.checkpoint_files import CheckpointDamaged
-    from fedmemes.resume_config import ResumeRefused
-    from fedmemes.run_config import RunConfigError
+    from fedmemes.bookkeeping.checkpoint_files import CheckpointDamaged
+    from fedmemes.bookkeeping.resume_config import ResumeRefused
+    from fedmemes.bookkeeping.run_config import RunConfigError
 
     try:
         run_simulation(
@@ -110,7 +116,7 @@ def _simulate(cfg: DictConfig, server_app: Any, client_app: Any) -> None:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def data_generate(cfg: DictConfig) -> None:
     """Generate (or reuse) the configured data source and print its split sizes."""
-    from fedmemes.node_datasets import load_splits
+    from fedmemes.federation.node_datasets import load_splits
 
     for split, memes in load_splits(cfg).items():
         print(f"{split:<10} {len(memes):>6} memes  {sum(m.label for m in memes):>6} hateful")
@@ -128,7 +134,7 @@ def data_inspect(cfg: DictConfig) -> None:
 def data_convert(cfg: DictConfig) -> None:
     """Write the configured source's memes in the original layout (img/ + <split>.jsonl) into the empty folder `out`."""
     from fedmemes.data.convert import write_original_layout
-    from fedmemes.node_datasets import load_source
+    from fedmemes.federation.node_datasets import load_source
 
     if not cfg.get("out"):
         raise SystemExit("error: name the new folder: fedmemes data convert dataset=... out=OUT")
@@ -167,7 +173,7 @@ def _resume_dir(args: list[str]) -> list[str]:
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     if not resume or resume == "null":
         return []
-    from fedmemes.run_config import run_folder_problem
+    from fedmemes.bookkeeping.run_config import run_folder_problem
 
     if problem := run_folder_problem(resume, need=None):  # named before Hydra would create the folder
         print(f"error: {problem} (resume={resume})", file=sys.stderr)
@@ -252,10 +258,10 @@ COMMANDS = {
     "client": _argparse_command("fedmemes.deploy.supernode"),
     "manager": _argparse_command("fedmemes.deploy.manager"),
     "certs": _argparse_command("fedmemes.deploy.certs"),
-    "predict": _argparse_command("fedmemes.predict"),
-    "serve": _argparse_command("fedmemes.serve"),
-    "runs": _argparse_command("fedmemes.runs"),
-    "report": _argparse_command("fedmemes.report.command"),
+    "predict": _argparse_command("fedmemes.tools.predict"),
+    "serve": _argparse_command("fedmemes.tools.serve"),
+    "runs": _argparse_command("fedmemes.tools.list_runs"),
+    "report": _argparse_command("fedmemes.tools.report.command"),
 }
 # they take overrides: checked first
 HYDRA_COMMANDS = ("simulate", "data generate", "data inspect", "data convert", "server")

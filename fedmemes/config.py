@@ -20,9 +20,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from fedmemes import server_dp
 from fedmemes.config_schema import ConfigError, allowed_for, bad_value, check_ranges, register
-from fedmemes.secagg import SecAggSettings, refusal
+from fedmemes.privacy import server_dp
+from fedmemes.privacy.secagg import SecAggSettings, refusal
 from fedmemes.strategies.resumable import levels, resumable
 from fedmemes.strategies.sampling import fill_sizes, plan_from, with_sampling
 from fedmemes.strategies.update_bounds import DEFAULT_MAX_CLIENT_WEIGHT, DEFAULT_MAX_UPDATE_NORM, UpdateBounds

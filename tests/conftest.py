@@ -18,7 +18,7 @@ from xdist_plan import pytest_collection_modifyitems  # noqa: F401  (a hook: pyt
 
 from fedmemes.config import load_config
 from fedmemes.data.meme import Meme
-from fedmemes.testing import server_identity as _server_identity
+from fedmemes.federation.testing import server_identity as _server_identity
 
 # debug=tiny, smaller still (32 px, 360 memes): the model only has to move, not to be good.
 TINY = "experiment=tiny_run"
@@ -90,9 +90,10 @@ def tiny_run(tiny_data: TinyData, tmp_path_factory: pytest.TempPathFactory) -> P
     """Return a finished run directory on tiny_data made through the server's own code, without Flower's loop."""
     from flwr.app import ArrayRecord
 
-    from fedmemes import engine, private_files
-    from fedmemes.node_datasets import _tensors, holdout
-    from fedmemes.server_run import ServerRun
+    from fedmemes.bookkeeping import private_files
+    from fedmemes.federation import engine
+    from fedmemes.federation.node_datasets import _tensors, holdout
+    from fedmemes.federation.server_run import ServerRun
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as one_thread, for a session fixture

@@ -9,9 +9,9 @@ import torch
 from flwr.serverapp.strategy import FedAvg
 from omegaconf import OmegaConf
 
-from fedmemes import engine
-from fedmemes.history import RunHistory
-from fedmemes.server_run import ServerRun
+from fedmemes.bookkeeping.history import RunHistory
+from fedmemes.federation import engine
+from fedmemes.federation.server_run import ServerRun
 from fedmemes.tracking import build_trackers
 
 

@@ -5,9 +5,9 @@ import math
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedmemes import client_app, engine
+from fedmemes.bookkeeping.history import RunHistory
 from fedmemes.config import build_model
-from fedmemes.history import RunHistory
+from fedmemes.federation import client_app, engine
 
 
 def _context(overrides: str, **node_config: str) -> Context:

@@ -13,8 +13,8 @@ import torch
 from hydra.utils import instantiate
 from sklearn.metrics import roc_auc_score
 
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
+from fedmemes.federation import engine
 from fedmemes.models.components.char_ngrams import CharNgramText, char_ngrams, hash_ngrams
 from fedmemes.models.components.text_encoder import FrozenTextEncoder
 

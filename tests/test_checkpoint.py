@@ -6,8 +6,8 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 from run_helpers import bare_server_run
 
-from fedmemes import checkpoint
-from fedmemes.server_run import ServerRun
+from fedmemes.bookkeeping import checkpoint
+from fedmemes.federation.server_run import ServerRun
 
 
 def test_fedadam_moments_survive_a_restart(tmp_path):

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fedmemes import cli, predict, runs, serve
+from fedmemes import cli
 from fedmemes.deploy import certs, manager, supernode
-from fedmemes.report import command as report
+from fedmemes.tools import list_runs as runs
+from fedmemes.tools import predict, serve
+from fedmemes.tools.report import command as report
 
 MISSING = "/no/such/run"
 NO_RUN = f"no run folder at {MISSING}: `fedmemes runs` lists the runs under outputs/"

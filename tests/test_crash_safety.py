@@ -19,13 +19,15 @@ from flwr.app import ArrayRecord, Context, RecordDict
 from omegaconf import OmegaConf
 from run_helpers import bare_server_run
 
-from fedmemes import checkpoint, checkpoint_files, cli, private_files, run_dir, server_app
+from fedmemes import cli
+from fedmemes.bookkeeping import checkpoint, checkpoint_files, private_files, run_dir
+from fedmemes.bookkeeping.resume_config import ResumeRefused
+from fedmemes.bookkeeping.run_steps import EXIT_DISK, disk_error, disk_error_in, disk_errors_end_run
 from fedmemes.deploy import server as deploy_server
-from fedmemes.report import command as report_command
-from fedmemes.report.runs import PREDICTIONS_FILE, load_run
-from fedmemes.resume_config import ResumeRefused
-from fedmemes.run_steps import EXIT_DISK, disk_error, disk_error_in, disk_errors_end_run
-from fedmemes.server_run import ServerRun
+from fedmemes.federation import server_app
+from fedmemes.federation.server_run import ServerRun
+from fedmemes.tools.report import command as report_command
+from fedmemes.tools.report.runs import PREDICTIONS_FILE, load_run
 
 
 def _server_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> ServerRun:

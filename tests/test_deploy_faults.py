@@ -13,7 +13,7 @@ import torch
 from deploy_helpers import FEDMEMES, kill, local_server_args, ports, protobuf_post, spawn, until
 from safetensors import safe_open
 
-from fedmemes import checkpoint
+from fedmemes.bookkeeping import checkpoint
 from fedmemes.deploy.certs import TlsFiles, make_node_key
 from fedmemes.deploy.processes import wait_for_port
 from fedmemes.deploy.superlink import CONNECTION, SuperLink
@@ -48,7 +48,7 @@ def _client(i: int, n: int, link: int, tmp_path: Path, env: dict, *flags: str) -
 
 
 def _state_slots(path: Path) -> dict[str, tuple[int, dict[str, torch.Tensor]]]:
-    """Read a client state file (fedmemes/client_state.py): {slot: (round it was made in, tensors)}."""
+    """Read a client state file (fedmemes/bookkeeping/client_state.py): {slot: (round it was made in, tensors)}."""
     with safe_open(str(path), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     return {

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from fedmemes import engine
+from fedmemes.federation import engine
 from fedmemes.models.early_fusion import EarlyFusion
 
 # Wall-clock and bookkeeping fields that may differ between two runs of the same experiment.

@@ -17,11 +17,14 @@ import torch
 from dp_accounting import rdp
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmemes import checkpoint, cli, client_app, client_dp, engine, server_dp, site_policy
+from fedmemes import cli
+from fedmemes.bookkeeping import checkpoint
+from fedmemes.bookkeeping.run_steps import EXIT_PRIVACY_BUDGET
 from fedmemes.config import build_model, build_strategy, load_config
 from fedmemes.config_schema import ConfigError
-from fedmemes.run_steps import EXIT_PRIVACY_BUDGET
-from fedmemes.testing import StaticGrid, reply_from, run_in_process
+from fedmemes.federation import client_app, engine
+from fedmemes.federation.testing import StaticGrid, reply_from, run_in_process
+from fedmemes.privacy import client_dp, server_dp, site_policy
 
 GLOBAL = {"t.w": np.zeros(2, np.float32), "h.w": np.zeros(2, np.float32)}
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from fedmemes import engine
+from fedmemes.federation import engine
 from fedmemes.models.early_fusion import EarlyFusion
 
 

@@ -60,7 +60,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "num_clients": 6,
         "num_rounds": 100,
         "partition.alpha": 0.3,
-        "loss._target_": "fedmemes.local_objectives.FedLCLoss",
+        "loss._target_": "fedmemes.federation.local_objectives.FedLCLoss",
         "server.strategy._target_": "flwr.serverapp.strategy.FedAdam",
         "server.strategy.eta": 0.02,
         "optimizer._target_": "torch.optim.SGD",

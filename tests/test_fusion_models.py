@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fedmemes
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
+from fedmemes.federation import engine
 from fedmemes.models.cross_attention import CrossAttentionFusion
 
 MODELS = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "model").glob("*.yaml"))

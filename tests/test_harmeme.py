@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from fedmemes.config import build_model, load_config
 from fedmemes.data.harmeme import HarMemeSource
 from fedmemes.data.meme import DataError
-from fedmemes.node_datasets import load_splits
-from fedmemes.testing import run_in_process
+from fedmemes.federation.node_datasets import load_splits
+from fedmemes.federation.testing import run_in_process
 
 LEVELS = ["not harmful", "somewhat harmful", "very harmful"]
 

@@ -95,13 +95,13 @@ def test_the_package_import_graph_has_no_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, (
         f"import cycle: {' -> '.join(cycle or [])}. Move what both modules need into a third "
-        "module that imports neither (e.g. fedmemes/run_steps.py, strategies/strategy_utils.py)"
+        "module that imports neither (e.g. fedmemes/bookkeeping/run_steps.py, strategies/strategy_utils.py)"
     )
 
 
 def test_the_graph_sees_top_level_and_lazy_imports() -> None:
     graph = import_graph()
-    assert "fedmemes.run_steps" in graph["fedmemes.deploy.server"]  # top-level import
+    assert "fedmemes.bookkeeping.run_steps" in graph["fedmemes.deploy.server"]  # top-level import
     assert "fedmemes.deploy.server" in graph["fedmemes.cli"]  # function-local import in cli.server()
 
 
@@ -126,3 +126,50 @@ def test_no_module_imports_another_modules_private_names() -> None:
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert found == [], "private names imported across modules (make them public where they live):\n" + "\n".join(found)
+
+
+# The layout (docs/architecture.md): only the boundary sits at the top, every other module in the folder of its role.
+TOP_LEVEL = ("__init__.py", "cli.py", "config.py", "config_schema.py")
+# Folders that know nothing of Flower or Hydra: besides each other they use only the crash-safe file writer.
+PURE = ("fedmemes.models", "fedmemes.data", "fedmemes.tracking")
+PURE_MAY_USE = ("fedmemes.bookkeeping.private_files",)
+
+
+def _under(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(f"{p}.") for p in packages)
+
+
+def test_only_the_boundary_modules_sit_at_the_top_of_the_package() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in TOP_LEVEL)
+    assert loose == [], (
+        f"fedmemes/{', fedmemes/'.join(loose)} outside a subpackage: move each into the folder of its role "
+        "(federation/, privacy/, bookkeeping/, tools/, data/, models/, ...; docs/architecture.md)"
+    )
+
+
+def test_every_package_says_what_it_holds() -> None:
+    silent = sorted(
+        str(init.relative_to(PACKAGE.parent))
+        for init in PACKAGE.rglob("__init__.py")
+        if not ast.get_docstring(ast.parse(init.read_text(), str(init)))
+    )
+    assert silent == [], f"packages without a docstring saying what they hold: {silent}"
+
+
+def test_the_pure_folders_import_nothing_of_the_federated_side() -> None:
+    graph = import_graph()
+    found = sorted(
+        f"{module} -> {imported}"
+        for module, imports in graph.items()
+        if _under(module, PURE)
+        for imported in imports
+        if not _under(imported, PURE + PURE_MAY_USE)
+    )
+    assert found == [], f"models/, data/ and tracking/ must stay free of Flower and Hydra code: {found}"
+    assert [m for m, imports in graph.items() if "fedmemes.cli" in imports] == []  # the command line is the top
+
+
+def test_under_tells_a_package_from_a_namesake() -> None:
+    assert _under("fedmemes.data.meme", PURE) and not _under("fedmemes.database", PURE)
+    assert _under("fedmemes.bookkeeping.private_files", PURE_MAY_USE)
+    assert not _under("fedmemes.bookkeeping.run_config", PURE + PURE_MAY_USE)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fedmemes.bookkeeping.history import RunHistory
 from fedmemes.config import load_config
 from fedmemes.data.report import format_table, read_client_facts, write_report
-from fedmemes.history import RunHistory
-from fedmemes.node_datasets import data_issues, split_facts
+from fedmemes.federation.node_datasets import data_issues, split_facts
 
 
 def _folder(root: Path, n: int = 60, broken: bool = False) -> Path:
@@ -119,7 +119,7 @@ def test_cli_data_inspect_stops_on_a_broken_folder_naming_file_and_line(tmp_path
 
 
 def test_check_data_with_skip_records_issue_counts(tmp_path: Path) -> None:
-    from fedmemes.run_steps import check_data
+    from fedmemes.bookkeeping.run_steps import check_data
 
     root = _folder(tmp_path / "d", broken=True)
     cfg = load_config(f"dataset=hateful_memes dataset.root={root} dataset.on_error=skip")

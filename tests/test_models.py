@@ -2,8 +2,8 @@
 
 import torch
 
-from fedmemes import engine
 from fedmemes.config import build_model, load_config
+from fedmemes.federation import engine
 from fedmemes.models.components.image_encoder import SmallCNN
 from fedmemes.models.components.text_encoder import FrozenTextEncoder
 from fedmemes.models.early_fusion import EarlyFusion

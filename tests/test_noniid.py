@@ -11,7 +11,8 @@ from flwr.serverapp.strategy import FedAvg
 from test_strategies import GLOBAL, _np, reply
 from torch import nn
 
-from fedmemes.client_corrections import (
+from fedmemes.config import build_strategy, load_config
+from fedmemes.federation.client_corrections import (
     CV_DELTA,
     FEDDYN_ALPHA,
     FEDDYN_STATE,
@@ -19,19 +20,18 @@ from fedmemes.client_corrections import (
     SCAFFOLD_STATE,
     local_setup,
 )
-from fedmemes.config import build_strategy, load_config
-from fedmemes.local_objectives import (
+from fedmemes.federation.local_objectives import (
     CrossEntropy,
     FedDynCorrection,
     FedLCLoss,
     ScaffoldCorrection,
 )
+from fedmemes.federation.testing import StaticGrid
 from fedmemes.strategies import with_reply_checks
 from fedmemes.strategies.feddyn import FedDyn
 from fedmemes.strategies.scaffold import Scaffold
 from fedmemes.strategies.server_lr import ServerLRFedAvg
 from fedmemes.strategies.update_bounds import UpdateBounds
-from fedmemes.testing import StaticGrid
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 

@@ -130,7 +130,7 @@ def test_a_missing_tesseract_says_what_to_install(tmp_path: Path, monkeypatch: p
 def test_dataset_ocr_applies_to_every_split_where_they_load(
     small_config: Callable[[str], DictConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedmemes.node_datasets import load_splits
+    from fedmemes.federation.node_datasets import load_splits
 
     engine = CountingEngine("ocr caption")
     monkeypatch.setattr(ocr, "tesseract", engine)
@@ -168,8 +168,8 @@ def test_command_reads_a_jsonl_and_writes_rows(tmp_path: Path, monkeypatch: pyte
 def test_predictions_say_which_captions_ocr_read(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from fedmemes.predict import predict
-    from fedmemes.predict_inputs import Inputs
+    from fedmemes.tools.predict import predict
+    from fedmemes.tools.predict_inputs import Inputs
 
     memes = [Meme("1", tmp_path / "a.png", "typed", 1), Meme("2", tmp_path / "b.png", "read", 0, text_source="ocr")]
     run = SimpleNamespace(threshold=0.5, score=lambda memes, progress: np.array([0.9, 0.2][: len(memes)]))

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import pickletools
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from fedmemes.checkpoint import Checkpoint, differences, setup_of
+from fedmemes.bookkeeping import checkpoint, resume_config, run_config
+from fedmemes.bookkeeping.checkpoint import Checkpoint, differences, setup_of
 from fedmemes.config import build_model, load_config
 from fedmemes.models.early_fusion import EarlyFusion, HatefulMemesFusionModel
-from fedmemes.models.old_targets import MOVED, current_target, upgrade_targets
-from fedmemes.predict import load_run
+from fedmemes.models.old_targets import LAYOUT_MOVED, MOVED, current_target, upgrade_targets
+from fedmemes.tools.predict import load_run
 
 OLD_MODEL = "fedmemes.models.early_fusion.HatefulMemesFusionModel"
 OLD_TEXT = "fedmemes.models.text_encoder.FrozenTextEncoder"
@@ -87,3 +90,61 @@ def test_old_checkpoint_fits_the_same_setup() -> None:
     assert differences(old, other, None) == [
         f"model: the checkpoint has fedmemes.models.early_fusion.EarlyFusion, this configuration {other['model']}"
     ]
+
+
+def _as_before_the_layout_move(text: str) -> str:
+    """Write today's module paths as a run saved before the federation/privacy/bookkeeping/tools move named them."""
+    for old, new in LAYOUT_MOVED.items():
+        text = text.replace(new, old)
+    return text
+
+
+def test_a_config_saved_before_the_layout_move_still_builds_and_resumes(tmp_path: Path) -> None:
+    """config.yaml naming fedmemes.local_objectives (now federation/) builds its loss and model and fits a resume."""
+    cfg = load_config("experiment=tiny_run loss=fedlc")
+    saved = _as_before_the_layout_move(OmegaConf.to_yaml(cfg))
+    assert "_target_: fedmemes.local_objectives.FedLCLoss" in saved and "fedmemes.federation." not in saved
+    (tmp_path / "config.yaml").write_text(saved)
+    loaded = run_config.load(tmp_path)
+    assert loaded.loss._target_ == "fedmemes.federation.local_objectives.FedLCLoss"
+    loss = instantiate(loaded.loss, label_counts=[30, 10])
+    logits, label = torch.tensor([[2.0, -1.0], [0.5, 0.5]]), torch.tensor([0, 1])
+    plain = torch.nn.functional.cross_entropy(logits, label)
+    assert loss(logits, label).item() > plain.item()  # the rare class's logit is lowered: a larger loss on it
+    resume_config.check(tmp_path, cfg)  # today's config resumes the old run: no key differs once upgraded
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}, tmp_path / "best.safetensors")
+    assert type(load_run(tmp_path).model) is EarlyFusion
+
+
+def _pickled_globals(data: bytes) -> list[str]:
+    """Return the `module.name` of every class or function a pickle would import to load."""
+    found, strings = [], []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            found.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            found.append(".".join(strings[-2:]))
+        elif isinstance(arg, str):
+            strings.append(arg)
+    return found
+
+
+def test_a_checkpoint_names_no_fedmemes_module(tmp_path: Path) -> None:
+    """checkpoint.pt pickles only torch's tensor rebuilders: moving a fedmemes module cannot break torch.load."""
+    cfg = load_config("")
+    ckpt = Checkpoint(
+        server_round=2,
+        arrays={"head.weight": torch.ones(2, 3)},
+        history={"rounds": [{"round": 1, "auroc": 0.75}]},
+        best_state={"head.weight": torch.zeros(2, 3)},
+        setup=setup_of(cfg),
+    )
+    path = checkpoint.save(tmp_path, ckpt)
+    with zipfile.ZipFile(path) as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    names = _pickled_globals(pickled)
+    assert names and all(n.startswith(("torch.", "collections.")) for n in names), names
+    back = checkpoint.load(tmp_path)
+    assert back.server_round == 2 and torch.equal(back.arrays["head.weight"], torch.ones(2, 3))
+    assert differences(back, setup_of(cfg), None) == []

@@ -14,7 +14,7 @@ from fedmemes.config import load_config
 from fedmemes.data.meme import Meme
 from fedmemes.data.partitioners import PartitionError, partitioner_spec
 from fedmemes.data.split import client_partition
-from fedmemes.node_datasets import client_split, split_facts
+from fedmemes.federation.node_datasets import client_split, split_facts
 
 CONF = Path(__file__).parents[1] / "fedmemes" / "conf" / "partition"
 POOLED = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem != "per_client_dirs")

@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from fedmemes import engine
-from fedmemes.predict import load_run, main
-from fedmemes.predict_inputs import read_jsonl, run_split
+from fedmemes.federation import engine
+from fedmemes.tools.predict import load_run, main
+from fedmemes.tools.predict_inputs import read_jsonl, run_split
 
 
 @pytest.fixture(scope="module")

@@ -133,8 +133,8 @@ def test_simulation_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
 
 
 def test_cluster_address_comes_from_the_config_then_ray_address(monkeypatch):
-    from fedmemes.cluster import FORWARDED_ENV, ray_address
     from fedmemes.config import load_config
+    from fedmemes.federation.cluster import FORWARDED_ENV, ray_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_address(load_config("").simulation.ray_address) is None  # default: a private one-machine Ray

@@ -19,7 +19,7 @@ from PIL import Image
 
 import fedmemes
 from fedmemes.data.synthetic import generate
-from fedmemes.testing import run_in_process
+from fedmemes.federation.testing import run_in_process
 
 MODELS = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "model").glob("*.yaml"))
 

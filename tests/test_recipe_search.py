@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedmemes import engine, recipe_search
 from fedmemes.config import load_config
-from fedmemes.testing import run_in_process
+from fedmemes.federation import engine, recipe_search
+from fedmemes.federation.testing import run_in_process
 
 # Two recipes that differ in what the model is (its caption encoder), so the chosen one shows in every artefact;
 # `still` (listed first, so it would win a tie) barely moves. Version 2 data: the caption alone carries signal.

@@ -26,8 +26,8 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
+from fedmemes.federation.testing import StaticGrid, reply_from, server_identity
 from fedmemes.strategies import with_reply_checks
-from fedmemes.testing import StaticGrid, reply_from, server_identity
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 RNG = np.random.default_rng(0)

@@ -15,12 +15,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedmemes.client_corrections import CV_DELTA
-from fedmemes.engine import classification_metrics
+from fedmemes.federation.client_corrections import CV_DELTA
+from fedmemes.federation.engine import classification_metrics
+from fedmemes.federation.testing import StaticGrid, reply_from
 from fedmemes.strategies import ModalityAwareAvg, PerformanceWeightedAvg, with_reply_checks
 from fedmemes.strategies.reply_content import EVALUATE_METRICS
 from fedmemes.strategies.scaffold import Scaffold
-from fedmemes.testing import StaticGrid, reply_from
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
 HOSTILE = 99

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from fedmemes.report import load_run, save_test_predictions, write_report
-from fedmemes.report.command import main as report_main
+from fedmemes.tools.report import load_run, save_test_predictions, write_report
+from fedmemes.tools.report.command import main as report_main
 
 
 def _fake_run(path, lr, aurocs, dropped, seed):

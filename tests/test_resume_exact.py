@@ -14,11 +14,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmemes import checkpoint, client_app, client_state
-from fedmemes.client_corrections import SCAFFOLD_C, SCAFFOLD_STATE
+from fedmemes.bookkeeping import checkpoint, client_state
 from fedmemes.config import build_strategy, load_config
+from fedmemes.federation import client_app
+from fedmemes.federation.client_corrections import SCAFFOLD_C, SCAFFOLD_STATE
+from fedmemes.federation.testing import StaticGrid, reply_from
 from fedmemes.strategies.resumable import set_round_offset
-from fedmemes.testing import StaticGrid, reply_from
 
 GLOBAL = {"w": np.zeros(3, np.float32)}
 pytestmark = pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
@@ -92,7 +93,7 @@ def test_client_state_is_saved_and_restored_in_a_fresh_context(small_config, tin
     monkeypatch.setenv("FEDMEMES_OVERRIDES", tiny_data.overrides)
     cfg = small_config("")
     from fedmemes.config import build_model
-    from fedmemes.engine import trainable_state
+    from fedmemes.federation.engine import trainable_state
 
     torch.manual_seed(0)
     weights = trainable_state(build_model(cfg))
@@ -125,8 +126,8 @@ def test_client_state_is_saved_and_restored_in_a_fresh_context(small_config, tin
 KILLER = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
-from fedmemes.client_app import app
-from fedmemes.testing import run_in_process
+from fedmemes.federation.client_app import app
+from fedmemes.federation.testing import run_in_process
 overrides, run_dir, kill_round = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def client(msg, context):
     reply = app(msg, context)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fedmemes import checkpoint
-from fedmemes.history import RunHistory
-from fedmemes.run_dir import RunDirError, check_fresh, prepare
+from fedmemes.bookkeeping import checkpoint
+from fedmemes.bookkeeping.history import RunHistory
+from fedmemes.bookkeeping.run_dir import RunDirError, check_fresh, prepare
 
 CFG = OmegaConf.create(
     {

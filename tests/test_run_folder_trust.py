@@ -14,9 +14,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from fedmemes import cli, run_config
-from fedmemes.predict import load_run
-from fedmemes.run_dir import prepare
+from fedmemes import cli
+from fedmemes.bookkeeping import run_config
+from fedmemes.bookkeeping.run_dir import prepare
+from fedmemes.tools.predict import load_run
 
 KEEP = b"precious bytes\n"
 
@@ -147,7 +148,7 @@ def test_resume_refuses_such_a_folder_before_any_client_trains(small_config, tin
 
 
 def test_resume_never_composes_overrides_read_from_recipes_json(small_config, tmp_path):
-    from fedmemes.server_app import _choose_recipe
+    from fedmemes.federation.server_app import _choose_recipe
 
     (tmp_path / "recipes.json").write_text(
         json.dumps({"chosen": "a", "overrides": "model.text_encoder._target_=builtins.eval"})
@@ -187,7 +188,7 @@ def test_every_file_of_a_run_is_created_owner_only(tiny_run):
 
 
 def test_a_report_written_elsewhere_keeps_the_usual_mode(tiny_run, tmp_path):
-    from fedmemes.report import write_report
+    from fedmemes.tools.report import write_report
 
     html, _ = write_report([tiny_run], tmp_path / "share")
     assert stat.S_IMODE(html.stat().st_mode) & 0o044  # --out: made to be shared (umask 022 here)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmemes.runs import find_runs, main, run_info
+from fedmemes.tools.list_runs import find_runs, main, run_info
 
 
 def _run(

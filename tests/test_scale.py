@@ -16,14 +16,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from fedmemes import engine
+from fedmemes.bookkeeping.history import RunHistory
 from fedmemes.config import load_config
 from fedmemes.data.partitioners import partitioner_spec
 from fedmemes.data.report import format_table
 from fedmemes.data.split import client_partition
-from fedmemes.history import RunHistory
-from fedmemes.node_datasets import _attached, client_split, holdout, split_facts
-from fedmemes.server_run import ServerRun
+from fedmemes.federation import engine
+from fedmemes.federation.node_datasets import _attached, client_split, holdout, split_facts
+from fedmemes.federation.server_run import ServerRun
 
 
 def _folder(root: Path, n: int = 200) -> Path:

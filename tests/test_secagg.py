@@ -18,13 +18,13 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from fedmemes import client_app
-from fedmemes.client_secagg import secagg_mod
 from fedmemes.config import build_strategy, load_config
 from fedmemes.config_schema import ConfigError
-from fedmemes.secagg import CLIENTS_KEY
+from fedmemes.federation import client_app
+from fedmemes.federation.testing import run_in_process
+from fedmemes.privacy.client_secagg import secagg_mod
+from fedmemes.privacy.secagg import CLIENTS_KEY
 from fedmemes.strategies.validation import ReplyChecks
-from fedmemes.testing import run_in_process
 
 # 3 clients of ~50 memes; every bound off, so plain FedAvg is the exact weighted average SecAgg+ computes.
 BASE = "experiment=strategy_smoke num_clients=3 num_rounds=1 server.max_update_norm=null server.max_client_weight=null"

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fedmemes.image_urls import UrlPolicy
-from fedmemes.predict import load_run
-from fedmemes.predict_inputs import read_jsonl
-from fedmemes.serve import Limits, create_app, main
+from fedmemes.tools.image_urls import UrlPolicy
+from fedmemes.tools.predict import load_run
+from fedmemes.tools.predict_inputs import read_jsonl
+from fedmemes.tools.serve import Limits, create_app, main
 
 TOKEN = "s3cret-token"
 AUTH = {"X-Fedmemes-Token": TOKEN}

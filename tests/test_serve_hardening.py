@@ -20,13 +20,13 @@ from deploy_helpers import seconds_until_closed
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fedmemes import image_urls
 from fedmemes.deploy.slow_clients import SlowClientLimits
-from fedmemes.image_urls import UrlPolicy, UrlRefused, is_public
-from fedmemes.predict import load_run
-from fedmemes.predict_inputs import read_jsonl
-from fedmemes.serve import create_app
-from fedmemes.serve_guards import Limits
+from fedmemes.tools import image_urls
+from fedmemes.tools.image_urls import UrlPolicy, UrlRefused, is_public
+from fedmemes.tools.predict import load_run
+from fedmemes.tools.predict_inputs import read_jsonl
+from fedmemes.tools.serve import create_app
+from fedmemes.tools.serve_guards import Limits
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -194,7 +194,7 @@ def test_the_service_refuses_urls_with_422_and_a_generic_error(run, connections,
         body = "\n".join(json.dumps(line) for line in lines).encode()
         closed = TestClient(create_app(run)).post("/predict/batch", content=body)
         policy = UrlPolicy(frozenset({"127.0.0.1", "10.0.0.1", "169.254.169.254"}))
-        with caplog.at_level("WARNING", logger="fedmemes.serve"):
+        with caplog.at_level("WARNING", logger="fedmemes.tools.serve"):
             opened = TestClient(create_app(run, urls=policy)).post("/predict/batch", content=body)
     assert closed.status_code == 422 and all("--allow-url" in e["detail"] for e in closed.json()["errors"])
     assert opened.status_code == 422 and [e["line"] for e in opened.json()["errors"]] == [1, 2, 3]
@@ -210,7 +210,7 @@ def test_errors_to_callers_carry_no_exception_text_or_paths(run, tmp_path, caplo
     root.mkdir()
     (root / "broken.png").write_bytes(_png()[:60])  # a PNG header, then nothing: identified, cannot decode
     client = TestClient(create_app(run, image_root=root))
-    with caplog.at_level("WARNING", logger="fedmemes.serve"):
+    with caplog.at_level("WARNING", logger="fedmemes.tools.serve"):
         one = client.post("/predict", data={"text": "hello"}, files={"image": ("a.png", _png()[:60])})
         batch = client.post("/predict/batch", content=json.dumps({"id": 1, "img": "broken.png", "text": "hi"}))
     for answer in (one, batch):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from fedmemes import client_app, server_app
-from fedmemes.run_dir import RunDirError
+from fedmemes.bookkeeping.run_dir import RunDirError
+from fedmemes.federation import client_app, server_app
 
 HONEST = {101: 0, 202: 1}  # node id -> partition
 HOSTILE = 303

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedmemes import client_app, engine, site_policy
 from fedmemes.config import build_model, load_config
 from fedmemes.deploy import supernode
-from fedmemes.site_policy import PolicyError, PolicyRefusal, SitePolicy
+from fedmemes.federation import client_app, engine
+from fedmemes.privacy import site_policy
+from fedmemes.privacy.site_policy import PolicyError, PolicyRefusal, SitePolicy
 
 pytestmark = pytest.mark.usefixtures("server_identity")  # Messages are stamped with the server's task identity
 # What a hostile server's overrides may carry: each names a callable that would run (or create MARKER) on the client.
@@ -156,3 +157,16 @@ def test_a_machine_policy_in_the_environment_applies_where_no_policy_is_given(tm
     monkeypatch.setenv(site_policy.POLICY_ENV, str(tmp_path / "gone.yaml"))
     with pytest.raises(PolicyError, match="gone.yaml"):  # never the looser default when the named file is missing
         site_policy.for_node({})
+
+
+def test_a_policy_written_before_the_layout_move_allows_the_moved_classes(tiny_data):
+    """A site.yaml naming fedmemes.local_objectives (now under federation/) still allows the losses, and only them."""
+    before = [t.replace("fedmemes.federation.", "fedmemes.") for t in site_policy.DEFAULT_TARGETS]
+    assert "fedmemes.local_objectives." in before
+    assert site_policy.target_allowed("fedmemes.federation.local_objectives.FedLCLoss", before)
+    assert site_policy.target_allowed(
+        "fedmemes.federation.local_objectives.CrossEntropy", ["fedmemes.local_objectives.CrossEntropy"]
+    )
+    assert not site_policy.target_allowed("fedmemes.federation.engine.train", before)
+    cfg = load_config(f"{tiny_data.overrides} loss=fedlc")
+    assert site_policy.refusals(SitePolicy(allowed_targets=before), cfg) == []

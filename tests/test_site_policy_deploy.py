@@ -9,8 +9,8 @@ import time
 import pytest
 from deploy_helpers import FEDMEMES, kill, local_server_args, ports, spawn
 
+from fedmemes.bookkeeping.run_steps import EXIT_NOTHING_AGGREGATED
 from fedmemes.deploy.processes import wait_for_port
-from fedmemes.run_steps import EXIT_NOTHING_AGGREGATED
 
 pytestmark = pytest.mark.slow
 

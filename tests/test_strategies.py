@@ -8,10 +8,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
 from fedmemes.config import build_strategy, load_config
+from fedmemes.federation.testing import StaticGrid, reply_from
 from fedmemes.strategies import ModalityAwareAvg, PerformanceWeightedAvg, with_reply_checks
 from fedmemes.strategies.performance_weighted import performance_weights
 from fedmemes.strategies.update_bounds import UpdateBounds
-from fedmemes.testing import StaticGrid, reply_from
 
 GLOBAL = {"t.w": np.zeros(2, np.float32), "i.w": np.zeros(2, np.float32), "h.w": np.zeros(2, np.float32)}
 BRANCHES = {"t.w": "text", "i.w": "image", "h.w": "joint"}

@@ -1,7 +1,7 @@
 """Every conf/strategy/*.yaml runs 2 rounds of the real ServerApp and ClientApp (debug=tiny).
 
-Flower's transport is replaced by `fedmemes.testing.LocalGrid`, which hands each message to the ClientApp in this
-process: the strategies, apps, training and metrics.json are the real ones, without Ray's
+Flower's transport is replaced by `fedmemes.federation.testing.LocalGrid`, which hands each message to the ClientApp in
+this process: the strategies, apps, training and metrics.json are the real ones, without Ray's
 start-up (about 10 s per run). `fedmemes simulate` covers the Ray engine itself.
 """
 
@@ -16,8 +16,8 @@ import pytest
 from flwr.app import Context, Message
 
 import fedmemes
-from fedmemes.client_app import app as client_app
-from fedmemes.testing import run_in_process
+from fedmemes.federation.client_app import app as client_app
+from fedmemes.federation.testing import run_in_process
 
 STRATEGIES = sorted(p.stem for p in (Path(fedmemes.__file__).parent / "conf" / "strategy").glob("*.yaml"))
 EXTRA = {"bulyan": "num_clients=3"}  # Bulyan needs at least 4f + 3 = 3 clients per round

@@ -19,7 +19,7 @@ from fedmemes.config import load_config
 from fedmemes.data.convert import write_original_layout
 from fedmemes.data.meme import DataError, Meme
 from fedmemes.data.table import TableSource
-from fedmemes.node_datasets import load_splits
+from fedmemes.federation.node_datasets import load_splits
 
 SPLIT_OF = {0: "train", 1: "train", 2: "train", 3: "val", 4: "test"}  # row i -> split i % 5
 OURS = {"train": "train", "val": "dev_seen", "test": "test_seen"}
@@ -159,7 +159,7 @@ def test_tsv_without_split_column_is_all_train_and_carved_by_the_config(tmp_path
     text = "\n".join("\t".join(line.split("\t")[:4]) for line in root.read_text().splitlines())
     root.write_text(text + "\n")
     cfg = load_config(f"dataset=table dataset.root={root} cache_dir={tmp_path / 'c'}")
-    from fedmemes.node_datasets import holdout
+    from fedmemes.federation.node_datasets import holdout
 
     assert {s: len(m) for s, m in load_splits(cfg).items()} == {"train": 20}
     held = holdout(cfg)
@@ -252,7 +252,7 @@ def test_convert_keeps_an_ocr_caption_marked(tmp_path):
 
 def test_inspect_and_the_convert_command_work_on_a_table(tmp_path, monkeypatch, capsys):
     from fedmemes import cli
-    from fedmemes.run_steps import check_data
+    from fedmemes.bookkeeping.run_steps import check_data
 
     path = make_parquet(tmp_path / "d", memes(40))
     overrides = ["dataset=table", f"dataset.root={path}", f"cache_dir={tmp_path / 'c'}"]
@@ -281,8 +281,8 @@ def test_every_format_trains_one_round_and_predicts(tmp_path, one_thread, capsys
     """Per format: a 1-round federation (2 in-process clients, 32 px) on the table, then predict on the run's test."""
     from sklearn.metrics import roc_auc_score
 
-    from fedmemes.predict import main as predict
-    from fedmemes.testing import run_in_process
+    from fedmemes.federation.testing import run_in_process
+    from fedmemes.tools.predict import main as predict
 
     for fmt in FORMATS:
         kwargs = build(fmt, tmp_path / fmt / "data", memes(40))

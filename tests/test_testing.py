@@ -1,4 +1,5 @@
-"""fedmemes.testing and the conftest fixtures: identity restored, in-process grid routes messages, cache isolated."""
+"""fedmemes.federation.testing and the conftest fixtures: identity restored, in-process grid routes messages, cache
+isolated."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmemes.testing import LocalGrid, server_identity
+from fedmemes.federation.testing import LocalGrid, server_identity
 
 
 def _run_id() -> int | None:

@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord
 from run_helpers import bare_server_run
 
-from fedmemes import checkpoint
+from fedmemes.bookkeeping import checkpoint
 from fedmemes.config import load_config
 from fedmemes.tracking import Tracker, Trackers, build_trackers, round_metrics
 

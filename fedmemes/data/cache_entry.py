@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from fedmemes.private_files import write_bytes
+from fedmemes.bookkeeping.private_files import write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,14 @@ import hashlib
 import json
 from pathlib import Path
 
+from fedmemes.bookkeeping.private_files import private_open
 from fedmemes.data.meme import Meme
 from fedmemes.data.table import image_suffix
-from fedmemes.private_files import private_open
 
 
 def write_original_layout(splits: dict[str, list[Meme]], out: Path) -> dict[str, int]:
-    """Write img/ and one <split>.jsonl per split (id, img, label, text, text_source if not given + extra keys) into the empty folder `out`.
+    """Write img/ and one <split>.jsonl per split (id, img, label, text, text_source if not given + extra keys) into the
+    empty folder `out`.
 
     Only whole memes are written (a meme kept with a part marked missing has no image or caption to
     write); returns the rows written per split.

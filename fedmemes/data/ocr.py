@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage
 
+from fedmemes.bookkeeping.private_files import write_text
 from fedmemes.data.meme import Meme
-from fedmemes.private_files import write_text
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedmemes import private_files
+from fedmemes.bookkeeping import private_files
 from fedmemes.data.meme import Meme
 from fedmemes.data.skew import SkewFacts
 

@@ -81,7 +81,7 @@ class Manager:
         """Return what GET /info shows (and each heartbeat carries); never raises, a failing part is reported."""
         if self.device is None:
             try:
-                from fedmemes import engine
+                from fedmemes.federation import engine
 
                 self.device = engine.pick_device("auto").type
             except Exception as err:  # noqa: BLE001 - a broken driver must not take the manager down

@@ -13,14 +13,21 @@ import hydra
 import uvicorn
 from omegaconf import DictConfig
 
+from fedmemes.bookkeeping.run_dir import prepare
+from fedmemes.bookkeeping.run_steps import (
+    EXIT_DISK,
+    check_data,
+    disk_error_in,
+    finish_command,
+    job_overrides,
+    quiet_libraries,
+)
 from fedmemes.deploy import processes
 from fedmemes.deploy.auth import read_token
 from fedmemes.deploy.certs import TlsFiles, check_loopback_name
 from fedmemes.deploy.exposure import refuse_plain_text
 from fedmemes.deploy.status_api import RunStatus, create_app, serve_in_thread
 from fedmemes.deploy.superlink import SuperLink
-from fedmemes.run_dir import prepare
-from fedmemes.run_steps import EXIT_DISK, check_data, disk_error_in, finish_command, job_overrides, quiet_libraries
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ValidationError
 
+from fedmemes.bookkeeping.history import METRICS_FILE
 from fedmemes.deploy.auth import BodyLimit, has_token, require_token
 from fedmemes.deploy.certs import TlsFiles
 from fedmemes.deploy.dashboard import mount as mount_dashboard
-from fedmemes.history import METRICS_FILE
 
 ONLINE_PERIODS = 2.5  # a client is online while its last heartbeat is younger than this many periods
 

@@ -34,8 +34,8 @@ dependencies = []
 publisher = "fedmemes"
 
 [tool.flwr.app.components]
-serverapp = "fedmemes.server_app:app"
-clientapp = "fedmemes.client_app:app"
+serverapp = "fedmemes.federation.server_app:app"
+clientapp = "fedmemes.federation.client_app:app"
 
 [tool.flwr.app.config]
 overrides = ""

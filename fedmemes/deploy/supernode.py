@@ -30,7 +30,8 @@ def node_config(
     config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if data_dir is not None:  # read by the ClientApp when the server runs partition=per_client_dirs
         config += f' data-dir="{Path(data_dir).expanduser().resolve()}"'
-    if policy is not None:  # the site policy the ClientApp enforces (fedmemes/site_policy.py); never sent anywhere
+    # the site policy the ClientApp enforces (fedmemes/privacy/site_policy.py); never sent anywhere
+    if policy is not None:
         config += f' policy="{Path(policy).expanduser().resolve()}"'
     return config
 
@@ -85,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
 
 def check_policy(p: argparse.ArgumentParser, path: Path | None, show: bool) -> None:
     """Validate --policy now (argparse's exit 2 with one line), and print it under --check (then exit 0)."""
-    from fedmemes import site_policy
+    from fedmemes.privacy import site_policy
 
     try:
         policy = site_policy.load(path) if path else site_policy.SitePolicy()
@@ -124,7 +125,7 @@ def command_from_args(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse `fedmemes client ...`, report the device, then become the SuperNode process."""
-    from fedmemes import engine
+    from fedmemes.federation import engine
 
     p = parser()
     args, overrides = p.parse_known_args(argv)

@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedmemes.client_corrections import FEDDYN_ALPHA
+from fedmemes.federation.client_corrections import FEDDYN_ALPHA
 from fedmemes.strategies.server_lr import ServerLRFedAvg, as_numpy, as_record, steppable
 
 

@@ -17,8 +17,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import SType
 
-METRICS_RECORD = "metrics"  # the MetricRecord name our ClientApp replies with (fedmemes/client_app.py)
-SITE_RECORD = "site"  # optional ConfigRecord: the site's name and its policy's sha256 (fedmemes/site_policy.py)
+METRICS_RECORD = "metrics"  # the MetricRecord name our ClientApp replies with (fedmemes/federation/client_app.py)
+SITE_RECORD = "site"  # optional ConfigRecord: the site's name and its policy's sha256 (fedmemes/privacy/site_policy.py)
 SITE_NAME = re.compile(r"[\w.@:/ -]{1,64}")  # what a site name may hold: it lands in logs and metrics.json
 POLICY_HASH = re.compile(r"[0-9a-f]{64}|default")
 EVALUATE_METRICS = ("auroc", "accuracy", "f1_macro", "loss")  # what our ClientApp's evaluate sends (client_app.py)

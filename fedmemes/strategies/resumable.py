@@ -1,6 +1,6 @@
 """What makes a resumed run equal the run that was stopped, on Flower's own strategies.
 
-After a resume `strategy.start` counts rounds from 1 again (fedmemes/server_app.py sets
+After a resume `strategy.start` counts rounds from 1 again (fedmemes/federation/server_app.py sets
 `round_offset` on every level to the rounds already done). Two of Flower's strategies read that
 count as more than a label:
 - the FedOpt family (FedAdam, FedYogi) takes `server_round` as Adam's step in its bias

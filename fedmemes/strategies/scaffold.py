@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedmemes.client_corrections import CV_DELTA, SCAFFOLD_C
+from fedmemes.federation.client_corrections import CV_DELTA, SCAFFOLD_C
 from fedmemes.strategies.server_lr import ServerLRFedAvg, as_numpy
 
 
@@ -18,7 +18,7 @@ class Scaffold(ServerLRFedAvg):
 
     Instruction: records `arrays` (model), `scaffold_c` (c), `config`. Reply: `arrays`, `cv_delta`
     (c_i new - old) and the metrics; the client adds c - c_i to every local gradient and keeps c_i
-    in its `context.state` (fedmemes/local_objectives.py). Server: w += server_lr * mean(y_i - w),
+    in its `context.state` (fedmemes/federation/local_objectives.py). Server: w += server_lr * mean(y_i - w),
     c += |S|/N * mean(delta c_i).
     """
 

@@ -64,7 +64,7 @@ class ReplyChecks:
     exactly what was checked. Flower ends the whole run on inconsistent replies, so this runs
     before the strategy's own checks. Use `with_reply_checks`.
 
-    Under secure aggregation (server.secagg, fedmemes/secagg.py) no individual update reaches the
+    Under secure aggregation (server.secagg, fedmemes/privacy/secagg.py) no individual update reaches the
     server: the one reply is the unmasked weighted average, so these checks and bounds judge the
     aggregate (names, shapes, dtypes, finite values, a positive total), never a single client.
     """
@@ -234,7 +234,7 @@ class ReplyChecks:
         # Replies come in arrival order; a float sum depends on its order, so aggregate them in partition order
         # (a client's claim; a false one only reorders the sum) for the same numbers from the same seed.
         sound.sort(key=lambda r: (float(r.metrics.get("partition_id", math.inf)), r.node))
-        # A secure aggregate (server.secagg) is no node's facts: fedmemes/secagg.py reports each node's itself.
+        # A secure aggregate (server.secagg) is no node's facts: fedmemes/privacy/secagg.py reports each node's itself.
         if self.reply_facts_fn is not None and not self.secure_aggregate:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
                 self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})

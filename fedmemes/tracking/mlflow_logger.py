@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedmemes import private_files
+from fedmemes.bookkeeping import private_files
 from fedmemes.tracking.base import Tracker, flatten
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The run folder: crash-safe writes, config.yaml, checkpoints, history, resume checks, client state on disk."""

@@ -1,0 +1,1 @@
+"""What protects each member: its site policy, secure aggregation and differential privacy."""

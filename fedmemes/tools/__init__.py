@@ -1,0 +1,1 @@
+"""After training: predict, serve, report and the list of runs."""
