@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from PIL import Image
 
 from fedmemes import cli
 from fedmemes.bookkeeping import run_config
@@ -128,8 +129,10 @@ def test_the_refusal_names_file_key_and_what_is_allowed(tiny_run, trap, tmp_path
 
 def test_a_shell_run_of_predict_exits_non_zero_and_runs_nothing(tiny_run, trap, tmp_path):
     folder = _tampered(tiny_run, tmp_path / "run", *_attacks(trap)["eval"])
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)  # a valid argument list: only the run folder is wrong
     out = subprocess.run(
-        [sys.executable, "-m", "fedmemes.cli", "predict", str(folder), "--text", "hi", "--image", "x.png"],
+        [sys.executable, "-m", "fedmemes.cli", "predict", str(folder), "--text", "hi", "--image", str(image)],
         capture_output=True,
         text=True,
         timeout=300,
