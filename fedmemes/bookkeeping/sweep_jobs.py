@@ -28,7 +28,7 @@ def check_variants(overrides: list[str]) -> list[list[str]]:
     value of one key at a time (linear, not the product). A key Optuna samples from a range (interval, tag(log, ...))
     keeps its default; hydra.sweeper settings are Hydra's to check. Raise ValueError naming a malformed override."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
+    from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     fixed: list[str] = []
@@ -38,8 +38,9 @@ def check_variants(overrides: list[str]) -> list[list[str]]:
             continue
         try:
             o = parser.parse_override(text)
-        except OverrideParseException as err:
-            raise ValueError(f"{text}: {err}; a sweep lists values as key=a,b,c or key=range(1,4)") from None
+        except HydraException as err:  # Hydra's grammar error (an OverrideParseException or its base)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{text}: {first}; a sweep lists values as key=a,b,c or key=range(1,4)") from None
         if not o.is_sweep_override():
             fixed.append(text)
         elif o.is_discrete_sweep():
