@@ -46,12 +46,10 @@ def test_a_jobs_exit_becomes_a_failure_only_in_a_sweep(monkeypatch: pytest.Monke
         with job_exit_as_failure(tmp_path):
             raise SystemExit(4)
     monkeypatch.setattr(sweep_jobs, "in_multirun", lambda: True)
-    with pytest.raises(SweepJobFailed, match=r"failed: exit code 4"):
-        with job_exit_as_failure(tmp_path):
-            raise SystemExit(4)
-    with pytest.raises(SweepJobFailed, match=r"failed: error: no data"):
-        with job_exit_as_failure(tmp_path):
-            raise SystemExit("error: no data")
+    with pytest.raises(SweepJobFailed, match=r"failed: exit code 4"), job_exit_as_failure(tmp_path):
+        raise SystemExit(4)
+    with pytest.raises(SweepJobFailed, match=r"failed: error: no data"), job_exit_as_failure(tmp_path):
+        raise SystemExit("error: no data")
     with job_exit_as_failure(tmp_path):  # exit 0 is a finished job
         raise SystemExit(0)
 

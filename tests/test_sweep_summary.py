@@ -92,7 +92,8 @@ def test_the_table_prints_one_row_per_group(sweep: Path, capsys: pytest.CaptureF
 
 def test_an_unfinished_job_is_named_and_left_out_of_n(sweep: Path) -> None:
     (sweep / "6" / ".hydra").mkdir(parents=True)  # a job that failed before its first round
-    (sweep / "6" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["strategy=fedavg", "random_seed=4", "num_rounds=2"]))
+    overrides = ["strategy=fedavg", "random_seed=4", "num_rounds=2"]
+    (sweep / "6" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     jobs = read_sweep(sweep)
     out = format_sweep(jobs)
     assert "not finished (left out of n): jobs 6" in out
