@@ -42,9 +42,8 @@ def test_optuna_maximises_unless_told_otherwise() -> None:
 
 
 def test_a_jobs_exit_becomes_a_failure_only_in_a_sweep(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):  # a single run keeps its exit code
-        with job_exit_as_failure(tmp_path):
-            raise SystemExit(4)
+    with pytest.raises(SystemExit), job_exit_as_failure(tmp_path):  # a single run keeps its exit code
+        raise SystemExit(4)
     monkeypatch.setattr(sweep_jobs, "in_multirun", lambda: True)
     with pytest.raises(SweepJobFailed, match=r"failed: exit code 4"), job_exit_as_failure(tmp_path):
         raise SystemExit(4)
