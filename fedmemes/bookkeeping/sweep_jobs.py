@@ -48,10 +48,10 @@ def check_variants(overrides: list[str]) -> list[list[str]]:
                 swept.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
             except Exception:  # glob(...) over a group: Hydra expands and checks it itself
                 continue
-    first = [values[0] for values in swept]
+    first = [choices[0] for choices in swept]
     variants = [fixed + first]
-    for i, values in enumerate(swept):
-        variants += [fixed + first[:i] + [v] + first[i + 1 :] for v in values[1:]]
+    for i, choices in enumerate(swept):
+        variants += [[*fixed, *first[:i], other, *first[i + 1 :]] for other in choices[1:]]
     return variants
 
 
