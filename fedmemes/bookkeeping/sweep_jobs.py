@@ -39,8 +39,8 @@ def check_variants(overrides: list[str]) -> list[list[str]]:
         try:
             o = parser.parse_override(text)
         except HydraException as err:  # Hydra's grammar error (an OverrideParseException or its base)
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"{text}: {first}; a sweep lists values as key=a,b,c or key=range(1,4)") from None
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{text}: {why}; a sweep lists values as key=a,b,c or key=range(1,4)") from None
         if not o.is_sweep_override():
             fixed.append(text)
         elif o.is_discrete_sweep():
