@@ -35,6 +35,7 @@ USAGE = """usage: fedmemes COMMAND [hydra overrides]
 commands:
   simulate   one-machine federated run (Flower simulation engine)
              e.g. fedmemes simulate num_rounds=5 num_clients=4 partition.alpha=0.3
+             a sweep, one run folder per job: fedmemes simulate -m strategy=fedavg,fedprox random_seed=1,2,3
   data       make the synthetic memes: fedmemes data generate [overrides]
              see each client's share: fedmemes data inspect [overrides] (table + clients.png)
              write any source in the original layout: fedmemes data convert dataset=table dataset.root=F out=DIR
@@ -49,6 +50,7 @@ commands:
              or --text "..." --image PATH, or --run-split test (the run's own test split)
   serve      HTTP inference service: fedmemes serve RUN_DIR [--host 127.0.0.1] [--port 8095] (--help for all)
   runs       list runs, their config, scores and status: fedmemes runs [DIR]   (default outputs/)
+             a sweep's table, mean ± std over seeds per swept setting: fedmemes runs SWEEP_DIR
   report     curves, test ROC/PR, clients, configs of runs: fedmemes report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed config.
