@@ -73,6 +73,7 @@ def simulate(cfg: DictConfig) -> float:
 
 
 def _simulate_job(cfg: DictConfig, run_dir: Path) -> None:
+    """Check the data, run the federation into run_dir and print its summary; SystemExit on any failure."""
     from hydra.core.hydra_config import HydraConfig
 
     from fedmemes.bookkeeping.run_dir import prepare
