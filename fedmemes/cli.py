@@ -63,7 +63,7 @@ def simulate(cfg: DictConfig) -> float:
     the objective of a sweep (`-m hydra/sweeper=optuna`): never test."""
     from hydra.core.hydra_config import HydraConfig
 
-    from fedmemes.tools.list_runs import best_holdout_auroc
+    from fedmemes.tools.run_scores import best_holdout_auroc
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     with job_exit_as_failure(run_dir):  # in a sweep, a failed job lets the others run

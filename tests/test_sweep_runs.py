@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmemes.tools.list_runs import best_holdout_auroc
+from fedmemes.tools.run_scores import best_holdout_auroc
 from fedmemes.tools.sweep_summary import group_rows, read_sweep
 
 # conftest's TINY (one round on 240 memes at 32 px) on 2 clients, captions as char n-grams (no MiniLM to load in each

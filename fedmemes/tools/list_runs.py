@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 
 from fedmemes.bookkeeping.checkpoint import CHECKPOINT_FILE
 from fedmemes.bookkeeping.history import METRICS_FILE
+from fedmemes.tools.run_scores import best_holdout_auroc, finite, read_metrics
 
 STATUSES = ("finished", "resumable", "stopped")
 
@@ -48,27 +48,6 @@ def _choice(choices: dict[str, Any], cfg: dict[str, Any], group: str, target: An
     if choices.get(group):
         return str(choices[group])
     return str(target).rsplit(".", 1)[-1] if target else "?"
-
-
-def finite(x: Any) -> float | None:
-    """Return x as a float when it is a finite number, else None."""
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def best_holdout_auroc(metrics: dict[str, Any]) -> float | None:
-    """Return a run's best hold-out (dev) AUROC after training began (round 0, the untrained model, never counts)."""
-    rounds = [r for r in metrics.get("rounds") or [] if isinstance(r, dict)]
-    aurocs = [a for a in (finite(r.get("auroc")) for r in rounds if r.get("round", 0) > 0) if a is not None]
-    return max(aurocs) if aurocs else None
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """Return a run's metrics.json, or {} when it is missing or unreadable."""
-    try:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
 
 
 def run_info(run_dir: Path) -> RunInfo:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from fedmemes.tools.list_runs import best_holdout_auroc, finite, read_metrics
+from fedmemes.tools.run_scores import best_holdout_auroc, finite, read_metrics
 
 MULTIRUN_FILE = "multirun.yaml"  # Hydra writes it in the sweep folder when the sweep starts
 OPTUNA_FILE = "optimization_results.yaml"  # the Optuna sweeper writes it when the study ends
