@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch pulls a multi-GB CUDA build). --no-compile: pip would byte-compile every installed file (torch, ray, mlflow:
 # tens of thousands); Python compiles only what it imports, once.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --no-compile "torch==2.13.0" -e ".[test,tracking,docs]"
+	$(BIN)/pip install --quiet --no-compile "torch==2.13.0" -e ".[test,tracking,docs,sweep]"
 	touch $(STAMP)
 
 install: $(STAMP)

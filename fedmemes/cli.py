@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from fedmemes.bookkeeping.run_steps import (
     job_overrides,
     quiet_libraries,
 )
+from fedmemes.bookkeeping.sweep_jobs import check_variants, is_multirun, job_exit_as_failure, sweeper_defaults
 from fedmemes.config import OVERRIDES_ENV, compose_checked
 from fedmemes.config_schema import ConfigError
 from fedmemes.privacy import server_dp
@@ -33,6 +35,7 @@ USAGE = """usage: fedmemes COMMAND [hydra overrides]
 commands:
   simulate   one-machine federated run (Flower simulation engine)
              e.g. fedmemes simulate num_rounds=5 num_clients=4 partition.alpha=0.3
+             a sweep, one run folder per job: fedmemes simulate -m strategy=fedavg,fedprox random_seed=1,2,3
   data       make the synthetic memes: fedmemes data generate [overrides]
              see each client's share: fedmemes data inspect [overrides] (table + clients.png)
              write any source in the original layout: fedmemes data convert dataset=table dataset.root=F out=DIR
@@ -47,6 +50,7 @@ commands:
              or --text "..." --image PATH, or --run-split test (the run's own test split)
   serve      HTTP inference service: fedmemes serve RUN_DIR [--host 127.0.0.1] [--port 8095] (--help for all)
   runs       list runs, their config, scores and status: fedmemes runs [DIR]   (default outputs/)
+             a sweep's table, mean ± std over seeds per swept setting: fedmemes runs SWEEP_DIR
   report     curves, test ROC/PR, clients, configs of runs: fedmemes report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed config.
@@ -54,16 +58,29 @@ options: -v/--verbose shows Flower and Ray logs; --cfg job prints the composed c
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def simulate(cfg: DictConfig) -> None:
-    """Run the whole federation on this machine with Flower's simulation engine."""
+def simulate(cfg: DictConfig) -> float:
+    """Run the whole federation on this machine with Flower's simulation engine; return the best hold-out (dev) AUROC,
+    the objective of a sweep (`-m hydra/sweeper=optuna`): never test."""
     from hydra.core.hydra_config import HydraConfig
 
+    from fedmemes.tools.run_scores import best_holdout_auroc
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    with job_exit_as_failure(run_dir):  # in a sweep, a failed job lets the others run
+        _simulate_job(cfg, run_dir)
+    best = best_holdout_auroc(json.loads((run_dir / "metrics.json").read_text()))
+    return math.nan if best is None else best
+
+
+def _simulate_job(cfg: DictConfig, run_dir: Path) -> None:
+    """Check the data, run the federation into run_dir and print its summary; SystemExit on any failure."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from fedmemes.bookkeeping.run_dir import prepare
     from fedmemes.federation.client_app import app as client_app
     from fedmemes.federation.server_app import app as server_app
 
     quiet_libraries(cfg.verbose)
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    from fedmemes.bookkeeping.run_dir import prepare
 
     prepare(run_dir, cfg)  # an earlier run's results are never overwritten; a resume must fit its checkpoint
     # Validate data and every client's split here: bad input fails in seconds, before Ray starts.
@@ -187,8 +204,6 @@ def _resume_dir(args: list[str]) -> list[str]:
 # locate: -cp is relative to the caller), so Hydra checks alone.
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "-cd", "--config-dir", "-cn", "--config-name"}
 HYDRA_OWN = {
-    "-m",
-    "--multirun",
     "-cp",
     "--config-path",
     "-h",
@@ -221,15 +236,17 @@ def check_overrides(args: list[str]) -> None:
             overrides.append(a)
     config_dir = flags.get("-cd") or flags.get("--config-dir")
     try:
-        cfg = compose_checked(
-            overrides,
-            flags.get("-cn") or flags.get("--config-name") or "config",
-            str(Path(config_dir).expanduser()) if config_dir else None,
-        )
-        server_dp.check(cfg)  # a budget no accountant can keep; here, not in every client's compose: it imports classes
-        if not (flags.get("--cfg") or flags.get("-c")):  # printing the config may show what is left to fill in
-            _check_required(cfg, overrides)
-    except ConfigError as e:  # Ray, a SuperLink and the run directory are not started yet
+        # a sweep (-m): every swept value is checked, one key at a time, before the first job starts
+        for chosen in check_variants(overrides) if is_multirun(args) else [overrides]:
+            cfg = compose_checked(
+                chosen,
+                flags.get("-cn") or flags.get("--config-name") or "config",
+                str(Path(config_dir).expanduser()) if config_dir else None,
+            )
+            server_dp.check(cfg)  # a budget no accountant can keep; here, not in each client's compose: imports classes
+            if not (flags.get("--cfg") or flags.get("-c")):  # printing the config may show what is left to fill in
+                _check_required(cfg, chosen)
+    except ValueError as e:  # a ConfigError or a malformed sweep; Ray, a SuperLink, the run folder are not started yet
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -272,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     verbose = any(a in ("-v", "--verbose") for a in args)
     args = [a for a in args if a not in ("-v", "--verbose")] + (["verbose=true"] if verbose else [])
-    args += _resume_dir(args)
+    args += _resume_dir(args) + sweeper_defaults(args)
     for name, job in COMMANDS.items():
         words = name.split()
         if args[: len(words)] == words:

@@ -22,6 +22,7 @@ STARTS_RAY = (
     "tests/test_ray_cluster.py::",
     "tests/test_secagg_deploy.py::test_simulate_",
     "tests/test_site_policy_deploy.py::test_the_issues_simulation",
+    "tests/test_sweep_runs.py::",
 )
 DEPLOY = "deploy"
 STARTS_DEPLOYMENT = ("tests/test_deploy", "tests/test_secagg_deploy.py::", "tests/test_site_policy_deploy.py::")

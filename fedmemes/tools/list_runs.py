@@ -1,10 +1,10 @@
-"""`fedmemes runs [DIR]`: list the run directories under outputs/ with their config, scores and status."""
+"""`fedmemes runs [DIR]`: list the run directories under outputs/ with their config, scores and status; a sweep
+folder (`fedmemes simulate -m ...`) gets one table grouped by its swept keys (tools/sweep_summary.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +14,7 @@ import yaml
 
 from fedmemes.bookkeeping.checkpoint import CHECKPOINT_FILE
 from fedmemes.bookkeeping.history import METRICS_FILE
+from fedmemes.tools.run_scores import best_holdout_auroc, finite, read_metrics
 
 STATUSES = ("finished", "resumable", "stopped")
 
@@ -49,20 +50,12 @@ def _choice(choices: dict[str, Any], cfg: dict[str, Any], group: str, target: An
     return str(target).rsplit(".", 1)[-1] if target else "?"
 
 
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
 def run_info(run_dir: Path) -> RunInfo:
     """Summarise one run directory from config.yaml, .hydra/hydra.yaml, metrics.json and the files present."""
     cfg = _read_yaml(run_dir / "config.yaml") or _read_yaml(run_dir / ".hydra" / "config.yaml")
     choices = (_read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra") or {}).get("runtime", {}).get("choices") or {}
-    try:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        metrics = {}
+    metrics = read_metrics(run_dir)
     rounds = [r for r in metrics.get("rounds") or [] if isinstance(r, dict)]
-    aurocs = [a for a in (_finite(r.get("auroc")) for r in rounds if r.get("round", 0) > 0) if a is not None]
     test = metrics.get("test") or {}
     if test and (run_dir / "best.safetensors").is_file():
         status = "finished"
@@ -84,8 +77,8 @@ def run_info(run_dir: Path) -> RunInfo:
         partition=_choice(choices, cfg, "partition", (cfg.get("partition") or {}).get("_target_")),
         clients=cfg.get("num_clients"),
         rounds=f"{done}/{cfg.get('num_rounds', '?')}",
-        best_holdout_auroc=max(aurocs) if aurocs else None,
-        test_auroc=_finite(test.get("auroc")),
+        best_holdout_auroc=best_holdout_auroc(metrics),
+        test_auroc=finite(test.get("auroc")),
         status=status,
     )
 
@@ -151,12 +144,22 @@ def main(argv: list[str] | None = None) -> None:
         prog="fedmemes runs", description="List runs: date, key config, best hold-out and test AUROC, status."
     )
     p.add_argument("dir", nargs="?", default="outputs", help="folder to search (default outputs/)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run (per group of a sweep)")
+    p.add_argument("--each", action="store_true", help="a sweep folder: list each job, not the grouped table")
     args = p.parse_args(argv)
     root = Path(args.dir).expanduser().resolve()
     if not root.is_dir():
         what = f"{root} is a file, not a folder" if root.exists() else f"no folder at {root}"
         raise SystemExit(f"error: {what}: runs live under outputs/ (or pass the folder that holds them)")
+    from fedmemes.tools import sweep_summary as sweep
+
+    if sweep.is_sweep(root) and not args.each:  # `fedmemes simulate -m ...`'s folder: one row per swept setting
+        jobs = sweep.read_sweep(root)
+        if args.json:
+            print("\n".join(json.dumps(row) for row in sweep.group_rows(jobs)))
+        else:
+            print(sweep.format_sweep(jobs, sweep.read_optuna(root)) if jobs else f"no jobs under {root} yet")
+        return
     runs = sorted((run_info(d) for d in find_runs(root)), key=lambda r: (r.date, r.path))
     if args.json:
         print("\n".join(json.dumps(asdict(r)) for r in runs))
