@@ -21,8 +21,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmemes simulate $(ARGS)
 
-# pytest-xdist workers, 0 = one process (the default). Measured in a fresh clone on 2 cores: 3 workers took 1,715 s
-# for the 965 tests, against about 1,100 s in one process; Ray simulations and model training fight for the 2 cores.
+# pytest-xdist workers, 0 = one process (the default). In fresh clones on 2 cores: 3 workers took 1,715 s for 965
+# tests; one process took 1,070 s for 826 on a quiet machine. Ray simulations and model training fight for 2 cores.
 # tests/xdist_plan.py keeps shared fixtures, Ray starts and deploy tests together for a machine with more cores.
 TEST_WORKERS ?= 0
 
