@@ -63,12 +63,12 @@ def simulate(cfg: DictConfig) -> float:
     the objective of a sweep (`-m hydra/sweeper=optuna`): never test."""
     from hydra.core.hydra_config import HydraConfig
 
-    from fedmemes.tools.run_scores import best_holdout_auroc
+    from fedmemes.tools.run_scores import best_holdout_auroc, read_metrics
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     with job_exit_as_failure(run_dir):  # in a sweep, a failed job lets the others run
         _simulate_job(cfg, run_dir)
-    best = best_holdout_auroc(json.loads((run_dir / "metrics.json").read_text()))
+    best = best_holdout_auroc(read_metrics(run_dir))
     return math.nan if best is None else best
 
 
