@@ -8,8 +8,9 @@ from pathlib import Path
 import huggingface_hub
 
 from fedmemes.data.images import DEFAULT_MAX_PIXELS
-from fedmemes.data.local_dir import ON_ERROR, LocalDirSource
+from fedmemes.data.local_dir import LocalDirSource
 from fedmemes.data.meme import SPLITS, DataIssue, Meme
+from fedmemes.data.rows import ON_ERROR
 
 
 class HFHubSource:

@@ -16,8 +16,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fedmemes.bookkeeping.private_files import private_open
-from fedmemes.data.local_dir import LocalDirSource, check_row, repeated_id
+from fedmemes.data.local_dir import LocalDirSource
 from fedmemes.data.meme import DataIssue, Meme
+from fedmemes.data.rows import check_row, repeated_id
 from fedmemes.data.table_files import Table, find_tables, read_table, split_name
 
 log = logging.getLogger(__name__)

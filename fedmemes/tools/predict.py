@@ -22,8 +22,8 @@ from fedmemes.bookkeeping import run_config
 from fedmemes.bookkeeping.history import METRICS_FILE
 from fedmemes.config import build_model
 from fedmemes.data.features import build_tensors
-from fedmemes.data.local_dir import ON_ERROR
 from fedmemes.data.meme import DataIssue, Meme
+from fedmemes.data.rows import ON_ERROR
 from fedmemes.federation import engine
 from fedmemes.tools.predict_inputs import Inputs, read_input, run_split, single
 

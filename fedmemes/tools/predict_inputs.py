@@ -12,8 +12,9 @@ from typing import Any, cast
 from omegaconf import DictConfig
 
 from fedmemes.data.images import DEFAULT_MAX_PIXELS
-from fedmemes.data.local_dir import MAX_JSON_DEPTH, ON_ERROR, LocalDirSource, check_row, repeated_id, too_deep
+from fedmemes.data.local_dir import LocalDirSource
 from fedmemes.data.meme import SPLITS, DataError, DataIssue, Meme
+from fedmemes.data.rows import MAX_JSON_DEPTH, ON_ERROR, check_row, repeated_id, too_deep
 
 
 @dataclass
