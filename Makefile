@@ -21,9 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmemes simulate $(ARGS)
 
-# pytest-xdist workers, 0 = one process (the default). In fresh clones on 2 cores: 3 workers took 1,715 s for 965
-# tests; one process took 1,070 s for 826 on a quiet machine. Ray simulations and model training fight for 2 cores.
-# tests/xdist_plan.py keeps shared fixtures, Ray starts and deploy tests together for a machine with more cores.
+# pytest-xdist workers, 0 = one process (the default). The same tree, same 2-core machine, 2026-12-07: one process
+# 1,246 s for 980 tests (fast 172 s + slow 1,074 s), 2 workers 1,307 s: the tests are CPU-bound (process starts,
+# Ray, training), so workers only take turns. tests/xdist_plan.py groups them for a machine with more cores.
 TEST_WORKERS ?= 0
 
 test: $(STAMP)   # everything, slow multi-round runs included
