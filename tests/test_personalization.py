@@ -1,0 +1,115 @@
+"""personalization=...: local tensors never leave a client, they carry across rounds, per-member scores, export."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, Message, RecordDict
+
+from fedmemes.config import build_model, build_personalization, load_config
+from fedmemes.federation.client_app import app as client_app
+from fedmemes.federation.client_personal import PERSONAL_STATE, SCORES_FILE
+from fedmemes.federation.node_datasets import client_memes
+from fedmemes.federation.personalization import member_spread, shared_only, spread
+from fedmemes.federation.testing import run_in_process
+from fedmemes.tools.predict import load_run
+
+METHODS = ("fedbn", "local_head", "finetune", "ditto")
+
+
+def _recording(sent: list[tuple[int, int, RecordDict, dict[str, dict[str, torch.Tensor]]]]) -> Any:
+    """Return a ClientApp that records (node, round, reply content, its state after the reply) of every train."""
+
+    def client(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        if msg.metadata.message_type == "train":
+            state = {k: r.to_torch_state_dict() for k, r in context.state.array_records.items()}
+            rnd = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+            sent.append((context.node_id, rnd, reply.content, state))
+        return reply
+
+    return client
+
+
+def _tensors(content: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: record.to_torch_state_dict() for name, record in content.array_records.items()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_local_parts_never_leave_and_carry_across_rounds(method, tiny_data, tmp_path, one_thread):
+    overrides = f"{tiny_data.overrides} num_rounds=2 personalization={method} personalization.eval_every=1"
+    sent: list[tuple[int, int, RecordDict, dict[str, dict[str, torch.Tensor]]]] = []
+    metrics = run_in_process(overrides, tmp_path / "run", 2, _recording(sent))
+    cfg = load_config(overrides)
+    model = build_model(cfg)
+    local = set(build_personalization(cfg).local_keys(model))
+    assert bool(local) == (method in ("fedbn", "local_head"))  # what the model declares stays; the rest travels
+    if method == "local_head":
+        assert local == {k for k in model.state_dict() if k.startswith("head.")}
+    if method == "fedbn":  # the text LayerNorm and the image encoder's GroupNorms, weights and biases
+        assert any(k.startswith("text_proj.0.") for k in local) and any("image_encoder" in k for k in local)
+    assert sorted((r, n) for n, r, _, _ in sent) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for node, rnd, content, state in sent:
+        travelled = _tensors(content)
+        assert PERSONAL_STATE not in content  # no record of its own
+        for name, tensors in travelled.items():  # arrays, and any strategy record: none holds a local key
+            assert not (set(tensors) & local), (method, name)
+            assert set(tensors) == set(model.state_dict()) - local
+        own = state.get(PERSONAL_STATE, {})
+        if method == "finetune":
+            assert not own  # made when scored, never kept
+            continue
+        assert own, (method, node, rnd)  # kept in context.state (and so in client_state's file)
+        same = [k for k, v in own.items() for t in travelled.values() if k in t and torch.equal(v, t[k])]
+        # no travelling tensor equals a personal one; ditto's own model may share the placeholders of a modality
+        # no meme of tiny_data misses (no gradient ever reaches them)
+        assert all(k.startswith("missing_") for k in same) if method == "ditto" else not same, (method, same)
+    if method in ("fedbn", "local_head", "ditto"):  # round 2 started from round 1's own tensors, then trained on
+        for node in (0, 1):
+            first, second = (s[PERSONAL_STATE] for n, _, _, s in sent if n == node)
+            moved = [k for k in first if not torch.equal(first[k], second[k])]
+            assert moved and all(first[k].shape == second[k].shape for k in first)
+    # the server's per-member block: both models' spread over the 2 clients, AUROCs in [0, 1]
+    for row in (r for r in metrics["rounds"] if r["round"] > 0):
+        block = row["members"]
+        for which in ("global", "personal"):
+            stats = block[which]
+            assert stats["clients"] in (1, 2)
+            assert 0 <= stats["worst"] <= stats["worst_decile"] <= stats["mean"] <= 1
+        assert sorted(c["partition"] for c in block["by_client"]) == [0, 1]
+
+
+def test_exported_personal_model_predicts_the_clients_own_scores(tiny_data, tmp_path, one_thread):
+    export = tmp_path / "personal"
+    overrides = (
+        f"{tiny_data.overrides} num_rounds=2 num_clients=2 personalization=local_head "
+        f"personalization.export_dir={export}"
+    )
+    metrics = run_in_process(overrides, tmp_path / "run", 2)
+    assert "members" in metrics["rounds"][-1]  # local_head scores every server.eval_every rounds by default
+    for pid in (0, 1):
+        folder = export / f"client-{pid}"
+        scores = json.loads((folder / SCORES_FILE).read_text())
+        assert scores["partition"] == pid and scores["round"] == 2
+        run = load_run(folder, "final")  # as `fedmemes predict` and `serve` load it
+        cfg = load_config(overrides)
+        val = client_memes(cfg, pid, 2)[1]
+        prob = run.score(val)
+        assert len(prob) == len(val) == len(scores["p_hateful"]) > 0
+        np.testing.assert_allclose(prob, scores["p_hateful"], atol=1e-5)
+        head = {k: v for k, v in run.model.state_dict().items() if k.startswith("head.")}
+        other = load_run(export / f"client-{1 - pid}", "best").model.state_dict()
+        assert any(not torch.equal(v, other[k]) for k, v in head.items())  # each client its own head
+
+
+def test_spread_of_member_scores_leaves_undefined_ones_out():
+    stats = spread([0.9, 0.5, -1.0, 0.7])
+    assert stats == pytest.approx({"mean": 0.7, "worst": 0.5, "worst_decile": 0.54, "clients": 3})
+    block = member_spread({7: (1, 0.6, 0.8), 3: (0, -1.0, 0.4)})
+    assert [c["partition"] for c in block["by_client"]] == [0, 1] and block["by_client"][0]["global"] is None
+    assert block["global"]["clients"] == 1 and block["personal"]["mean"] == pytest.approx(0.6)
+    assert shared_only({"a": torch.zeros(1), "b": torch.ones(1)}, ["b"]).keys() == {"a"}
