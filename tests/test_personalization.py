@@ -91,6 +91,8 @@ def test_exported_personal_model_predicts_the_clients_own_scores(tiny_data, tmp_
     )
     metrics = run_in_process(overrides, tmp_path / "run", 2)
     assert "members" in metrics["rounds"][-1]  # local_head scores every server.eval_every rounds by default
+    figure = tmp_path / "run" / "report" / "members.png"  # `fedmemes report`'s figure of them, written at the end
+    assert figure.stat().st_size > 10_000 and "members.png" in (tmp_path / "run" / "report.md").read_text()
     for pid in (0, 1):
         folder = export / f"client-{pid}"
         scores = json.loads((folder / SCORES_FILE).read_text())
