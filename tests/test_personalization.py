@@ -115,3 +115,23 @@ def test_spread_of_member_scores_leaves_undefined_ones_out():
     assert [c["partition"] for c in block["by_client"]] == [0, 1] and block["by_client"][0]["global"] is None
     assert block["global"]["clients"] == 1 and block["personal"]["mean"] == pytest.approx(0.6)
     assert shared_only({"a": torch.zeros(1), "b": torch.ones(1)}, ["b"]).keys() == {"a"}
+
+
+def test_member_scores_leave_only_as_the_site_policy_allows(small_config):
+    from fedmemes.privacy import site_policy
+    from fedmemes.privacy.site_policy import SitePolicy
+
+    metrics = {"num-examples": 9, "partition_id": 0, "global_auroc": 0.6, "personal_auroc": 0.7, "val_n": 3}
+    asked = small_config("personalization=local_head")  # eval_every follows server.eval_every: asked for
+    assert site_policy.shared(SitePolicy(), asked, metrics).keys() == {
+        "num-examples",
+        "partition_id",
+        "global_auroc",
+        "personal_auroc",
+    }
+    assert "global_auroc" not in site_policy.shared(SitePolicy(share=["val_accuracy"]), asked, metrics)
+    assert "global_auroc" not in site_policy.shared(SitePolicy(), small_config(""), metrics)  # none: not asked
+    # a policy listing its targets before the group existed runs `none`, and refuses the others until it opts in
+    old = [t for t in site_policy.DEFAULT_TARGETS if "personalization" not in t]
+    assert site_policy.refusals(SitePolicy(allowed_targets=old), small_config("")) == []
+    assert site_policy.refusals(SitePolicy(allowed_targets=old), asked)
