@@ -61,9 +61,9 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="personal-table-") as tmp:
-        for method in args.only:
-            cells = rows.setdefault(method, {"mean": [], "decile": [], "global": [], "n": []})
-            for seed in args.seeds:
+        for seed in args.seeds:  # seed by seed: a run cut short still has every method on its first seeds
+            for method in args.only:
+                cells = rows.setdefault(method, {"mean": [], "decile": [], "global": [], "n": []})
                 overrides = (
                     f"{BASE} {args.overrides} personalization={method} num_rounds={args.rounds} random_seed={seed}"
                 )
@@ -75,8 +75,12 @@ def main() -> None:
                     cells["decile"].append(personal["worst_decile"])
                     cells["global"].append(global_["mean"])
                     cells["n"].append(personal["clients"])
-                print(f"  {method} seed {seed}: {personal} ({time.monotonic() - started:.0f}s)", flush=True)
-            cells["bytes"] = [_bytes_per_round(f"{BASE} {args.overrides} personalization={method}", 6)]
+                print(
+                    f"  {method} seed {seed}: personal {personal} global {global_} ({time.monotonic() - started:.0f}s)",
+                    flush=True,
+                )
+    for method, cells in rows.items():
+        cells["bytes"] = [_bytes_per_round(f"{BASE} {args.overrides} personalization={method}", 6)]
     print(f"\n6 clients, Dirichlet 0.3, FedAvg, {args.rounds} rounds, seeds {args.seeds}, {args.overrides}")
     print("| method | own-memes AUROC, mean | worst decile | its global model, mean | clients scored | bytes/round |")
     print("|---|---|---|---|---|---|")

@@ -62,9 +62,15 @@ class LocalParts(Personalization):
     def personal(
         self, received: nn.Module, trained: nn.Module, saved: Mapping[str, torch.Tensor] | None, fit: Fit, needed: bool
     ) -> tuple[nn.Module | None, Tensors]:
-        """The model after local training is the client's own; its local tensors are the state to keep."""
+        """The client's own model is the received global one with its own local tensors (as it starts the round: the
+        same shared tensors as the global model it is compared with); the trained local tensors are the state kept."""
         state = trained.state_dict()
-        return trained, {k: state[k].detach().to("cpu", torch.float32, copy=True) for k in self.local_keys(trained)}
+        keep = {k: state[k].detach().to("cpu", torch.float32, copy=True) for k in self.local_keys(trained)}
+        if not needed:
+            return None, keep
+        own = copy.deepcopy(received)
+        self.start(own, saved)
+        return own, keep
 
 
 class FedBN(LocalParts):
