@@ -41,7 +41,8 @@ def _tensors(content: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_local_parts_never_leave_and_carry_across_rounds(method, tiny_data, tmp_path, one_thread):
-    overrides = f"{tiny_data.overrides} num_rounds=2 personalization={method} personalization.eval_every=1"
+    scaffold = "strategy=scaffold" if method == "local_head" else ""  # a strategy that sends a second ArrayRecord
+    overrides = f"{tiny_data.overrides} num_rounds=2 personalization={method} personalization.eval_every=1 {scaffold}"
     sent: list[tuple[int, int, RecordDict, dict[str, dict[str, torch.Tensor]]]] = []
     metrics = run_in_process(overrides, tmp_path / "run", 2, _recording(sent))
     cfg = load_config(overrides)
@@ -56,6 +57,7 @@ def test_local_parts_never_leave_and_carry_across_rounds(method, tiny_data, tmp_
     for node, rnd, content, state in sent:
         travelled = _tensors(content)
         assert PERSONAL_STATE not in content  # no record of its own
+        assert ("cv_delta" in travelled) == bool(scaffold)
         for name, tensors in travelled.items():  # arrays, and any strategy record: none holds a local key
             assert not (set(tensors) & local), (method, name)
             assert set(tensors) == set(model.state_dict()) - local

@@ -94,7 +94,12 @@ def train(msg: Message, context: Context) -> Message:
     # personalization: the local tensors go into the received model; the own model is made after training
     personal = PersonalRound(build_personalization(cfg), context.state, model, server_round, int(cfg.num_rounds))
     local = local_setup(
-        msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss")
+        msg.content,
+        context.state,
+        model,
+        data.train.label.bincount(minlength=2).tolist(),
+        cfg.get("loss"),
+        personal.local,
     )
     max_steps = min((int(c) for c in caps if c), default=None)
 
