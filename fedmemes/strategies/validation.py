@@ -222,14 +222,20 @@ class ReplyChecks:
 
     def _rebuilt(self, reply: Reply) -> Message:
         # The strategy gets exactly what was checked: canonical arrays, plain metrics, the sender's metadata.
-        records = {self._reference().arrays_key: {**self._local_values(), **reply.arrays}}
-        records.update({name: {**self._local_values(zeros=True), **t} for name, t in reply.extras.items()})
+        records = {self._reference().arrays_key: self._filled(reply.arrays, self._local_values())}
+        records.update({name: self._filled(t, self._local_values(zeros=True)) for name, t in reply.extras.items()})
         content = RecordDict(
             {name: ArrayRecord({k: Array(v) for k, v in tensors.items()}) for name, tensors in records.items()}
         )
         content[METRICS_RECORD] = MetricRecord(reply.metrics)  # type: ignore[arg-type]  # flwr types it as an invariant dict; int and float values fit
         # Flower's own (content, metadata) form, which its public overloads leave out: keeps the sender's metadata.
         return Message(content=content, metadata=reply.msg.metadata)  # type: ignore[call-overload,no-any-return]
+
+    def _filled(self, shared: dict[str, np.ndarray], local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return a reply's tensors with the local ones filled in, in the global model's order."""
+        if not local or self._reply_reference is None:
+            return shared
+        return {k: shared[k] if k in shared else local[k] for k in self._reply_reference.keys()}  # noqa: SIM118
 
     def _local_values(self, zeros: bool = False) -> dict[str, np.ndarray]:
         """Return the global model's local tensors (or zeros shaped like them): what the strategy gets for them."""
