@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from flwr.app import Context, Message, RecordDict
 
 from fedmemes.config import build_model, build_personalization, load_config
@@ -17,6 +18,7 @@ from fedmemes.federation.node_datasets import client_memes
 from fedmemes.federation.personalization import member_spread, shared_only, spread
 from fedmemes.federation.testing import run_in_process
 from fedmemes.tools.predict import load_run
+from fedmemes.tools.serve import create_app
 
 METHODS = ("fedbn", "local_head", "finetune", "ditto")
 
@@ -105,6 +107,13 @@ def test_exported_personal_model_predicts_the_clients_own_scores(tiny_data, tmp_
         prob = run.score(val)
         assert len(prob) == len(val) == len(scores["p_hateful"]) > 0
         np.testing.assert_allclose(prob, scores["p_hateful"], atol=1e-5)
+        if pid == 0:  # `fedmemes serve` on the folder: one of the client's memes, the client's own score
+            meme = val[0]
+            with meme.img.open("rb") as f:
+                got = TestClient(create_app(run)).post(
+                    "/predict", data={"text": meme.text}, files={"image": ("meme.png", f, "image/png")}
+                )
+            assert got.json()["p_hateful"] == pytest.approx(scores["p_hateful"][0], abs=1e-5)
         head = {k: v for k, v in run.model.state_dict().items() if k.startswith("head.")}
         other = load_run(export / f"client-{1 - pid}", "best").model.state_dict()
         assert any(not torch.equal(v, other[k]) for k, v in head.items())  # each client its own head
