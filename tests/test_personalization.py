@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,10 @@ def _tensors(content: RecordDict) -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_local_parts_never_leave_and_carry_across_rounds(method, tiny_data, tmp_path, one_thread):
-    scaffold = "strategy=scaffold" if method == "local_head" else ""  # a strategy that sends a second ArrayRecord
-    overrides = f"{tiny_data.overrides} num_rounds=2 personalization={method} personalization.eval_every=1 {scaffold}"
+    # local_head also runs under SCAFFOLD (a second ArrayRecord in every reply) and exports (one run, not two)
+    export = tmp_path / "personal"
+    more = f"strategy=scaffold personalization.export_dir={export}" if method == "local_head" else ""
+    overrides = f"{tiny_data.overrides} num_rounds=2 personalization={method} personalization.eval_every=1 {more}"
     sent: list[tuple[int, int, RecordDict, dict[str, dict[str, torch.Tensor]]]] = []
     metrics = run_in_process(overrides, tmp_path / "run", 2, _recording(sent))
     cfg = load_config(overrides)
@@ -59,7 +62,7 @@ def test_local_parts_never_leave_and_carry_across_rounds(method, tiny_data, tmp_
     for node, rnd, content, state in sent:
         travelled = _tensors(content)
         assert PERSONAL_STATE not in content  # no record of its own
-        assert ("cv_delta" in travelled) == bool(scaffold)
+        assert ("cv_delta" in travelled) == bool(more)
         for name, tensors in travelled.items():  # arrays, and any strategy record: none holds a local key
             assert not (set(tensors) & local), (method, name)
             assert set(tensors) == set(model.state_dict()) - local
@@ -85,18 +88,16 @@ def test_local_parts_never_leave_and_carry_across_rounds(method, tiny_data, tmp_
             assert stats["clients"] in (1, 2)
             assert 0 <= stats["worst"] <= stats["worst_decile"] <= stats["mean"] <= 1
         assert sorted(c["partition"] for c in block["by_client"]) == [0, 1]
+    if method == "local_head":
+        _exported_folders_predict_the_clients_own_scores(export, overrides, tmp_path / "run")
 
 
-def test_exported_personal_model_predicts_the_clients_own_scores(tiny_data, tmp_path, one_thread):
-    export = tmp_path / "personal"
-    overrides = (
-        f"{tiny_data.overrides} num_rounds=2 num_clients=2 personalization=local_head "
-        f"personalization.export_dir={export}"
-    )
-    metrics = run_in_process(overrides, tmp_path / "run", 2)
-    assert "members" in metrics["rounds"][-1]  # local_head scores every server.eval_every rounds by default
-    figure = tmp_path / "run" / "report" / "members.png"  # `fedmemes report`'s figure of them, written at the end
-    assert figure.stat().st_size > 10_000 and "members.png" in (tmp_path / "run" / "report.md").read_text()
+def _exported_folders_predict_the_clients_own_scores(export: Path, overrides: str, run_dir: Path) -> None:
+    """Each client's exported folder loads as a run folder and scores its kept-back memes as the client did."""
+    figure = (
+        run_dir / "report" / "members.png"
+    )  # `fedmemes report`'s figure of the per-member scores, written at the end
+    assert figure.stat().st_size > 10_000 and "members.png" in (run_dir / "report.md").read_text()
     for pid in (0, 1):
         folder = export / f"client-{pid}"
         scores = json.loads((folder / SCORES_FILE).read_text())
