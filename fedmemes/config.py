@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,6 +32,7 @@ from fedmemes.strategies.validation import with_reply_checks
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the models (and torch) are imported where a model is built, not here
+    from fedmemes.federation.personalization import Personalization
     from fedmemes.models.base import MemeClassifier
 
 # Flower's run_simulation gives the apps an empty run_config, so the CLI also passes
@@ -225,9 +227,9 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
     return strategy
 
 
-def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
+def build_strategy(cfg: DictConfig, local_keys: Iterable[str] = (), **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
-    passing the hooks each level accepts."""
+    passing the hooks each level accepts; `local_keys` never come back in replies (personalization)."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
     secagg = secagg_settings(cfg)
     if secagg is not None:  # refused before anything is built: the strategy would need each update
@@ -270,6 +272,7 @@ def build_strategy(cfg: DictConfig, **hooks: Any) -> Any:
         cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT),
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
+    strategy.local_keys = frozenset(local_keys)  # personalization: tensors no reply holds (validation.py)
     strategy.secure_aggregate = secagg is not None
     noise_seed = OmegaConf.select(cfg, "server.dp.noise_seed")
     for level in levels(strategy):  # DP wrappers: pinned noise (null: a secret drawn at the first round)
@@ -295,3 +298,12 @@ def build_model(cfg: DictConfig) -> MemeClassifier:
     """Instantiate the configured model (`model._target_`)."""
     model: MemeClassifier = instantiate(cfg.model)
     return model
+
+
+def build_personalization(cfg: DictConfig) -> Personalization:
+    """Instantiate `personalization._target_` (none: every tensor shared) from the run's config."""
+    from fedmemes.federation.personalization import Personalization  # torch: imported where it is built
+
+    spec = cfg.get("personalization")
+    method: Personalization = instantiate(spec) if spec else Personalization()
+    return method

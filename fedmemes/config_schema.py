@@ -108,6 +108,7 @@ class ConfigSchema:
     optimizer: Any = None
     logger: Any = None
     loss: Any = None
+    personalization: Any = None
     random_seed: int = MISSING
     lr: float = MISSING
     num_epochs: int = MISSING

@@ -12,6 +12,7 @@ import pytest
 import torch
 from deploy_helpers import FEDMEMES, kill, local_server_args, ports, protobuf_post, spawn, until
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from fedmemes.bookkeeping import checkpoint
 from fedmemes.deploy.certs import TlsFiles, make_node_key
@@ -75,6 +76,7 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
             tmp_path / "flwr",
             "debug=tiny",
             "strategy=scaffold",
+            "personalization=local_head",  # FedPer: each node's head stays in its state, beside c_i
             "num_rounds=3",
             "num_clients=3",
             "clients_per_round=null",
@@ -100,6 +102,8 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
         state = Path(env["FEDMEMES_CACHE"]) / "client_state" / run_key / "2.safetensors"
         made, c_i = _state_slots(state)["latest"]  # round 1's c_i, or round 2's if it got that far
         assert made in (1, 2) and any(t.abs().sum() > 0 for t in c_i.values()), "SCAFFOLD's c_i is on the node's disk"
+        head = {k: t for k, t in c_i.items() if k.startswith("personal/")}
+        assert head and all(k.startswith("personal/head.") for k in head), "the local head is on the node's disk"
         procs.append(_client(2, 3, link, tmp_path, env))  # restarted: it should join a later round as a new node
         assert server.wait(900) == 0, (tmp_path / "server.log").read_text()[-3000:]
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -115,6 +119,15 @@ def test_a_client_killed_mid_run_does_not_end_it(tmp_path):
             all(torch.equal(slots["before"][1][k], t) for k, t in c_i.items())
             and slots["before"][1].keys() == c_i.keys()
         )
+        # The local head: kept as it was before the kill, then trained on in round 3 by the restarted node, which
+        # started from it (restored from disk), not from the global model's head, which never moves (never averaged)
+        later = {k: t for k, t in slots["latest"][1].items() if k.startswith("personal/")}
+        assert later.keys() == head.keys() and any(not torch.equal(later[k], t) for k, t in head.items())
+        final = load_file(run_dir / "final.safetensors")
+        global_head = {f"personal/{k}": t for k, t in final.items() if k.startswith("head.")}
+        assert global_head.keys() == head.keys() and not any(torch.equal(global_head[k], t) for k, t in head.items())
+        with safe_open(str(state), "pt") as f:  # the restarted node's round 3 went on from round `made`'s state
+            assert f.metadata()["latest_from"] == str(made)
         print(f"run {time.monotonic() - started:.0f}s, {time.monotonic() - killed_at:.0f}s after the kill")
     finally:
         for p in procs:

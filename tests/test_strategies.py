@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, Krum
 
 from fedmemes.config import build_strategy, load_config
 from fedmemes.federation.testing import StaticGrid, reply_from
@@ -132,6 +132,25 @@ BAD_REPLIES = {
     "negative num-examples": lambda: reply(9, **{"num-examples": -5}),
     "non-finite metric": lambda: reply(9, train_loss=math.nan),
 }  # an extra metric key is no reason to drop a reply: tests/test_reply_fuzz.py
+
+
+@pytest.mark.parametrize("cls", [FedAvg, FedAdam])
+def test_local_keys_are_not_expected_back_and_keep_their_global_value(cls):
+    """personalization=local_head: replies lack the head; the strategy averages the rest, the head stays as it was."""
+    strategy, reports = _checked(cls)
+    strategy.local_keys = frozenset({"h.w"})
+
+    def shared(node: int, value: float) -> Message:
+        return reply(node, {k: np.full(2, value, np.float32) for k in ("t.w", "i.w")})
+
+    arrays, _ = strategy.aggregate_train(1, [shared(1, 2.0), shared(2, 4.0), reply(9, 1.0)])
+    out = _np(arrays)
+    assert list(out) == list(GLOBAL) and np.array_equal(out["h.w"], GLOBAL["h.w"])  # exactly the global value
+    if cls is FedAvg:
+        np.testing.assert_allclose(out["t.w"], [3.0, 3.0])
+    else:  # FedAdam steps toward the average: the same sign, a step of about its learning rate
+        assert (out["t.w"] > 0).all() and (out["i.w"] > 0).all()
+    assert reports[1]["dropped_replies"] == 1 and reports[1]["dropped"][0].startswith("node 9: ")  # sent its head
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REPLIES))

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "client_state"
 RUN_KEY = "run_key"  # train config key: the run's id for client-side files
+STARTED_FROM = "latest_from"  # file metadata: the round of the state the latest slot's round started from
 MADE_IN = "fedmemes_state_round"  # context.state config record: the round the arrays there were made in
 _SAFE_KEY = re.compile(r"^[0-9a-f]{8,64}$")  # a run key names a folder: hex only, never a path
 
@@ -88,6 +89,7 @@ def restore(state: RecordDict, path: Path | None, server_round: int) -> None:
 
 def save_state(state: RecordDict, path: Path | None, server_round: int) -> None:
     """After training `server_round`: write the state it made beside the newest earlier one (atomically)."""
+    started = _made_in(state)  # the round of the state this round went on from (memory or disk); None: from zero
     state[MADE_IN] = ConfigRecord({"round": server_round})
     if path is None or not state.array_records:
         return
@@ -97,6 +99,8 @@ def save_state(state: RecordDict, path: Path | None, server_round: int) -> None:
         for name, t in arrays.to_torch_state_dict().items()
     }
     meta = {"latest": str(server_round)}
+    if started is not None and started < server_round:  # provenance: a restarted node shows what it went on from
+        meta[STARTED_FROM] = str(started)
     earlier = next(((m, r) for m, r in _slots(path) if m < server_round), None)
     if earlier is not None:
         meta["before"] = str(earlier[0])

@@ -31,6 +31,8 @@ ALWAYS_ALLOWED = (
     "verbose",
     "device",
     "logger",  # experiment trackers only report
+    "personalization.eval_every",  # per-member scoring only reports
+    "personalization.export_dir",  # where clients write their own models
     "simulation",  # resources and the Ray cluster
     "server.address",
     "server.control_port",

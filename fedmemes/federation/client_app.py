@@ -13,10 +13,12 @@ from omegaconf import DictConfig
 from torch import nn
 
 from fedmemes.bookkeeping import client_state
-from fedmemes.config import build_model, load_config, message_overrides
+from fedmemes.config import build_model, build_personalization, load_config, message_overrides
 from fedmemes.federation import engine
 from fedmemes.federation.client_corrections import local_setup
+from fedmemes.federation.client_personal import PersonalRound
 from fedmemes.federation.node_datasets import ClientData, client_data
+from fedmemes.federation.personalization import GradHook, shared_only
 from fedmemes.privacy import site_policy
 from fedmemes.privacy.client_dp import local_dp
 from fedmemes.privacy.client_secagg import secagg_mod
@@ -89,24 +91,42 @@ def train(msg: Message, context: Context) -> Message:
     # (client_state.py) for the next process: a resumed run or a restarted SuperNode starts with an empty one
     state_file = client_state.state_file(cfg.cache_dir, str(config.get(client_state.RUN_KEY, "")), pid)
     client_state.restore(context.state, state_file, server_round)
+    # personalization: the local tensors go into the received model; the own model is made after training
+    personal = PersonalRound(build_personalization(cfg), context.state, model, server_round, int(cfg.num_rounds))
     local = local_setup(
-        msg.content, context.state, model, data.train.label.bincount(minlength=2).tolist(), cfg.get("loss")
-    )
-    stats = engine.train(
+        msg.content,
+        context.state,
         model,
-        data.train.dataset(),
-        epochs=epochs,
-        lr=float(config.get("lr", cfg.lr)),
-        batch_size=cfg.batch_size,
-        device=device,
-        seed=cfg.random_seed + 1000 * server_round + pid,
-        proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))),
-        optimizer=instantiate(cfg.optimizer),
-        max_steps=min((int(c) for c in caps if c), default=None),
-        amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
-        loss_fn=local.loss_fn,
-        grad_hook=local.grad_hook,
+        data.train.label.bincount(minlength=2).tolist(),
+        cfg.get("loss"),
+        personal.local,
     )
+    max_steps = min((int(c) for c in caps if c), default=None)
+
+    def fit(
+        net: nn.Module, steps: int | None = None, hook: GradHook | None = None, offset: int = 0
+    ) -> dict[str, float]:
+        return engine.train(
+            net,
+            data.train.dataset(),
+            epochs=epochs if steps is None else steps,  # `steps` batches, one per epoch at least
+            lr=float(config.get("lr", cfg.lr)),
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=cfg.random_seed + 1000 * server_round + pid + offset,
+            proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))) if offset == 0 else 0.0,
+            optimizer=instantiate(cfg.optimizer),
+            max_steps=max_steps if steps is None else min(steps, max_steps or steps),
+            amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
+            loss_fn=local.loss_fn if offset == 0 else None,
+            grad_hook=local.grad_hook if offset == 0 else hook,
+        )
+
+    stats = fit(model)
+    member = personal.finish(
+        model, lambda net, steps, hook: fit(net, steps, hook, 500_000), data.val, cfg.batch_size, device
+    )
+    personal.export(cfg, pid, data.val, cfg.batch_size, device)
     # Accuracy on the share this client kept back, never on what it trained on.
     val = engine.evaluate(model, data.val.dataset(), cfg.batch_size, device) if len(data.val) else {"accuracy": 0.0}
     labels = data.train.label.bincount(minlength=2).tolist()
@@ -126,16 +146,18 @@ def train(msg: Message, context: Context) -> Message:
             "n_text": int(has[:, 0].sum()),
             "n_image": int(has[:, 1].sum()),
             "n_both": int(has.all(dim=1).sum()),
+            **member,  # global_auroc, personal_auroc every personalization.eval_every rounds
         },
     )
     extra = local.finish(model)  # updates context.state
     client_state.save_state(context.state, state_file, server_round)
     reply = RecordDict(
         {
-            "arrays": ArrayRecord(engine.trainable_state(model)),
+            # the local tensors (personalization=fedbn, local_head) never leave the client, in no record
+            "arrays": ArrayRecord(shared_only(engine.trainable_state(model), personal.local)),
             "metrics": MetricRecord(metrics),
             "site": ConfigRecord({"name": node.site, "policy_sha256": node.policy_hash}),  # logged per node
-            **extra,
+            **{name: ArrayRecord(shared_only(r.to_torch_state_dict(), personal.local)) for name, r in extra.items()},
         }
     )
     return Message(content=reply, reply_to=msg)

@@ -7,7 +7,7 @@ the local loss is `loss=` (conf/loss/*.yaml) and works with every strategy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -46,9 +46,15 @@ def _state_tensors(state: RecordDict, key: str) -> dict[str, torch.Tensor] | Non
 
 
 def local_setup(
-    content: RecordDict, state: RecordDict, model: nn.Module, label_counts: list[int], loss_cfg: Any = None
+    content: RecordDict,
+    state: RecordDict,
+    model: nn.Module,
+    label_counts: list[int],
+    loss_cfg: Any = None,
+    local_keys: Iterable[str] = (),
 ) -> LocalSetup:
-    """Build the local objective from the instruction `content` and the node's `state` (updated by `finish`)."""
+    """Build the local objective from the instruction `content` and the node's `state` (updated by `finish`);
+    `local_keys` (personalization) are never averaged, so SCAFFOLD leaves their gradients uncorrected."""
     loss = instantiate(loss_cfg, label_counts=label_counts) if loss_cfg is not None else CrossEntropy()
     setup = LocalSetup(loss_fn=None if type(loss) is CrossEntropy else loss)  # None: the engine's own loss
     hooks: list[Callable[[nn.Module], None]] = []
@@ -57,6 +63,9 @@ def local_setup(
         scaffold = ScaffoldCorrection(
             model, content.array_records[SCAFFOLD_C].to_torch_state_dict(), _state_tensors(state, SCAFFOLD_STATE)
         )
+        for key in local_keys:  # the server's c holds zeros there: c - c_i would only pull the client's own tensors
+            if key in scaffold.correction:
+                scaffold.correction[key].zero_()
         hooks.append(scaffold)
 
         def scaffold_after(_: nn.Module) -> dict[str, ArrayRecord]:

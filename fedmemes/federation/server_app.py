@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedmemes.bookkeeping import checkpoint, checkpoint_files, client_state, private_files, resume_config, run_config
 from fedmemes.bookkeeping import run_dir as run_dirs
 from fedmemes.bookkeeping.run_steps import EXIT_PRIVACY_BUDGET, as_disk_error
-from fedmemes.config import build_strategy, load_config, overrides_of, secagg_settings
+from fedmemes.config import build_personalization, build_strategy, load_config, overrides_of, secagg_settings
 from fedmemes.federation import engine, recipe_search
 from fedmemes.federation.server_run import EarlyStop, ServerRun
 from fedmemes.privacy import server_dp
@@ -40,6 +40,7 @@ def _build(cfg: DictConfig, overrides: str, run_dir: Path) -> ServerRun:
         cfg,
         train_metrics_aggr_fn=run.aggregate_train_metrics,
         branches=run.model.branches(),  # modality_aware: the model declares each tensor's block
+        local_keys=build_personalization(cfg).local_keys(run.model),  # personalization: what stays on clients
         reply_report_fn=run.record,  # dropped-reply counts land in the round's metrics.json row
         sample_report_fn=run.record,  # so do the node ids sampled to train (and to evaluate)
         reply_facts_fn=run.record_node,  # client facts keyed by the node that sent them

@@ -23,6 +23,7 @@ from fedmemes.config import build_model
 from fedmemes.data.report import read_client_facts
 from fedmemes.federation import engine
 from fedmemes.federation.node_datasets import data_issues, server_data
+from fedmemes.federation.personalization import member_spread
 from fedmemes.privacy import server_dp
 from fedmemes.privacy.secagg import CLIENTS_KEY
 from fedmemes.tools.report import save_test_predictions, write_report_safely
@@ -30,7 +31,17 @@ from fedmemes.tracking import build_trackers, numbers, round_metrics
 
 log = logging.getLogger(__name__)
 
-CLIENT_FACTS = ("partition_id", "label_0", "label_1", "val_n", "n_text", "n_image", "n_both")
+CLIENT_FACTS = (
+    "partition_id",
+    "label_0",
+    "label_1",
+    "val_n",
+    "n_text",
+    "n_image",
+    "n_both",
+    "global_auroc",
+    "personal_auroc",
+)
 
 
 class EarlyStop(Exception):
@@ -65,6 +76,8 @@ class ServerRun:
         self.trackers = build_trackers(cfg, run_dir)  # logger=csv|tensorboard|mlflow (none: no trackers)
         self.train_metrics: dict[str, float] = {}  # this round's averaged client metrics, for the trackers
         self.latest = self.best_state  # the latest round's global model (set each round by evaluate)
+        # this round's per-member AUROCs on the clients' kept-back memes, by node: (partition, global, personal)
+        self.members: dict[int, tuple[Any, float, float]] = {}
         # the run's id for client-side files (fedmemes/bookkeeping/client_state.py): kept across resumes, unlike
         # Flower's run_id
         self.run_key = secrets.token_hex(8)
@@ -105,6 +118,9 @@ class ServerRun:
         )
         scores.update(clients=self.trained, seconds=round(time.monotonic() - self.started, 1))
         scores.update(replies)
+        if self.members:
+            scores["members"] = member_spread(self.members)
+            self.members = {}
         if server_round > 0:
             scores["partitions"] = list(self.partitions)
             scores.update(server_dp.spent(self.strategy))  # strategy=dp_fixed: Flower's accountant, after this round
@@ -172,7 +188,7 @@ class ServerRun:
             scores["seconds"],
             server_dp.note(scores),
         )
-        return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, list)})
+        return MetricRecord({k: float(v) for k, v in scores.items() if not isinstance(v, (list, dict))})
 
     def patience_spent(self, server_round: int) -> bool:
         """Whether `server.patience` rounds have passed since the best hold-out round (never before the last)."""
@@ -194,6 +210,12 @@ class ServerRun:
             if k in metrics
         }
         facts["n_train"] = metrics.get("num-examples")
+        if "personal_auroc" in metrics:  # personalization.eval_every, where the site shares it (member_auroc)
+            self.members[int(node_id)] = (
+                metrics.get("partition_id"),
+                metrics["global_auroc"],
+                metrics["personal_auroc"],
+            )
         if "label_0" in metrics:  # only where the site's policy shares label counts
             facts["label_counts"] = [metrics["label_0"], metrics.get("label_1", 0)]
         earlier = self.history.nodes.get(int(node_id), {}).get("policy_sha256")

@@ -23,6 +23,10 @@ class TokenTextEncoder(TextEncoder, Protocol):
         ...
 
 
+# What FedBN (personalization=fedbn) keeps local: _NormBase covers BatchNorm*d and InstanceNorm*d.
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
 def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     """Raise a ValueError naming the config key (e.g. `model.direction`) when `value` is not one of `allowed`."""
     if value not in allowed:
@@ -49,6 +53,7 @@ class MemeClassifier(nn.Module):
 
     text_branch: tuple[str, ...] = ()
     image_branch: tuple[str, ...] = ()
+    head_branch: tuple[str, ...] = ("head",)  # the classifier head: what personalization=local_head keeps local
 
     def __init__(self, modality_dropout: float = 0.0) -> None:
         super().__init__()
@@ -67,6 +72,21 @@ class MemeClassifier(nn.Module):
     def branches(self) -> dict[str, str]:
         """Map every state-dict key to its branch."""
         return {name: self.branch_of(name) for name in self.state_dict()}
+
+    def head_keys(self) -> list[str]:
+        """Return the state-dict keys of the classifier head (the `head_branch` prefixes)."""
+        return [k for k in self.state_dict() if k.split(".", 1)[0] in self.head_branch]
+
+    def norm_keys(self) -> list[str]:
+        """Return the state-dict keys of normalisation layers (BatchNorm, LayerNorm, GroupNorm): weights and buffers."""
+        travelling = self.state_dict()
+        keys = [
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in self.named_modules()
+            if isinstance(module, NORM_LAYERS)
+            for name, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        ]
+        return [k for k in keys if k in travelling]
 
     def frozen_keys(self) -> set[str]:
         """Return state-dict keys of frozen tensors: frozen parameters and buffers of all-frozen modules."""

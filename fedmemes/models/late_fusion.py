@@ -18,6 +18,7 @@ class LateFusion(MemeClassifier):
     """
 
     text_branch = ("text_encoder", "text_head", "missing_text")
+    head_branch = ("weights", "decision")  # the vote that joins the two branch heads (each is a whole branch)
     image_branch = ("image_encoder", "image_head", "missing_image")
 
     def __init__(

@@ -25,6 +25,7 @@ DEFAULT_TARGETS = (
     "fedmemes.models.",
     "fedmemes.data.",
     "fedmemes.federation.local_objectives.",
+    "fedmemes.federation.personalization.",
     "fedmemes.strategies.",
     "fedmemes.tracking.",
     "flwr.serverapp.strategy.",
@@ -40,9 +41,10 @@ SHARE_GROUPS: dict[str, tuple[str, ...]] = {
     "modality_counts": ("n_text", "n_image", "n_both"),
     "val_accuracy": ("val_accuracy", "val_n"),
     "train_metrics": ("train_loss", "train_accuracy"),
+    "member_auroc": ("global_auroc", "personal_auroc"),  # personalization.eval_every: AUROC on the kept-back share
 }
 ALWAYS_SHARED = ("num-examples", "partition_id")
-ShareName = Literal["label_counts", "modality_counts", "val_accuracy", "train_metrics"]
+ShareName = Literal["label_counts", "modality_counts", "val_accuracy", "train_metrics", "member_auroc"]
 
 
 class PolicyError(ValueError):
@@ -150,11 +152,16 @@ def _targets(node: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _targets(value, f"{where}[{i}]")
 
 
+# personalization=none, the default, changes nothing a site runs: a policy listing its targets before that config group
+# existed still accepts it (the other methods need "fedmemes.federation.personalization." in allowed_targets).
+ALWAYS_ALLOWED = ("fedmemes.federation.personalization.Personalization",)
+
+
 def target_allowed(target: str, allowed: list[str]) -> bool:
     """Whether `target` is an exact entry, or names a class defined under a prefix entry (after importing only
     modules under that prefix)."""
     allowed = [current_target(a) for a in allowed]  # a policy written before a module move names old paths
-    if target in allowed:
+    if target in allowed or target in ALWAYS_ALLOWED:
         return True
     for prefix in (p for p in allowed if p.endswith(".")):
         if not target.startswith(prefix):
@@ -225,8 +232,9 @@ def train_refusals(policy: SitePolicy, server_round: int, num_epochs: int) -> li
 
 def shared(policy: SitePolicy, cfg: DictConfig, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Return the train metrics that may leave: always num-examples and partition_id, then the policy's share
-    (default: the groups the strategy needs)."""
-    groups = needed_shares(cfg) if policy.share is None else set(policy.share)
+    (default: the groups the strategy needs, and the per-member AUROCs the run's personalization.eval_every asks)."""
+    asked = {"member_auroc"} if OmegaConf.select(cfg, "personalization.eval_every") else set()
+    groups = needed_shares(cfg) | asked if policy.share is None else set(policy.share)
     keys = {*ALWAYS_SHARED, *(k for g in groups for k in SHARE_GROUPS[g])}
     return {k: v for k, v in metrics.items() if k in keys}
 

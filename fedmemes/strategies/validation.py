@@ -75,6 +75,10 @@ class ReplyChecks:
     update_bounds: UpdateBounds = UpdateBounds()
     uniform_weights: bool = False  # every sound reply weighs 1 (the DP accountant's plain average of clipped updates)
     secure_aggregate: bool = False  # server.secagg: the one reply per round is the unmasked sum of all clients'
+    # personalization=fedbn|local_head: tensors that stay on each client (the model declares them). Replies hold the
+    # rest; the strategy gets them filled in with the global values (SCAFFOLD's deltas with zeros), so it averages
+    # the shared tensors only and the local ones keep their global value, exactly.
+    local_keys: frozenset[str] = frozenset()
     _reply_reference: ArrayRecord | None = None
     _judge_reference: Reference | None = None
     _sampled: int = 0  # train messages sent this round
@@ -106,8 +110,9 @@ class ReplyChecks:
             unit = (inner.accuracy_key,) if hasattr(inner, "accuracy_key") else ()  # performance_weighted
             key = str(getattr(inner, "arrayrecord_key", "arrays"))
             extra = tuple(n for n in getattr(inner, "reply_array_records", ()) if n != key)  # e.g. SCAFFOLD's cv_delta
+            shared = ArrayRecord({k: a for k, a in self._reply_reference.items() if k not in self.local_keys})
             self._judge_reference = reference_of(
-                self._reply_reference, key, str(getattr(inner, "weighted_by_key", "num-examples")), counts, unit, extra
+                shared, key, str(getattr(inner, "weighted_by_key", "num-examples")), counts, unit, extra
             )
         return self._judge_reference
 
@@ -217,13 +222,28 @@ class ReplyChecks:
 
     def _rebuilt(self, reply: Reply) -> Message:
         # The strategy gets exactly what was checked: canonical arrays, plain metrics, the sender's metadata.
-        records = {self._reference().arrays_key: reply.arrays, **reply.extras}
+        records = {self._reference().arrays_key: self._filled(reply.arrays, self._local_values())}
+        records.update({name: self._filled(t, self._local_values(zeros=True)) for name, t in reply.extras.items()})
         content = RecordDict(
             {name: ArrayRecord({k: Array(v) for k, v in tensors.items()}) for name, tensors in records.items()}
         )
         content[METRICS_RECORD] = MetricRecord(reply.metrics)  # type: ignore[arg-type]  # flwr types it as an invariant dict; int and float values fit
         # Flower's own (content, metadata) form, which its public overloads leave out: keeps the sender's metadata.
         return Message(content=content, metadata=reply.msg.metadata)  # type: ignore[call-overload,no-any-return]
+
+    def _filled(self, shared: dict[str, np.ndarray], local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return a reply's tensors with the local ones filled in, in the global model's order."""
+        if not local or self._reply_reference is None:
+            return shared
+        return {k: shared[k] if k in shared else local[k] for k in self._reply_reference.keys()}  # noqa: SIM118
+
+    def _local_values(self, zeros: bool = False) -> dict[str, np.ndarray]:
+        """Return the global model's local tensors (or zeros shaped like them): what the strategy gets for them."""
+        ref = self._reply_reference
+        if ref is None or not self.local_keys:
+            return {}
+        values = {k: ref[k].numpy() for k in ref if k in self.local_keys}
+        return {k: np.zeros_like(v) for k, v in values.items()} if zeros else values
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -263,6 +283,12 @@ class ReplyChecks:
                 kept = True
         if kept:
             arrays = self._reply_reference
+        elif (
+            self.local_keys and arrays is not None and self._reply_reference is not None
+        ):  # exactly, not a rounded mean
+            arrays = ArrayRecord(
+                {k: self._reply_reference[k] if k in self.local_keys else a for k, a in arrays.items()}
+            )
         if self.reply_report_fn is not None:
             self.reply_report_fn(
                 server_round,

@@ -184,3 +184,40 @@ def participation(runs: list[Run]) -> Figure | None:
         ax.legend(frameon=False, ncol=3, loc="upper center", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def member_scores(runs: list[Run]) -> Figure | None:
+    """Per round: the clients' AUROC on their own kept-back memes, global vs personal model (mean, worst decile,
+    worst), with each client's score as a dot; one panel per run that has them (personalization.eval_every)."""
+    runs = [r for r in runs if any(row.get("members") for row in r.rounds)]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 1, figsize=(12, 3.6 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        rows = [r for r in run.rounds if r.get("members")]
+        x = np.array([r["round"] for r in rows], dtype=float)
+        for which, color, shift in (("global", "#4c72b0", -0.08), ("personal", "#dd8452", 0.08)):
+            stats = [r["members"][which] for r in rows]
+            for key, style, label in (
+                ("mean", "-", "mean"),
+                ("worst_decile", "--", "worst decile"),
+                ("worst", ":", "worst"),
+            ):
+                ax.plot(
+                    x, [_value(s, key) for s in stats], style, color=color, marker="o", ms=3, label=f"{which} {label}"
+                )
+            dots = [(xi + shift, c[which]) for xi, r in zip(x, rows, strict=True) for c in r["members"]["by_client"]]
+            if dots:
+                ax.scatter(*zip(*[(a, b) for a, b in dots if b is not None], strict=True), s=9, color=color, alpha=0.35)
+        ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+        ax.set_xticks(x)
+        ax.set(
+            title=f"{run.name}: each client's AUROC on its own kept-back memes (dots: clients)",
+            xlabel="round",
+            ylabel="AUROC",
+            ylim=(0, 1.02),
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: dots stay visible
+    fig.tight_layout()
+    return fig

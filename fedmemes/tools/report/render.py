@@ -163,6 +163,14 @@ def _sections(runs: list[Run]) -> list[Section]:
             note="aggregated: clients whose update went into the model; dropped: replies refused by the checks.",
         )
     )
+    if (members := plots.member_scores(runs)) is not None:  # personalization.eval_every: per-member AUROC
+        sections.append(
+            Section(
+                "Per member: global vs personal model on each client's kept-back memes",
+                figures=[("members.png", _png(members))],
+                note="AUROC on each client's own kept-back share; worst decile: the 10th percentile over clients.",
+            )
+        )
     diffs = config_differences(runs) if len(runs) > 1 else []
     tables = [(["config key", *[r.name for r in runs]], [[k, *values] for k, values in diffs])] if diffs else []
     note = (
