@@ -227,10 +227,25 @@ def _build_one(spec: dict[str, Any], where: str, hooks: dict[str, Any], outer: b
     return strategy
 
 
+# Secure aggregation and local DP work on the whole model in a reply; fedbn and local_head send only part of it.
+WHOLE_MODEL_ONLY = (
+    "{what} needs the whole model in every reply, but personalization={method} keeps some tensors on each client; "
+    "use personalization=none, finetune or ditto with it"
+)
+
+
+def keeps_tensors_local(cfg: DictConfig) -> bool:
+    """Whether the run's personalization keeps tensors on each client (fedbn, local_head): replies hold the rest."""
+    from fedmemes.federation.personalization import LocalParts
+
+    return isinstance(build_personalization(cfg), LocalParts)
+
+
 def build_strategy(cfg: DictConfig, local_keys: Iterable[str] = (), **hooks: Any) -> Any:
     """Instantiate `server.strategy` with seeded sampling and reply checks in front, mapping the seed's key names and
     passing the hooks each level accepts; `local_keys` never come back in replies (personalization)."""
     spec = cast(dict[str, Any], OmegaConf.to_container(cfg.server.strategy, resolve=True))  # a mapping node
+    local_keys = frozenset(local_keys)
     secagg = secagg_settings(cfg)
     if secagg is not None:  # refused before anything is built: the strategy would need each update
         level: Any = spec
@@ -240,6 +255,9 @@ def build_strategy(cfg: DictConfig, local_keys: Iterable[str] = (), **hooks: Any
             level = level.get("strategy")
         if why := refusal(targets):
             raise ConfigError(why)
+    if local_keys and (secagg is not None or OmegaConf.select(cfg, "client.dp.epsilon") is not None):
+        what = "server.secagg" if secagg is not None else "client.dp.epsilon"
+        raise ConfigError(WHOLE_MODEL_ONLY.format(what=what, method=build_personalization(cfg).name))
     # the plan reads Flower 1.42's names (_build_one warns about the old ones)
     for (
         old,
@@ -272,7 +290,7 @@ def build_strategy(cfg: DictConfig, local_keys: Iterable[str] = (), **hooks: Any
         cfg.server.get("max_client_weight", DEFAULT_MAX_CLIENT_WEIGHT),
     )
     strategy.reply_facts_fn = hooks.get("reply_facts_fn")  # client facts keyed by the node that sent them
-    strategy.local_keys = frozenset(local_keys)  # personalization: tensors no reply holds (validation.py)
+    strategy.local_keys = local_keys  # personalization: tensors no reply holds (validation.py)
     strategy.secure_aggregate = secagg is not None
     noise_seed = OmegaConf.select(cfg, "server.dp.noise_seed")
     for level in levels(strategy):  # DP wrappers: pinned noise (null: a secret drawn at the first round)

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedmemes.config import build_model, build_personalization, load_config
+from fedmemes.config import ConfigError, build_model, build_personalization, build_strategy, load_config
 from fedmemes.federation.client_app import app as client_app
 from fedmemes.federation.client_personal import PERSONAL_STATE, SCORES_FILE
 from fedmemes.federation.node_datasets import client_memes
 from fedmemes.federation.personalization import member_spread, shared_only, spread
 from fedmemes.federation.testing import run_in_process
+from fedmemes.privacy import client_dp, site_policy
 from fedmemes.tools.predict import load_run
 from fedmemes.tools.serve import create_app
 
@@ -147,3 +148,29 @@ def test_member_scores_leave_only_as_the_site_policy_allows(small_config):
     old = [t for t in site_policy.DEFAULT_TARGETS if "personalization" not in t]
     assert site_policy.refusals(SitePolicy(allowed_targets=old), small_config("")) == []
     assert site_policy.refusals(SitePolicy(allowed_targets=old), asked)
+
+
+@pytest.mark.parametrize("asks", ["server.secagg=true", "client.dp.epsilon=4.0"])
+def test_a_run_asking_for_the_whole_model_in_each_reply_refuses_local_tensors(tiny_data, asks):
+    cfg = load_config(f"{tiny_data.overrides} num_clients=2 personalization=local_head {asks}")
+    local = build_personalization(cfg).local_keys(build_model(cfg))
+    with pytest.raises(ConfigError, match=f"{asks.split('=')[0]} needs the whole model.*personalization=local_head"):
+        build_strategy(cfg, local_keys=local)
+    plain = load_config(f"{tiny_data.overrides} num_clients=2 personalization=ditto {asks}")  # whole model: runs
+    assert build_strategy(plain, local_keys=build_personalization(plain).local_keys(build_model(plain))) is not None
+
+
+@pytest.mark.usefixtures("server_identity")  # conftest: Flower stamps messages with it
+def test_a_sites_own_local_dp_refuses_a_run_that_keeps_tensors_local(tiny_data, tmp_path, monkeypatch):
+    site = tmp_path / "site.yaml"  # the site's own floor: the server cannot know it, the client refuses the round
+    site.write_text("local_dp: {epsilon: 4.0, delta: 1.0e-5, clipping_norm: 1.0}\n")
+    monkeypatch.setenv(site_policy.POLICY_ENV, str(site))
+    run = f"{tiny_data.overrides} num_clients=2 personalization=fedbn"
+    context = Context(1, 7, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {"overrides": run})
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+
+    def never(m: Message, c: Context) -> Message:
+        raise AssertionError("the round must not train")
+
+    with pytest.raises(ValueError, match="this site's local_dp needs the whole model.*personalization=fedbn"):
+        client_dp.local_dp(msg, context, never)

@@ -255,6 +255,18 @@ def test_client_facts_are_told_under_the_sending_node():
     assert [(node, m["partition_id"], m["num-examples"]) for node, m in told] == [(1, 0, 10), (HOSTILE, 0, 10**9)]
 
 
+def test_a_metric_one_site_holds_back_is_not_averaged_but_stays_the_others_facts():
+    told: list[tuple[int, dict]] = []
+    strategy, _ = _strategy(FedAvg)
+    strategy.reply_facts_fn = lambda node, metrics: told.append((node, metrics))
+    # node 2's site policy keeps its member AUROCs: node 1's still reach the server's per-member spread
+    _, averaged = strategy.aggregate_train(
+        1, [message(1, partition_id=0, personal_auroc=0.8), message(2, partition_id=1)]
+    )
+    assert [(node, m.get("personal_auroc")) for node, m in told] == [(1, 0.8), (2, None)]
+    assert averaged is not None and "personal_auroc" not in averaged
+
+
 def fuzz_table(cls: type = FedAvg, compare: bool = False) -> str:
     """Return the table: kind, outcome, max |model - honest aggregate|, and what the bare strategy makes of it."""
     lines = [

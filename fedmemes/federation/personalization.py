@@ -27,6 +27,8 @@ Fit = Callable[[nn.Module, int | None, GradHook | None], object]
 class Personalization:
     """personalization=none: every tensor is shared and each client's model is the global one."""
 
+    name = "none"  # the `personalization=` choice
+
     def __init__(self, eval_every: int | None = None, export_dir: str | None = None) -> None:
         if eval_every is not None and int(eval_every) < 1:
             raise ValueError(f"personalization.eval_every must be null or a whole number >= 1, got {eval_every}")
@@ -76,6 +78,8 @@ class LocalParts(Personalization):
 class FedBN(LocalParts):
     """personalization=fedbn: normalisation layers (weights, biases, running statistics) stay local."""
 
+    name = "fedbn"  # the `personalization=` choice
+
     def local_keys(self, model: nn.Module) -> list[str]:
         """Return the model's norm-layer keys."""
         return list(model.norm_keys())  # type: ignore[operator]  # a MemeClassifier declares them
@@ -84,6 +88,8 @@ class FedBN(LocalParts):
 class LocalHead(LocalParts):
     """personalization=local_head (FedPer): the classifier head stays local, the body is averaged."""
 
+    name = "local_head"  # the `personalization=` choice
+
     def local_keys(self, model: nn.Module) -> list[str]:
         """Return the model's head keys."""
         return list(model.head_keys())  # type: ignore[operator]  # a MemeClassifier declares them
@@ -91,6 +97,8 @@ class LocalHead(LocalParts):
 
 class Finetune(Personalization):
     """personalization=finetune: the client's model is the global one after `steps` local steps on its own memes."""
+
+    name = "finetune"  # the `personalization=` choice
 
     def __init__(self, steps: int = 10, eval_every: int | None = None, export_dir: str | None = None) -> None:
         super().__init__(eval_every, export_dir)
@@ -127,6 +135,8 @@ class ProximalPull:
 class Ditto(Personalization):
     """personalization=ditto: a personal model v, kept on the client, trains each round with a pull toward the global
     model it received; the global model trains as usual and is shared whole."""
+
+    name = "ditto"  # the `personalization=` choice
 
     def __init__(self, lam: float = 0.1, eval_every: int | None = None, export_dir: str | None = None) -> None:
         super().__init__(eval_every, export_dir)

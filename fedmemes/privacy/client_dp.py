@@ -8,7 +8,7 @@ from flwr.clientapp.mod import LocalDpMod
 from flwr.clientapp.typing import ClientAppCallable
 from omegaconf import DictConfig, OmegaConf
 
-from fedmemes.config import load_config, message_overrides
+from fedmemes.config import WHOLE_MODEL_ONLY, build_personalization, keeps_tensors_local, load_config, message_overrides
 from fedmemes.privacy import site_policy
 from fedmemes.privacy.site_policy import LocalDp
 
@@ -38,5 +38,8 @@ def local_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     A Flower mod, composable: in `mods=[secagg_mod, local_dp]` the noise is added before the update is masked.
     """
     floor = site_policy.for_node(context.node_config)[0].local_dp
-    mod = local_dp_mod(load_config(message_overrides(context.run_config, msg.content)), floor)
+    cfg = load_config(message_overrides(context.run_config, msg.content))
+    mod = local_dp_mod(cfg, floor)
+    if mod is not None and keeps_tensors_local(cfg):  # this site's own local_dp: the server could not refuse the run
+        raise ValueError(WHOLE_MODEL_ONLY.format(what="this site's local_dp", method=build_personalization(cfg).name))
     return call_next(msg, context) if mod is None else mod(msg, context, call_next)

@@ -54,6 +54,7 @@ class Reply:
     metrics: dict[str, int | float]
     extras: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # Reference.extra_arrays, decoded
     site: dict[str, str] = field(default_factory=dict)  # the site's name and policy hash, checked
+    own: dict[str, int | float] = field(default_factory=dict)  # checked metrics not every reply has: facts only
 
     @property
     def node(self) -> int:

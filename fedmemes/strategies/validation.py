@@ -131,13 +131,18 @@ class ReplyChecks:
                 reasons.append(f"node {msg.metadata.src_node_id}: unreadable reply ({why})")
         # Metric keys must agree (Flower ends the run otherwise). The keys a strategy weighs by are required by
         # judge(); an optional key a client adds or holds back (its site policy) drops no one's reply: only keys every
-        # reply has are kept. No vote over key sets is taken, which a tie would hand to the first to answer.
+        # reply has are averaged. No vote over key sets is taken, which a tie would hand to the first to answer. The
+        # others stay the node's own facts (its label counts, its member AUROCs), whatever the other sites share.
         common = frozenset.intersection(*(frozenset(r.metrics) for r in sound)) if sound else frozenset()
         for reply in sound:
             if extra := sorted(set(reply.metrics) - common):
                 log.info(
-                    "round %d: node %d's metrics %s are not in every reply: left out", server_round, reply.node, extra
+                    "round %d: node %d's metrics %s are not in every reply: kept as its facts, not averaged",
+                    server_round,
+                    reply.node,
+                    extra,
                 )
+                reply.own = {k: v for k, v in reply.metrics.items() if k not in common}
                 reply.metrics = {k: v for k, v in reply.metrics.items() if k in common}
         for reason in reasons:
             log.warning("round %d: dropped reply from %s", server_round, reason)
@@ -257,7 +262,7 @@ class ReplyChecks:
         # A secure aggregate (server.secagg) is no node's facts: fedmemes/privacy/secagg.py reports each node's itself.
         if self.reply_facts_fn is not None and not self.secure_aggregate:
             for reply in sound:  # what each node claimed, before capping, under the id Flower gives the sender
-                self.reply_facts_fn(reply.node, {**reply.metrics, **reply.site})
+                self.reply_facts_fn(reply.node, {**reply.metrics, **reply.own, **reply.site})
         if self.uniform_weights:  # after the facts above took each node's own claim
             for reply in sound:
                 reply.metrics[self._reference().weight_key] = 1
