@@ -26,6 +26,7 @@ def bare_server_run(folder: Path, monkeypatch: pytest.MonkeyPatch, num_rounds: i
     run.cfg = OmegaConf.create({"num_rounds": num_rounds, "batch_size": 2, "server": {}})
     run.device, run.val = torch.device("cpu"), type("Val", (), {"dataset": lambda self: None})()
     run.amp, run.partitions, run.train_metrics, run.trackers = None, [], {}, build_trackers(run.cfg, folder)
+    run.members = {}  # per-member AUROCs: none reported
     run.model = torch.nn.Module()
     run.model.w = torch.nn.Parameter(torch.zeros(2))
     run.history, run.best_state = RunHistory(folder), {"w": torch.zeros(2)}

@@ -102,7 +102,9 @@ def _as_before_the_layout_move(text: str) -> str:
 def test_a_config_saved_before_the_layout_move_still_builds_and_resumes(tmp_path: Path) -> None:
     """config.yaml naming fedmemes.local_objectives (now federation/) builds its loss and model and fits a resume."""
     cfg = load_config("experiment=tiny_run loss=fedlc")
-    saved = _as_before_the_layout_move(OmegaConf.to_yaml(cfg))
+    plain = OmegaConf.to_container(cfg)
+    del plain["personalization"]  # type: ignore[arg-type,union-attr]  # a group that came after the move
+    saved = _as_before_the_layout_move(OmegaConf.to_yaml(plain))
     assert "_target_: fedmemes.local_objectives.FedLCLoss" in saved and "fedmemes.federation." not in saved
     (tmp_path / "config.yaml").write_text(saved)
     loaded = run_config.load(tmp_path)
