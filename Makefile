@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests); `make lint` gates style.
-# This machine sets PYTHONDONTWRITEBYTECODE=1 (CI too, by its times). With pip's --no-compile below, nothing would ever be cached:
-# every process (each ClientApp, Ray actor, test subprocess) would compile torch, ray and flwr from source again,
-# 11-13 s of CPU per start in a fresh clone instead of 4-5. Unset, Python writes the .pyc of what it imports, once.
+# This machine sets PYTHONDONTWRITEBYTECODE=1 (CI too, by its times). With pip's --no-compile below, nothing would
+# ever be cached: every process (each ClientApp, Ray actor, test subprocess) would compile torch, ray and flwr from
+# source again, 11-13 s of CPU per start in a fresh clone instead of 4-5. Unset, Python writes the .pyc of what it
+# imports, once.
 unexport PYTHONDONTWRITEBYTECODE
 PYTHON ?= python3
 VENV ?= .venv
