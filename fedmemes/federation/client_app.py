@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,7 +18,7 @@ from fedmemes.federation import engine
 from fedmemes.federation.client_corrections import local_setup
 from fedmemes.federation.client_personal import PersonalRound
 from fedmemes.federation.node_datasets import ClientData, client_data
-from fedmemes.federation.personalization import GradHook, shared_only
+from fedmemes.federation.personalization import shared_only
 from fedmemes.privacy import site_policy
 from fedmemes.privacy.client_dp import local_dp
 from fedmemes.privacy.client_secagg import secagg_mod
@@ -102,29 +102,34 @@ def train(msg: Message, context: Context) -> Message:
         personal.local,
     )
     max_steps = min((int(c) for c in caps if c), default=None)
+    seed = cfg.random_seed + 1000 * server_round + pid
 
-    def fit(
-        net: nn.Module, steps: int | None = None, hook: GradHook | None = None, offset: int = 0
-    ) -> dict[str, float]:
+    def fit(net: nn.Module, steps: int | None, seed: int, **objective: Any) -> dict[str, float]:
+        """Train `net` on this client's train share: `steps` batches (one per epoch at least), else the round's."""
         return engine.train(
             net,
             data.train.dataset(),
-            epochs=epochs if steps is None else steps,  # `steps` batches, one per epoch at least
+            epochs=epochs if steps is None else steps,
             lr=float(config.get("lr", cfg.lr)),
             batch_size=cfg.batch_size,
             device=device,
-            seed=cfg.random_seed + 1000 * server_round + pid + offset,
-            proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))) if offset == 0 else 0.0,
+            seed=seed,
             optimizer=instantiate(cfg.optimizer),
             max_steps=max_steps if steps is None else min(steps, max_steps or steps),
             amp_dtype=engine.autocast_dtype(cfg.get("amp", "auto"), device),
-            loss_fn=local.loss_fn if offset == 0 else None,
-            grad_hook=local.grad_hook if offset == 0 else hook,
+            **objective,
         )
 
-    stats = fit(model)
+    # the global model: the strategy's objective (proximal term, loss, SCAFFOLD/FedDyn corrections)
+    proximal_mu = float(cast(float, config.get("proximal-mu", 0.0)))
+    stats = fit(model, None, seed, proximal_mu=proximal_mu, loss_fn=local.loss_fn, grad_hook=local.grad_hook)
+    # the client's own model (finetune, ditto): the plain loss, its own hook, a seed of its own
     member = personal.finish(
-        model, lambda net, steps, hook: fit(net, steps, hook, 500_000), data.val, cfg.batch_size, device
+        model,
+        lambda net, steps, hook: fit(net, steps, seed + 500_000, grad_hook=hook),
+        data.val,
+        cfg.batch_size,
+        device,
     )
     personal.export(cfg, pid, data.val, cfg.batch_size, device)
     # Accuracy on the share this client kept back, never on what it trained on.
