@@ -26,10 +26,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmemes simulate $(ARGS)
 
-# pytest-xdist workers, 0 = one process (the default). The same tree, same 2-core machine, 2026-12-07: one process
-# 1,246 s for 980 tests (fast 172 s + slow 1,074 s), 2 workers 1,307 s: the tests are CPU-bound (process starts,
-# Ray, training), so workers only take turns. tests/xdist_plan.py groups them for a machine with more cores.
-TEST_WORKERS ?= 0
+# pytest-xdist workers (0 = one process). The same tree, same 2-core machine, nothing else running, 2026-12-07, 992
+# tests: one process 1,292 s (`time`: 74% of one core on average; the slow tests wait on Ray, heartbeats and child
+# processes), 2 workers 858 s, 3 workers 926 s (they only take turns). tests/xdist_plan.py keeps the Ray runs on one
+# worker and the deployments on one, each one at a time.
+TEST_WORKERS ?= 2
 
 test: $(STAMP)   # everything, slow multi-round runs included
 	$(BIN)/python -m pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
 """Per-member AUROC of each personalisation method beside the global model's, and what each client sends per round.
 
     FEDMEMES_CACHE=/tmp/fmcache .venv/bin/python benchmarks/personal_table.py [--seeds 1 2 3] [--rounds 4]
-        [--only none local_head ...] [--overrides "dataset=harmeme"]
+        [--only none local_head "ditto, mix=1" ...] [--overrides "dataset=harmeme"]
 
 6 clients, Dirichlet(0.3) label skew, FedAvg; every client keeps back `local_val_share` of its own
 memes and scores there, at the last round, the global model it received and its own model
@@ -31,7 +31,15 @@ from fedmemes.federation.testing import run_in_process
 # All 6 clients live in this one process: keep every client's tensors cached (the default keeps 4).
 fedmemes.federation.client_app.client_data = functools.lru_cache(maxsize=32)(node_datasets.client_data.__wrapped__)
 
-METHODS = ("none", "fedbn", "local_head", "finetune", "ditto")
+# row name -> its overrides; "ditto, mix=1" is the paper's Ditto (its personal model alone, not mixed with the global)
+METHODS = {
+    "none": "personalization=none",
+    "fedbn": "personalization=fedbn",
+    "local_head": "personalization=local_head",
+    "finetune": "personalization=finetune",
+    "ditto": "personalization=ditto",
+    "ditto, mix=1": "personalization=ditto personalization.mix=1",
+}
 BASE = "num_clients=6 partition=dirichlet partition.alpha=0.3 strategy=fedavg personalization.eval_every=1000"
 
 
@@ -55,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--only", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--only", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--overrides", default="local_val_share=0.2", help="more Hydra overrides for every run")
     args = parser.parse_args()
     rows: dict[str, dict[str, list[float]]] = {}
@@ -64,10 +72,8 @@ def main() -> None:
         for seed in args.seeds:  # seed by seed: a run cut short still has every method on its first seeds
             for method in args.only:
                 cells = rows.setdefault(method, {"mean": [], "decile": [], "global": [], "n": []})
-                overrides = (
-                    f"{BASE} {args.overrides} personalization={method} num_rounds={args.rounds} random_seed={seed}"
-                )
-                metrics = run_in_process(overrides, Path(tmp) / f"{method}-{seed}", 6)
+                overrides = f"{BASE} {args.overrides} {METHODS[method]} num_rounds={args.rounds} random_seed={seed}"
+                metrics = run_in_process(overrides, Path(tmp) / f"{seed}-{args.only.index(method)}", 6)
                 block = metrics["rounds"][-1].get("members") or {}
                 personal, global_ = block.get("personal") or {}, block.get("global") or {}
                 if personal.get("mean") is not None:
@@ -80,7 +86,7 @@ def main() -> None:
                     flush=True,
                 )
     for method, cells in rows.items():
-        cells["bytes"] = [_bytes_per_round(f"{BASE} {args.overrides} personalization={method}", 6)]
+        cells["bytes"] = [_bytes_per_round(f"{BASE} {args.overrides} {METHODS[method]}", 6)]
     print(f"\n6 clients, Dirichlet 0.3, FedAvg, {args.rounds} rounds, seeds {args.seeds}, {args.overrides}")
     print("| method | own-memes AUROC, mean | worst decile | its global model, mean | clients scored | bytes/round |")
     print("|---|---|---|---|---|---|")

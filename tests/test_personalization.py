@@ -16,7 +16,7 @@ from fedmemes.config import ConfigError, build_model, build_personalization, bui
 from fedmemes.federation.client_app import app as client_app
 from fedmemes.federation.client_personal import PERSONAL_STATE, SCORES_FILE
 from fedmemes.federation.node_datasets import client_memes
-from fedmemes.federation.personalization import member_spread, shared_only, spread
+from fedmemes.federation.personalization import Ditto, interpolate, member_spread, shared_only, spread
 from fedmemes.federation.testing import run_in_process
 from fedmemes.privacy import client_dp, site_policy
 from fedmemes.tools.predict import load_run
@@ -119,6 +119,26 @@ def _exported_folders_predict_the_clients_own_scores(export: Path, overrides: st
         head = {k: v for k, v in run.model.state_dict().items() if k.startswith("head.")}
         other = load_run(export / f"client-{1 - pid}", "best").model.state_dict()
         assert any(not torch.equal(v, other[k]) for k, v in head.items())  # each client its own head
+
+
+def test_dittos_own_model_is_the_weight_mix_of_its_personal_and_the_global_model(small_config):
+    torch.manual_seed(0)
+    global_, personal = build_model(small_config()), build_model(small_config())
+    for p in personal.parameters():  # v moved away from the global model
+        p.data.add_(torch.randn_like(p))
+    g = {k: t.clone() for k, t in global_.state_dict().items()}
+    v = {k: t.clone() for k, t in personal.state_dict().items()}
+    trained = [k for k in g if g[k].is_floating_point() and not torch.equal(g[k], v[k])]
+    assert trained
+    for mix in (0.0, 0.5, 0.75, 1.0):
+        mixed = interpolate(personal, global_, mix).state_dict()
+        for k in trained:
+            torch.testing.assert_close(mixed[k], mix * v[k] + (1 - mix) * g[k])
+        assert all(torch.equal(mixed[k], g[k]) for k in g if not g[k].is_floating_point())  # counters stay
+    for model, before in ((global_, g), (personal, v)):  # neither input changes
+        assert all(torch.equal(t, before[k]) for k, t in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"personalization.mix must be a number in \[0, 1\]"):
+        Ditto(mix=1.5)
 
 
 def test_spread_of_member_scores_leaves_undefined_ones_out():

@@ -3,7 +3,8 @@
 Pure torch. `none` shares everything; `fedbn` keeps normalisation layers local (Li et al., ICLR 2021);
 `local_head` keeps the classifier head local (FedPer, Arivazhagan et al., 2019); `finetune` takes K
 local steps on the global model before the client scores or exports; `ditto` trains a second,
-personal model pulled toward the global one (Li et al., ICML 2021). The model declares which keys
+personal model pulled toward the global one (Li et al., ICML 2021) and scores or exports its weight-by-weight
+mix with the global model (model interpolation, Mansour et al., 2020). The model declares which keys
 are its head and its norm layers (`MemeClassifier.head_keys`, `norm_keys`), never guessed from names.
 The ClientApp's adapter (context.state, metrics, export) is fedmemes/federation/client_personal.py;
 the server drops the local keys from what it expects back (strategies/validation.py `local_keys`).
@@ -134,25 +135,47 @@ class ProximalPull:
 
 class Ditto(Personalization):
     """personalization=ditto: a personal model v, kept on the client, trains each round with a pull toward the global
-    model it received; the global model trains as usual and is shared whole."""
+    model it received; the global model trains as usual and is shared whole. The client's own model (scored,
+    exported) is mix * v + (1 - mix) * the received global model, weight by weight: model interpolation (Mansour et
+    al., 2020, "Three approaches for personalization"); mix=1 is the paper's Ditto."""
 
     name = "ditto"  # the `personalization=` choice
 
-    def __init__(self, lam: float = 0.1, eval_every: int | None = None, export_dir: str | None = None) -> None:
+    def __init__(
+        self, lam: float = 0.1, mix: float = 0.5, eval_every: int | None = None, export_dir: str | None = None
+    ) -> None:
         super().__init__(eval_every, export_dir)
         if not float(lam) >= 0:
             raise ValueError(f"personalization.lam must be a number >= 0, got {lam}")
-        self.lam = float(lam)
+        if not 0 <= float(mix) <= 1:
+            raise ValueError(f"personalization.mix must be a number in [0, 1] (1: Ditto's own model alone), got {mix}")
+        self.lam, self.mix = float(lam), float(mix)
 
     def personal(
         self, received: nn.Module, trained: nn.Module, saved: Mapping[str, torch.Tensor] | None, fit: Fit, needed: bool
     ) -> tuple[nn.Module | None, Tensors]:
-        """Train v (from the state, else from the received model) for the round's steps; keep it."""
+        """Train v (from the state, else from the received model) for the round's steps; keep v, return the mix."""
         own = copy.deepcopy(received)
         if saved:
             own.load_state_dict(dict(saved))
         fit(own, None, ProximalPull(received, self.lam) if self.lam > 0 else None)
-        return own, {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in own.state_dict().items()}
+        keep = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in own.state_dict().items()}
+        return interpolate(own, received, self.mix), keep
+
+
+def interpolate(personal: nn.Module, global_: nn.Module, mix: float) -> nn.Module:
+    """Return a copy of `global_` whose floating tensors are mix * personal + (1 - mix) * global_ (counters stay)."""
+    if mix == 1:
+        return personal
+    mine, theirs = personal.state_dict(), global_.state_dict()
+    mixed = copy.deepcopy(global_)
+    mixed.load_state_dict(
+        {
+            k: torch.lerp(t, mine[k].to(t.dtype), mix) if t.is_floating_point() else t  # t + mix * (mine - t)
+            for k, t in theirs.items()
+        }
+    )
+    return mixed
 
 
 def shared_only(tensors: Mapping[str, torch.Tensor], local: list[str] | set[str]) -> Tensors:
