@@ -164,7 +164,8 @@ class Ditto(Personalization):
 
 
 def interpolate(personal: nn.Module, global_: nn.Module, mix: float) -> nn.Module:
-    """Return a copy of `global_` whose floating tensors are mix * personal + (1 - mix) * global_ (counters stay)."""
+    """Return a copy of `global_` whose floating tensors are mix * personal + (1 - mix) * global_ (counters stay);
+    mix=1 returns `personal` itself, exactly (a lerp by 1 may round)."""
     if mix == 1:
         return personal
     mine, theirs = personal.state_dict(), global_.state_dict()
