@@ -10,6 +10,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# One OpenMP thread in every test process and every process it starts (CLI runs, SuperNodes, each ClientApp, Ray
+# actors), set before torch is first imported. `make test` runs 2 workers on 2 cores, each starting more processes;
+# torch's default, a thread per core in each, only spins: one deployment's 4 ClientApp processes used 50 CPU-seconds
+# with it and 35 without (tests/test_deploy.py, 2026-12-08).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 from hydra.utils import instantiate

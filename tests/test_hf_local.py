@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from fedmemes.config import build_model, load_config
-from fedmemes.models.components.text_encoder import FrozenTextEncoder
+from fedmemes.models.components.text_encoder import FrozenTextEncoder, load_frozen
 
 # A few romanised Hindi/Urdu and English words: the rest (Devanagari included) falls to [UNK] or word pieces.
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yeh", "meme", "bilkul", "bakwas", "hai", "the", "vaccine"]
@@ -102,3 +102,14 @@ def test_a_missing_or_wrong_folder_is_one_line_naming_key_path_and_fix(tmp_path)
 def test_hf_local_requires_a_path():
     with pytest.raises(Exception, match="model.text_encoder.name_or_path"):
         build_model(load_config("model/text_encoder=hf_local"))
+
+
+def test_a_model_is_built_from_the_folders_width_without_loading_its_weights(bert_dir, tmp_path):
+    load_frozen.cache_clear()
+    model = build_model(_config(bert_dir, "model=early_fusion model.text_hidden_dim=16"))
+    assert next(m for m in model.text_proj if isinstance(m, torch.nn.Linear)).in_features == 32
+    assert load_frozen.cache_info().currsize == 0  # config.json named the width: transformers loaded nothing
+    # A config.json without hidden_size: transformers is asked, and a folder it cannot load still fails in one line.
+    (tmp_path / "config.json").write_text('{"dim": 32}')
+    with pytest.raises(ValueError, match="transformers cannot load it"):
+        _ = FrozenTextEncoder(str(tmp_path)).dim

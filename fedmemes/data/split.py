@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 from datasets import Dataset
 from flwr_datasets.partitioner import Partitioner
-from sklearn.model_selection import train_test_split
 
 from fedmemes.data.meme import Meme
 from fedmemes.data.partitioners import PartitionError
@@ -23,6 +22,8 @@ class ServerSplits:
 
 
 def _stratified(memes: list[Meme], share: float, seed: int) -> tuple[list[Meme], list[Meme]]:
+    from sklearn.model_selection import train_test_split  # lazily: engine._f1 says why
+
     labels = [m.label for m in memes]
     stratify = labels if min(labels.count(0), labels.count(1)) >= 2 else None
     rest, held = train_test_split(memes, test_size=share, random_state=seed, stratify=stratify)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -177,14 +176,24 @@ def predict(
     return np.concatenate(probs), np.concatenate(labels), total_loss / sum(len(lbl) for lbl in labels)
 
 
+def _f1(label: np.ndarray, pred: np.ndarray) -> float:
+    # sklearn is imported where it scores, not with this module: its import costs ~1.5 s of CPU in every process, and a
+    # SuperNode's ClientApp process that only trains (a fresh one per message) never scores.
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(label, pred, average="macro", zero_division=0))
+
+
 def classification_metrics(prob: np.ndarray, label: np.ndarray, loss: float) -> dict[str, float]:
     """AUROC on probabilities (NaN when only one class is present), accuracy and macro F1 at 0.5."""
+    from sklearn.metrics import roc_auc_score  # lazily: see _f1
+
     pred = (prob > 0.5).astype(int)
     auroc = float(roc_auc_score(label, prob)) if len(set(label.tolist())) == 2 else math.nan
     return {
         "auroc": auroc,
-        "accuracy": float(accuracy_score(label, pred)) if len(label) else math.nan,
-        "f1_macro": float(f1_score(label, pred, average="macro", zero_division=0)) if len(label) else math.nan,
+        "accuracy": float(np.mean(pred == label)) if len(label) else math.nan,
+        "f1_macro": _f1(label, pred) if len(label) else math.nan,
         "loss": float(loss),
         "n": int(len(label)),
     }
@@ -209,7 +218,7 @@ def pick_threshold(prob: np.ndarray, label: np.ndarray) -> float:
     cuts = np.unique(prob)
     # Midpoints between distinct scores (and one below all), so pred = prob > t is stable for every candidate.
     candidates = np.concatenate([[cuts[0] - 1e-6], (cuts[:-1] + cuts[1:]) / 2, [0.5]])
-    scores = [f1_score(label, (prob > t).astype(int), average="macro", zero_division=0) for t in candidates]
+    scores = [_f1(label, (prob > t).astype(int)) for t in candidates]
     best = max(scores)
     # Ties: keep the candidate closest to 0.5, the untuned default.
     return float(min((t for t, s in zip(candidates, scores, strict=True) if s == best), key=lambda t: abs(t - 0.5)))
@@ -237,10 +246,7 @@ def metrics_at(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[st
     pred = (prob > threshold).astype(int)
     if not len(label):
         return {"accuracy": math.nan, "f1_macro": math.nan}
-    return {
-        "accuracy": float(accuracy_score(label, pred)),
-        "f1_macro": float(f1_score(label, pred, average="macro", zero_division=0)),
-    }
+    return {"accuracy": float(np.mean(pred == label)), "f1_macro": _f1(label, pred)}
 
 
 def threshold_metrics(prob: np.ndarray, label: np.ndarray, loss: float, threshold: float) -> dict[str, float]:

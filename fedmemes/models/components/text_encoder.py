@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,21 @@ def load_frozen(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizer
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def hidden_size(name_or_path: str) -> int:
+    """Return the width of the checkpoint's token states, from its config.json when it states one."""
+    # Building a model needs only this number: reading it saves loading transformers and the weights (~3 s of CPU in
+    # every process that builds a model: each ClientApp, Ray actor and CLI call), when the features are cached.
+    try:
+        width = json.loads((Path(name_or_path).expanduser() / "config.json").read_text())["hidden_size"]
+    except (OSError, ValueError, KeyError, TypeError):  # a hub id, another config layout: transformers reads it
+        width = None
+    if isinstance(width, int) and not isinstance(width, bool) and width > 0:
+        return width
+    model, _ = load_frozen(name_or_path)
+    return int(model.config.hidden_size)
 
 
 def not_a_model(name_or_path: str, why: str) -> str:
@@ -120,8 +136,7 @@ class FrozenTextEncoder:
     @property
     def dim(self) -> int:
         """Width of the pooled vector (384 for MiniLM, 768 for BERT-base)."""
-        model, _ = load_frozen(self.name_or_path)
-        return int(model.config.hidden_size)
+        return hidden_size(self.name_or_path)
 
     @property
     def gives_tokens(self) -> bool:
