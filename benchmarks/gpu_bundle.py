@@ -348,8 +348,9 @@ def fake_device(dest: Path, bundle: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
     tops: dict[str, set[str]] = {}  # site-packages entry -> the distributions whose files sit under it
     for dist in metadata.distributions():
+        name = canonical(dist.metadata["Name"])  # once: each .metadata parses the METADATA file again
         for f in dist.files or []:
-            tops.setdefault(f.parts[0], set()).add(canonical(dist.metadata["Name"]))
+            tops.setdefault(f.parts[0], set()).add(name)
     source = Path(str(metadata.distribution("pip").locate_file("")))
     target = dest / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     for entry in source.iterdir():
