@@ -33,8 +33,8 @@ TINY = "experiment=tiny_run"
 # 0.98, 1.0 at round 5); 6 rounds leave a margin for test_simulation, and a round here costs ~1.5 s.
 SIMULATE = ("debug=tiny", "num_clients=3", "num_rounds=6", "model.modality_dropout=0.3", "simulation.client_cpus=1")
 # Every other `fedmemes simulate` a test starts runs its clients on one Ray actor: each actor imports torch, flwr and
-# sklearn (~5 s of CPU), and a tiny run on 2 actors cost 32-40 CPU-seconds against 24 on one, at the same wall time
-# (2 cores, 2026-12-07). The CPU is what the other test worker (make test's TEST_WORKERS) waits for.
+# the data libraries (~5 s of CPU), and a tiny run on 2 actors cost 32-40 CPU-seconds against 24 on one, at the same
+# wall time (2 cores, 2026-12-07). The CPU is what the other test worker (make test's TEST_WORKERS) waits for.
 os.environ.setdefault("FEDMEMES_CLIENT_CPUS", str(min(2, os.cpu_count() or 1)))  # never more than the machine has
 
 

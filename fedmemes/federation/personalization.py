@@ -154,13 +154,14 @@ class Ditto(Personalization):
     def personal(
         self, received: nn.Module, trained: nn.Module, saved: Mapping[str, torch.Tensor] | None, fit: Fit, needed: bool
     ) -> tuple[nn.Module | None, Tensors]:
-        """Train v (from the state, else from the received model) for the round's steps; keep v, return the mix."""
+        """Train v (from the state, else from the received model) for the round's steps; keep v, return the mix (only
+        when `needed`: it costs a model copy)."""
         own = copy.deepcopy(received)
         if saved:
             own.load_state_dict(dict(saved))
         fit(own, None, ProximalPull(received, self.lam) if self.lam > 0 else None)
         keep = {k: v.detach().to("cpu", torch.float32, copy=True) for k, v in own.state_dict().items()}
-        return interpolate(own, received, self.mix), keep
+        return (interpolate(own, received, self.mix) if needed else None), keep
 
 
 def interpolate(personal: nn.Module, global_: nn.Module, mix: float) -> nn.Module:
