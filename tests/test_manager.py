@@ -103,25 +103,22 @@ def test_heartbeats_go_on_after_any_error_and_info_never_fails(tmp_path, monkeyp
     mgr = Manager("c", _args(data_dir=tmp_path / "own"), tmp_path / "home")
     assert mgr.info()["data"]["train_rows"] == 3  # counted as bytes: a non-UTF-8 line is a line
     replies = iter([b"<html>not json</html>", b"[1, 2]", b'{"current_round": "x"}', b'{"current_round": 4}'])
-    calls = []
+    calls, stop = [], threading.Event()
 
     def urlopen(req, timeout, context=None):
         calls.append(req.full_url)
         if len(calls) == 1:
             raise RuntimeError("a bug in the stack below us")
+        if len(calls) == 5:  # the last reply: the loop ends once it has read it (a test's own poll could miss a beat)
+            stop.set()
         return _Reply(next(replies))
 
     monkeypatch.setattr(manager_module.urllib.request, "urlopen", urlopen)
     monkeypatch.setattr(mgr, "running", lambda: True)
-    stop = threading.Event()
     beats = threading.Thread(target=manager_module.heartbeat_loop, args=(mgr, "http://server:8090", TOKEN, 0.01, stop))
     beats.start()
-    deadline = time.monotonic() + 10
-    while mgr.last_round_seen is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
-    beats.join(5)
-    assert len(calls) == 5 and mgr.last_round_seen == 4  # four failures of four kinds, then a good reply
+    beats.join(10)
+    assert not beats.is_alive() and len(calls) == 5 and mgr.last_round_seen == 4  # 4 failures of 4 kinds, 1 good
     # /info answers 200 even when reading the data folder itself fails.
     monkeypatch.setattr(mgr, "data", lambda: 1 / 0)
     reply = TestClient(create_app(mgr, TOKEN)).get("/info", headers={TOKEN_HEADER: TOKEN})
